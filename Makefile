@@ -1,0 +1,44 @@
+# Two commands do all the set-up on a fresh machine with python3 and make:
+#   make demo   create .venv, install, run the embedded default
+#   make test   create .venv, install with the test extra, run every test
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-test
+PYTEST_ARGS ?=
+
+.PHONY: test test-fast demo bench lint system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+# Tools some tests need (installed only as root with apt, as CI runs).
+system-deps:
+	@./.ci/system-deps
+
+test: $(STAMP) system-deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The quick loop while developing: everything but the tests marked slow.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+demo: $(STAMP)
+	$(BIN)/adamax-ps demo
+
+bench: $(STAMP)
+	$(BIN)/python bench/kernels.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""adamax-ps wire protocol: versioned protobuf messages and their tensor codec."""

@@ -1,0 +1,1 @@
+"""adamax-ps server: sharded Adamax state, the parameter service, and its transports."""

@@ -1,0 +1,171 @@
+"""Fused Adamax loops compiled by numba: one pass over memory per update.
+
+These are the memory-bound inner loops behind ``adamax.py``. Each loop reads
+``w``, ``m``, ``v`` and the gradient once and writes ``w``, ``m``, ``v`` once
+(28 bytes per float32 parameter), which is the least traffic the update allows.
+
+Compilation choices, each measured (see ../shared/PERF.md):
+
+- ``error_model="numpy"``: numba's default "python" model adds a zero-division
+  check that stops SIMD vectorisation and halves the speed.
+- ``nogil=True``: callers run several shards' updates on threads at once.
+- no ``fastmath``: it would let LLVM contract ``a * b + c`` into FMA and reorder
+  operations, and the result would no longer match TensorFlow bit for bit.
+- explicit signatures with ``cache=True``: compiled (or loaded from the on-disk
+  cache) at import, so no first request pays for the JIT.
+
+Scalars are passed already in the array's dtype; computing ``1 - beta_1`` here
+would promote a float32 loop to float64 and change both speed and rounding.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+_JIT = {"nogil": True, "cache": True, "error_model": "numpy", "boundscheck": False}
+_FLOATS = (nb.float32, nb.float64)
+_INTS = (nb.int32, nb.int64)
+
+
+@nb.njit([nb.void(f[::1], f[::1], f[::1], f[::1], f, f, f, f) for f in _FLOATS], **_JIT)
+def dense_adamax(w, m, v, g, one_minus_beta_1, beta_2, lr_hat, epsilon):
+    """ResourceApplyAdaMax on flat contiguous arrays, in place, in their dtype.
+
+    ``m += (g - m) * (1 - beta_1)``; ``v = max(beta_2 * v, |g|)``;
+    ``w -= lr_hat * (m / (v + epsilon))``. The max keeps ``beta_2 * v`` when
+    ``|g|`` is NaN, as Eigen's ``cwiseMax`` does (so NaN never enters ``v``).
+    """
+    for i in range(w.shape[0]):
+        m_i = m[i] + (g[i] - m[i]) * one_minus_beta_1
+        decayed = beta_2 * v[i]
+        magnitude = abs(g[i])
+        v_i = magnitude if decayed < magnitude else decayed
+        m[i] = m_i
+        v[i] = v_i
+        w[i] -= lr_hat * (m_i / (v_i + epsilon))
+
+
+@nb.njit([nb.types.UniTuple(nb.int64[::1], 2)(i[::1]) for i in _INTS], **_JIT)
+def first_appearance(indices):
+    """Unique indices in order of first appearance, and each input's position.
+
+    Returns ``(unique, position)`` with ``indices[k] == unique[position[k]]``.
+    An open-addressing hash table (Fibonacci hashing, linear probing) makes this
+    O(n) and keeps TensorFlow's ``tf.unique`` order without a sort.
+    """
+    n = indices.shape[0]
+    bits = 1
+    while (1 << bits) < 2 * n:
+        bits += 1
+    size = 1 << bits
+    mask = size - 1
+    shift = np.uint64(64 - bits)
+    keys = np.empty(size, np.int64)
+    slots = np.full(size, -1, np.int64)
+    unique = np.empty(n, np.int64)
+    position = np.empty(n, np.int64)
+    count = 0
+    for k in range(n):
+        key = np.int64(indices[k])
+        h = np.int64((np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)) >> shift)
+        while True:
+            slot = slots[h]
+            if slot < 0:
+                slots[h] = count
+                keys[h] = key
+                unique[count] = key
+                position[k] = count
+                count += 1
+                break
+            if keys[h] == key:
+                position[k] = slot
+                break
+            h = (h + 1) & mask
+    return unique[:count].copy(), position
+
+
+@nb.njit([f[:, ::1](f[:, ::1], nb.int64[::1], nb.int64) for f in _FLOATS], **_JIT)
+def segment_sum(values, position, count):
+    """Sum rows of ``values`` into ``count`` rows, in input order.
+
+    Each output row starts at zero and adds its inputs one by one, as
+    ``tf.math.unsorted_segment_sum`` does, so the rounding matches TensorFlow.
+    """
+    width = values.shape[1]
+    out = np.zeros((count, width), values.dtype)
+    for k in range(values.shape[0]):
+        p = position[k]
+        for j in range(width):
+            out[p, j] += values[k, j]
+    return out
+
+
+@nb.njit(
+    [
+        nb.void(
+            f[:, ::1],
+            f[:, ::1],
+            f[:, ::1],
+            nb.int64[::1],
+            f[:, ::1],
+            nb.int64,
+            nb.int64,
+            f,
+            f,
+            f,
+            f,
+            f,
+        )
+        for f in _FLOATS
+    ],
+    **_JIT,
+)
+def sparse_adamax(
+    w, m, v, rows, g_rows, lo, hi, beta_1, one_minus_beta_1, beta_2, neg_lr_hat, epsilon
+):
+    """Keras 2 lazy sparse Adamax on unique rows, in place.
+
+    ``w``, ``m``, ``v`` hold rows ``[lo, hi)`` of a variable (a whole variable
+    has ``lo = 0``); rows of ``rows`` outside that range are skipped, so each
+    shard of a split variable can take the same arguments. For each row r:
+    ``m_r = m_r * beta_1 + g_r * (1 - beta_1)`` (the sparse rounding form),
+    ``v_r = max(v_r * beta_2, |g_r|)`` propagating NaN as ``tf.maximum``, and
+    ``w_r += neg_lr_hat * (m_r / (v_r + epsilon))``. Other rows are untouched.
+    """
+    width = w.shape[1]
+    for r in range(rows.shape[0]):
+        row = rows[r]
+        if row < lo or row >= hi:
+            continue
+        local = row - lo
+        for j in range(width):
+            g = g_rows[r, j]
+            m_j = m[local, j] * beta_1 + g * one_minus_beta_1
+            decayed = v[local, j] * beta_2
+            magnitude = abs(g)
+            if decayed != decayed or magnitude != magnitude:
+                v_j = decayed + magnitude
+            elif decayed < magnitude:
+                v_j = magnitude
+            else:
+                v_j = decayed
+            m[local, j] = m_j
+            v[local, j] = v_j
+            w[local, j] += neg_lr_hat * (m_j / (v_j + epsilon))
+
+
+@nb.njit([nb.void(f[::1], f[::1], f[::1], f[::1]) for f in _FLOATS], **_JIT)
+def stream_4r3w(a, b, c, d):
+    """The update's memory traffic without its arithmetic: read 4, write 3.
+
+    The benchmark's ceiling for a memory-bound Adamax step on this machine.
+    """
+    for i in range(a.shape[0]):
+        x = a[i]
+        y = b[i]
+        z = c[i]
+        s = d[i]
+        a[i] = x + s
+        b[i] = y + s
+        c[i] = z + s
