@@ -1,0 +1,38 @@
+"""The numba kernels are compiled before any request and never compile later."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adamax_ps.server import kernels
+
+KERNELS = [
+    kernels.dense_adamax,
+    kernels.first_appearance,
+    kernels.segment_sum,
+    kernels.sparse_adamax,
+    kernels.stream_4r3w,
+]
+
+
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.__name__)
+def test_compiled_at_import_for_every_supported_type(kernel):
+    assert kernel.signatures, "explicit signatures compile (or load) at import"
+    assert not kernel._can_compile, "a request can never trigger a JIT compile"
+
+
+def test_an_unsupported_type_is_refused_not_compiled():
+    a = np.zeros(4, np.int32)
+    with pytest.raises(TypeError, match="No matching definition"):
+        kernels.dense_adamax(a, a, a, a, 1, 1, 1, 1)
+
+
+def test_first_appearance_keeps_order_and_positions():
+    indices = np.array([7, 3, 7, 7, 0, 3, 9], np.int64)
+    unique, position = kernels.first_appearance(indices)
+    assert unique.tolist() == [7, 3, 0, 9]
+    assert (unique[position] == indices).all()
+    big = np.random.default_rng(0).integers(-(2**62), 2**62, 5000)
+    unique, position = kernels.first_appearance(np.concatenate([big, big[::-1]]))
+    assert unique.tolist() == list(dict.fromkeys(big.tolist()))
