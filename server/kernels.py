@@ -28,7 +28,13 @@ _FLOATS = (nb.float32, nb.float64)
 _INTS = (nb.int32, nb.int64)
 
 
-@nb.njit([nb.void(f[::1], f[::1], f[::1], f[::1], f, f, f, f) for f in _FLOATS], **_JIT)
+def _in(dtype, ndim: int = 1):
+    """A read-only C array type: accepts writable arrays too, and the zero-copy
+    (read-only) views transports decode gradients into."""
+    return nb.types.Array(dtype, ndim, "C", readonly=True)
+
+
+@nb.njit([nb.void(f[::1], f[::1], f[::1], _in(f), f, f, f, f) for f in _FLOATS], **_JIT)
 def dense_adamax(w, m, v, g, one_minus_beta_1, beta_2, lr_hat, epsilon):
     """ResourceApplyAdaMax on flat contiguous arrays, in place, in their dtype.
 
@@ -46,7 +52,7 @@ def dense_adamax(w, m, v, g, one_minus_beta_1, beta_2, lr_hat, epsilon):
         w[i] -= lr_hat * (m_i / (v_i + epsilon))
 
 
-@nb.njit([nb.types.UniTuple(nb.int64[::1], 2)(i[::1]) for i in _INTS], **_JIT)
+@nb.njit([nb.types.UniTuple(nb.int64[::1], 2)(_in(i)) for i in _INTS], **_JIT)
 def first_appearance(indices):
     """Unique indices in order of first appearance, and each input's position.
 
@@ -85,7 +91,7 @@ def first_appearance(indices):
     return unique[:count].copy(), position
 
 
-@nb.njit([f[:, ::1](f[:, ::1], nb.int64[::1], nb.int64) for f in _FLOATS], **_JIT)
+@nb.njit([f[:, ::1](_in(f, 2), _in(nb.int64), nb.int64) for f in _FLOATS], **_JIT)
 def segment_sum(values, position, count):
     """Sum rows of ``values`` into ``count`` rows, in input order.
 
@@ -107,8 +113,8 @@ def segment_sum(values, position, count):
             f[:, ::1],
             f[:, ::1],
             f[:, ::1],
-            nb.int64[::1],
-            f[:, ::1],
+            _in(nb.int64),
+            _in(f, 2),
             nb.int64,
             nb.int64,
             f,
@@ -169,3 +175,52 @@ def stream_4r3w(a, b, c, d):
         a[i] = x + s
         b[i] = y + s
         c[i] = z + s
+
+
+@nb.njit([nb.int64(_in(f)) for f in _FLOATS], **_JIT)
+def first_nonfinite(values):
+    """Index of the first NaN or Inf in a flat array, or -1."""
+    for i in range(values.shape[0]):
+        x = values[i]
+        if x - x != 0:  # NaN and +-Inf give NaN; every finite x gives 0
+            return i
+    return -1
+
+
+@nb.njit([nb.int64(_in(i), nb.int64) for i in _INTS], **_JIT)
+def first_out_of_range(indices, rows):
+    """Position of the first index outside ``[0, rows)``, or -1."""
+    for k in range(indices.shape[0]):
+        if indices[k] < 0 or indices[k] >= rows:
+            return k
+    return -1
+
+
+@nb.njit(
+    [
+        nb.types.Tuple((nb.float64, nb.float64, nb.float64, nb.float64, nb.int64))(
+            _in(f, 2)
+        )
+        for f in _FLOATS
+    ],
+    **_JIT,
+)
+def summary(rows):
+    """One pass over a ``[rows, row_size]`` array: sum of squares, min, max, sum
+    (accumulated in float64) and the number of rows with a non-zero value."""
+    squares = 0.0
+    low = np.inf
+    high = -np.inf
+    total = 0.0
+    nonzero = 0
+    for r in range(rows.shape[0]):
+        any_nonzero = False
+        for j in range(rows.shape[1]):
+            x = np.float64(rows[r, j])
+            squares += x * x
+            total += x
+            low = min(low, x)
+            high = max(high, x)
+            any_nonzero = any_nonzero or x != 0
+        nonzero += any_nonzero
+    return squares, low, high, total, nonzero

@@ -1,0 +1,255 @@
+"""Checkpoint files: atomic on disk, checksummed, no pickle.
+
+A checkpoint is a folder ``ckpt-<sequence>`` under the checkpoint root::
+
+    ckpt-000012/
+        shard-0.bin ... shard-N.bin   raw array bytes, each array 64-byte aligned
+        extra.bin                     small arrays (optimizer extra weights)
+        manifest.json                 what every byte range holds, with crc32s
+        manifest.json.crc32           crc32 of manifest.json's exact bytes
+
+It is written into ``ckpt-<sequence>.tmp-<pid>``; every file is fsynced, then
+the folder is renamed into place and the root is fsynced. A crash at any moment
+leaves either the new checkpoint complete or not there at all, and the last
+good one untouched. Readers take the highest-numbered complete folder and check
+every byte against its crc32: a mismatch, a short file or an unknown format
+version is a ``CheckpointError`` naming the file, never silent garbage.
+
+Arrays are written straight from their memory (no copy) in chunks, the crc32
+of each chunk computed on a second thread while the next is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import zlib
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adamax_ps.server.errors import CheckpointError
+
+FORMAT = "adamax-ps-checkpoint"
+VERSION = 1
+ALIGN = 64
+CHUNK = 16 << 20
+_NAME = re.compile(r"^ckpt-(\d+)$")
+
+
+def _bytes(array: np.ndarray) -> memoryview:
+    """The array's own memory as bytes (C-contiguous arrays only: no copy)."""
+    if not array.flags.c_contiguous:
+        raise ValueError("checkpointed arrays must be C-contiguous")
+    return memoryview(array.reshape(-1)).cast("B")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class DataFile:
+    """One ``.bin`` file being written: arrays appended, each with its crc32."""
+
+    def __init__(self, path: Path, pool: ThreadPoolExecutor) -> None:
+        self.name = path.name
+        self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._pool = pool
+        self._offset = 0
+
+    def write(self, array: np.ndarray) -> dict[str, Any]:
+        """Append one array; returns its entry (file, offset, nbytes, crc32)."""
+        pad = -self._offset % ALIGN
+        if pad:
+            self._file.write(b"\0" * pad)
+            self._offset += pad
+        data = _bytes(array)
+        crc = self._pool.submit(int, 0)
+        for start in range(0, len(data), CHUNK):
+            chunk = data[start : start + CHUNK]
+            crc = self._pool.submit(_chain_crc, crc, chunk)
+            self._file.write(chunk)
+        entry = {
+            "file": self.name,
+            "offset": self._offset,
+            "nbytes": len(data),
+            "crc32": crc.result(),
+            "dtype": array.dtype.str,
+            "shape": list(array.shape),
+        }
+        self._offset += len(data)
+        return entry
+
+    def close(self) -> dict[str, int]:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        return {"bytes": self._offset}
+
+
+def _chain_crc(previous, chunk: memoryview) -> int:
+    return zlib.crc32(chunk, previous.result())
+
+
+class CheckpointWriter:
+    """Writes one checkpoint folder atomically (see the module docstring)."""
+
+    def __init__(self, root: Path, sequence: int, keep: int = 2) -> None:
+        self.root = Path(root)
+        self.sequence = sequence
+        self.keep = keep
+        self.final = self.root / f"ckpt-{sequence:06d}"
+        self.tmp = self.root / f"ckpt-{sequence:06d}.tmp-{os.getpid()}"
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="crc32")
+        self._files: dict[str, dict[str, int]] = {}
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp.mkdir()
+        except OSError as e:
+            raise CheckpointError(
+                f"cannot write a checkpoint under {self.root}: {e}"
+            ) from e
+
+    def open(self, name: str) -> DataFile:
+        return DataFile(self.tmp / name, self._pool)
+
+    def closed(self, data_file: DataFile) -> None:
+        self._files[data_file.name] = data_file.close()
+
+    def commit(self, manifest: dict[str, Any]) -> Path:
+        """Write the manifest, make the folder durable and move it into place."""
+        body = {
+            "format": FORMAT,
+            "version": VERSION,
+            "sequence": self.sequence,
+            **manifest,
+            "files": self._files,
+        }
+        text = json.dumps(body, indent=1, sort_keys=False).encode()
+        for name, data in (
+            ("manifest.json", text),
+            ("manifest.json.crc32", b"%d\n" % zlib.crc32(text)),
+        ):
+            with open(self.tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        _fsync_dir(self.tmp)
+        os.rename(self.tmp, self.final)
+        _fsync_dir(self.root)
+        self._pool.shutdown()
+        self._prune()
+        return self.final
+
+    def abort(self) -> None:
+        self._pool.shutdown()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _prune(self) -> None:
+        """Keep the newest ``keep`` checkpoints; remove older ones and stale temps."""
+        complete = sorted(checkpoints(self.root))
+        for _, path in complete[: -self.keep]:
+            shutil.rmtree(path, ignore_errors=True)
+        for path in self.root.glob("ckpt-*.tmp-*"):
+            if path != self.tmp and not _pid_alive(path.name.rsplit("-", 1)[-1]):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoint folders under ``root`` as (sequence, path)."""
+    if not Path(root).is_dir():
+        return []
+    found = []
+    for path in Path(root).iterdir():
+        match = _NAME.match(path.name)
+        if match and (path / "manifest.json").is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest(root: Path) -> Path | None:
+    found = checkpoints(root)
+    return found[-1][1] if found else None
+
+
+class CheckpointReader:
+    """Reads and verifies one checkpoint folder."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            text = (self.path / "manifest.json").read_bytes()
+            expected = int((self.path / "manifest.json.crc32").read_text().strip())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {self.path} is unreadable: {e}") from e
+        if zlib.crc32(text) != expected:
+            raise CheckpointError(
+                f"checkpoint {self.path}: manifest.json fails its checksum (corrupt)"
+            )
+        self.manifest = json.loads(text)
+        if self.manifest.get("format") != FORMAT:
+            raise CheckpointError(f"{self.path} is not an adamax-ps checkpoint")
+        if self.manifest.get("version") != VERSION:
+            raise CheckpointError(
+                f"checkpoint {self.path} has format version "
+                f"{self.manifest.get('version')!r}; this server reads version {VERSION}"
+            )
+        for name, info in self.manifest["files"].items():
+            size = (
+                (self.path / name).stat().st_size if (self.path / name).exists() else -1
+            )
+            if size != info["bytes"]:
+                raise CheckpointError(
+                    f"checkpoint {self.path}: {name} has {size} bytes, "
+                    f"expected {info['bytes']} (truncated or missing)"
+                )
+
+    def read(self, entry: dict[str, Any]) -> np.ndarray:
+        """One whole array, verified."""
+        out = np.empty(entry["shape"], np.dtype(entry["dtype"]))
+        self.read_into(entry, [_bytes(out)])
+        return out
+
+    def read_into(self, entry: dict[str, Any], targets: Iterable[memoryview]) -> None:
+        """Read an array's bytes, in order, into consecutive ``targets``.
+
+        The targets' sizes must add up to the array's; the crc32 is checked
+        over all of them.
+        """
+        crc = 0
+        total = 0
+        with open(self.path / entry["file"], "rb") as f:
+            f.seek(entry["offset"])
+            for target in targets:
+                for start in range(0, len(target), CHUNK):
+                    view = target[start : start + CHUNK]
+                    if f.readinto(view) != len(view):
+                        raise CheckpointError(f"{self.path}: {entry['file']} is short")
+                    crc = zlib.crc32(view, crc)
+                total += len(target)
+        if total != entry["nbytes"] or crc != entry["crc32"]:
+            raise CheckpointError(
+                f"checkpoint {self.path}: {entry['file']} bytes "
+                f"{entry['offset']}..{entry['offset'] + entry['nbytes']} fail their "
+                "checksum (corrupt)"
+            )

@@ -1,0 +1,250 @@
+"""ShardedStore: where variables and their slots live, and who may touch them.
+
+A store has several shards, each with its own lock. A whole variable lives in
+one shard, chosen by a stable hash of its name (``crc32``, never the salted
+``hash()``); a large variable is split by row ranges over all shards, so one
+push updates the shards in parallel (the kernels release the GIL). Each part
+of a variable holds its rows of the value and of every slot, so a shard's lock
+guards everything a kernel call touches.
+
+Lock discipline: shard locks are taken in ascending index order (``locked``),
+the registry lock is a leaf. No global lock is on the push path. This module
+never imports grpc, fastapi or protobuf.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DEFAULT_SPLIT_BYTES = 16 << 20
+
+
+@dataclass
+class Part:
+    """Rows ``[lo, hi)`` of one variable held by one shard, with their slots.
+
+    ``slots`` maps ``(optimizer, slot name)`` to an array shaped like ``value``.
+    """
+
+    variable: str
+    shard: int
+    lo: int
+    hi: int
+    value: np.ndarray
+    slots: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+
+    def rows(self, array: np.ndarray) -> np.ndarray:
+        """The 2-D ``[rows, row_size]`` view of ``array`` (one of this part's)."""
+        return array.reshape(array.shape[0], -1) if array.ndim else array.reshape(1, 1)
+
+
+@dataclass(frozen=True)
+class VariableRecord:
+    """What a variable is and where its parts are; immutable once created."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    parts: tuple[tuple[int, int, int], ...]  # (shard, lo, hi)
+    initializer: str | dict
+    seed: int
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0] if self.shape else 1
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    @property
+    def shards(self) -> tuple[int, ...]:
+        return tuple(sorted({shard for shard, _, _ in self.parts}))
+
+
+class Shard:
+    """One lock and the parts it guards."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.lock = threading.Lock()
+        self.parts: dict[str, Part] = {}
+
+    def nbytes(self) -> int:
+        return sum(
+            p.value.nbytes + sum(s.nbytes for s in p.slots.values())
+            for p in self.parts.values()
+        )
+
+
+class ShardedStore:
+    """Variables and slots in ``num_shards`` independently locked shards."""
+
+    def __init__(
+        self, num_shards: int | None = None, split_bytes: int = DEFAULT_SPLIT_BYTES
+    ) -> None:
+        self.num_shards = num_shards or os.cpu_count() or 1
+        if self.num_shards < 1:
+            raise ValueError(
+                f"A store needs at least one shard. Received: {num_shards}"
+            )
+        self.split_bytes = split_bytes
+        self.shards = [Shard(i) for i in range(self.num_shards)]
+        self._registry_lock = threading.Lock()
+        self._variables: dict[str, VariableRecord] = {}
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.num_shards, thread_name_prefix="shard"
+        )
+
+    # Placement ----------------------------------------------------------------
+
+    def placement(
+        self, name: str, shape: tuple[int, ...], dtype: np.dtype
+    ) -> tuple[tuple[int, int, int], ...]:
+        """Where a variable goes: one shard by name hash, or row ranges over all."""
+        rows = shape[0] if shape else 1
+        nbytes = math.prod(shape) * dtype.itemsize
+        n = self.num_shards
+        if n == 1 or not shape or nbytes < self.split_bytes or rows < n:
+            return ((zlib.crc32(name.encode()) % n, 0, rows),)
+        bounds = [rows * i // n for i in range(n + 1)]
+        return tuple((i, bounds[i], bounds[i + 1]) for i in range(n))
+
+    # Registry -------------------------------------------------------------------
+
+    def get(self, name: str) -> VariableRecord | None:
+        with self._registry_lock:
+            return self._variables.get(name)
+
+    def records(self) -> list[VariableRecord]:
+        with self._registry_lock:
+            return list(self._variables.values())
+
+    def add(
+        self, record: VariableRecord, fill: Callable[[np.ndarray, int], None]
+    ) -> VariableRecord:
+        """Create the variable's parts (filled by ``fill(array, lo)``) and register it.
+
+        If a variable of that name was registered meanwhile, nothing is created
+        and the existing record is returned (the caller checks compatibility).
+        """
+        arrays = []
+        for shard, lo, hi in record.parts:
+            shape = (hi - lo, *record.shape[1:]) if record.shape else ()
+            value = np.empty(shape, record.dtype)
+            fill(value, lo)
+            arrays.append(Part(record.name, shard, lo, hi, value))
+        with self.locked(record.shards):
+            with self._registry_lock:
+                existing = self._variables.get(record.name)
+                if existing is not None:
+                    return existing
+                self._variables[record.name] = record
+            for part in arrays:
+                self.shards[part.shard].parts[record.name] = part
+        return record
+
+    def parts(self, record: VariableRecord) -> list[Part]:
+        """The variable's parts in row order (hold their shards' locks to use them)."""
+        return [self.shards[shard].parts[record.name] for shard, _, _ in record.parts]
+
+    # Locking and parallel work --------------------------------------------------
+
+    @contextmanager
+    def locked(self, shards: Iterable[int]) -> Iterator[None]:
+        """Hold the locks of ``shards``, taken in ascending order (no deadlock)."""
+        order = sorted(set(shards))
+        taken: list[threading.Lock] = []
+        try:
+            for index in order:
+                lock = self.shards[index].lock
+                lock.acquire()
+                taken.append(lock)
+            yield
+        finally:
+            for lock in reversed(taken):
+                lock.release()
+
+    @contextmanager
+    def all_locked(self) -> Iterator[Callable[[int], None]]:
+        """Hold every shard's lock (taken ascending); yields ``release(index)``
+        to let one shard go early, as a checkpoint does once it is written."""
+        held: dict[int, threading.Lock] = {}
+        try:
+            for shard in self.shards:
+                shard.lock.acquire()
+                held[shard.index] = shard.lock
+
+            def release(index: int) -> None:
+                held.pop(index).release()
+
+            yield release
+        finally:
+            for lock in held.values():
+                lock.release()
+
+    def run_parallel(self, tasks: list[Callable[[], None]]) -> None:
+        """Run tasks at once on the shard pool (the caller runs the first itself)."""
+        if not tasks:
+            return
+        futures = [self._pool.submit(task) for task in tasks[1:]]
+        error: BaseException | None = None
+        try:
+            tasks[0]()
+        except BaseException as e:  # still wait for the others before raising
+            error = e
+        for future in futures:
+            try:
+                future.result()
+            except BaseException as e:
+                error = error or e
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # Reads --------------------------------------------------------------------
+
+    def read(
+        self, record: VariableRecord, key: tuple[str, str] | None = None
+    ) -> np.ndarray:
+        """A consistent copy of the variable (``key=None``) or of one slot."""
+        out = np.empty(record.shape, record.dtype)
+        with self.locked(record.shards):
+            for part in self.parts(record):
+                source = part.value if key is None else part.slots[key]
+                if record.shape:
+                    out[part.lo : part.hi] = source
+                else:
+                    out[...] = source
+        return out
+
+    def gather(
+        self, record: VariableRecord, rows: np.ndarray, key: tuple[str, str] | None
+    ) -> np.ndarray:
+        """Copies of the given rows (validated by the caller) of value or slot."""
+        out = np.empty((len(rows), *record.shape[1:]), record.dtype)
+        with self.locked(record.shards):
+            for part in self.parts(record):
+                source = part.value if key is None else part.slots[key]
+                inside = np.flatnonzero((rows >= part.lo) & (rows < part.hi))
+                out[inside] = source[rows[inside] - part.lo]
+        return out
+
+    def nbytes_per_shard(self) -> list[int]:
+        """Bytes of values and slots held by each shard."""
+        result = []
+        for shard in self.shards:
+            with shard.lock:
+                result.append(shard.nbytes())
+        return result
