@@ -24,8 +24,6 @@ A rejected push leaves every variable, slot and counter bit for bit as it was.
 
 from __future__ import annotations
 
-import enum
-import math
 import secrets
 import threading
 import time
@@ -36,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from adamax_ps.server import adamax, checkpoint, kernels
+from adamax_ps.server import adamax, checkpoint, persistence
 from adamax_ps.server.errors import (
     CheckpointError,
     FailedPreconditionError,
@@ -47,85 +45,42 @@ from adamax_ps.server.errors import (
     VariableExistsError,
     VariableNotFoundError,
 )
+from adamax_ps.server.gradients import (
+    DenseGradient,
+    Gradient,
+    PreparedGradient,
+    SparseGradient,
+)
+from adamax_ps.server.gradients import (
+    aggregate as aggregate_replicas,
+)
 from adamax_ps.server.hyperparams import AdamaxConfig
 from adamax_ps.server.initializers import Initializer, parse_initializer
 from adamax_ps.server.optimizers import OptimizerState, WeightRef
 from adamax_ps.server.pushes import ApplyResult, PushId, PushLedger
-from adamax_ps.server.store import (
-    DEFAULT_SPLIT_BYTES,
-    ShardedStore,
-    VariableRecord,
-)
+from adamax_ps.server.stats import Stats, variable_stats
+from adamax_ps.server.store import DEFAULT_SPLIT_BYTES, ShardedStore, VariableRecord
 from adamax_ps.server.sync import SyncCoordinator, SyncSettings
+from adamax_ps.server.validation import (
+    NonFinitePolicy,
+    check_gradient,
+    check_indices,
+    check_name,
+    numeric_array,
+    shape_and_dtype,
+)
 
-MAX_NAME = 256
-
-
-class NonFinitePolicy(enum.Enum):
-    """What a push with NaN or Inf in a gradient gets.
-
-    ``reject`` (default): refused with INVALID_ARGUMENT naming the variable,
-    nothing applied; a server holding the only copy of a model keeps it finite.
-    ``allow``: applied as TensorFlow would (NaN/Inf reach the weights).
-    """
-
-    REJECT = "reject"
-    ALLOW = "allow"
-
-
-@dataclass(frozen=True)
-class DenseGradient:
-    """A gradient for the whole variable."""
-
-    variable: str
-    values: np.ndarray
-
-
-@dataclass(frozen=True)
-class SparseGradient:
-    """An IndexedSlices gradient: ``values[k]`` is the gradient of ``indices[k]``."""
-
-    variable: str
-    indices: np.ndarray
-    values: np.ndarray
-
-
-Gradient = DenseGradient | SparseGradient
-
-
-@dataclass(frozen=True)
-class _Pair:
-    """A validated gradient; sparse ones become unique rows and summed values."""
-
-    record: VariableRecord
-    dense: np.ndarray | None = None
-    indices: np.ndarray | None = None
-    values: np.ndarray | None = None  # raw sparse values, [n, row_size]
-    rows: np.ndarray | None = None  # unique rows after deduplication
-    summed: np.ndarray | None = None
-
-    @property
-    def gradient(self) -> np.ndarray:
-        return self.dense if self.dense is not None else self.values
-
-    def with_gradient(self, gradient: np.ndarray) -> _Pair:
-        if self.dense is not None:
-            return _Pair(self.record, dense=gradient)
-        return _Pair(self.record, indices=self.indices, values=gradient)
-
-    def deduplicated(self) -> _Pair:
-        if self.dense is not None:
-            return self
-        rows, summed = adamax.deduplicate(self.indices, self.values)
-        return _Pair(self.record, rows=rows, summed=summed)
-
-    def shards(self) -> set[int]:
-        """Shards holding the rows this gradient touches."""
-        if self.rows is None or len(self.record.parts) == 1:
-            return set(self.record.shards)
-        bounds = np.asarray([lo for _, lo, _ in self.record.parts[1:]])
-        hit = np.unique(np.searchsorted(bounds, self.rows, side="right"))
-        return {self.record.parts[i][0] for i in hit.tolist()}
+__all__ = [
+    "ApplyResult",
+    "CheckpointInfo",
+    "DenseGradient",
+    "Gradient",
+    "NonFinitePolicy",
+    "ParameterService",
+    "PushId",
+    "ServiceSettings",
+    "SparseGradient",
+]
 
 
 @dataclass(frozen=True)
@@ -174,8 +129,8 @@ class ParameterService:
     ) -> tuple[VariableRecord, bool]:
         """Create the variable, or attach to it if it exists with the same shape
         and dtype. Returns ``(record, created)``."""
-        _check_name("variable", name)
-        shape, dtype, initial_value = _resolve_shape_dtype(shape, dtype, initial_value)
+        check_name("variable", name)
+        shape, dtype, initial_value = shape_and_dtype(shape, dtype, initial_value)
         existing = self.store.get(name)
         if existing is not None:
             return self._attach(existing, shape, dtype), False
@@ -240,13 +195,13 @@ class ParameterService:
     ) -> np.ndarray:
         """Copies of selected rows of a variable or slot."""
         record = self.variable(name)
-        rows = _check_indices(record, np.asarray(rows), "rows")
+        rows = check_indices(record, np.asarray(rows), "rows")
         return self.store.gather(record, rows, self._slot_key(record, optimizer, slot))
 
     def assign(self, name: str, value: Any) -> None:
         """Replace a variable's value (shape must match; cast to its dtype)."""
         record = self.variable(name)
-        value = _as_float_array(value, "value")
+        value = numeric_array(value, "value")
         if value.shape != record.shape:
             raise InvalidArgumentError(
                 f"value for {name!r} must have shape {record.shape}. "
@@ -397,7 +352,7 @@ class ParameterService:
         self, optimizer: str, variable: str, slot: str, initializer: str = "zeros"
     ) -> bool:
         """Keras ``add_slot``: create a slot of a variable if it does not exist."""
-        _check_name("slot", slot)
+        check_name("slot", slot)
         state = self.optimizer(optimizer)
         record = self.variable(variable)
         fill = Initializer(initializer, record.shape, 0).fill
@@ -424,9 +379,9 @@ class ParameterService:
         initializer: str = "zeros",
     ) -> np.ndarray:
         """Keras ``add_weight`` on an optimizer: an extra weight in ``weights``."""
-        _check_name("weight", name)
+        check_name("weight", name)
         state = self.optimizer(optimizer)
-        shape, dtype, _ = _resolve_shape_dtype(shape, dtype, None)
+        shape, dtype, _ = shape_and_dtype(shape, dtype, None)
         value = np.empty(shape, dtype)
         Initializer(initializer, shape, 0).fill(value)
         with state.lock:
@@ -497,10 +452,10 @@ class ParameterService:
                 raise
 
         def apply_round(
-            step: int, contributions: dict[str, tuple[PushId, list[_Pair]]]
+            step: int, contributions: dict[str, tuple[PushId, list[PreparedGradient]]]
         ):
             replicas = sorted(contributions)
-            summed = _aggregate(
+            summed = aggregate_replicas(
                 [contributions[r][1] for r in replicas], self.settings.sync.average
             )
             ids = [contributions[r][0] for r in replicas]
@@ -510,61 +465,13 @@ class ParameterService:
             state.name, step, current, push_id.client, (push_id, pairs), apply_round
         )
 
-    def _validate(self, gradients: Sequence[Gradient]) -> list[_Pair]:
-        pairs = []
-        for gradient in gradients:
-            record = self.variable(gradient.variable)
-            if isinstance(gradient, DenseGradient):
-                pairs.append(_Pair(record, dense=self._check_dense(record, gradient)))
-            elif isinstance(gradient, SparseGradient):
-                indices, values = self._check_sparse(record, gradient)
-                pairs.append(_Pair(record, indices=indices, values=values))
-            else:
-                raise InvalidArgumentError(f"not a gradient: {type(gradient).__name__}")
-        return pairs
+    def _validate(self, gradients: Sequence[Gradient]) -> list[PreparedGradient]:
+        policy = self.settings.nonfinite
+        return [check_gradient(self.variable(g.variable), g, policy) for g in gradients]
 
-    def _check_dense(
-        self, record: VariableRecord, gradient: DenseGradient
-    ) -> np.ndarray:
-        values = _check_values(record, gradient.values)
-        if values.shape != record.shape:
-            raise InvalidArgumentError(
-                f"gradient for {record.name!r} must have shape {record.shape}. "
-                f"Received: {values.shape}"
-            )
-        self._check_finite(record, values)
-        return np.ascontiguousarray(values)
-
-    def _check_sparse(self, record: VariableRecord, gradient: SparseGradient):
-        if not record.shape:
-            raise InvalidArgumentError(
-                "a sparse gradient needs a variable of rank >= 1; "
-                f"{record.name!r} is a scalar"
-            )
-        indices = _check_indices(record, gradient.indices, "indices")
-        values = _check_values(record, gradient.values)
-        expected = (len(indices), *record.shape[1:])
-        if values.shape != expected:
-            raise InvalidArgumentError(
-                f"sparse gradient values for {record.name!r} must have shape "
-                f"{expected} (one row per index). Received: {values.shape}"
-            )
-        self._check_finite(record, values)
-        row_size = math.prod(record.shape[1:])
-        return indices, np.ascontiguousarray(values).reshape(len(indices), row_size)
-
-    def _check_finite(self, record: VariableRecord, values: np.ndarray) -> None:
-        if self.settings.nonfinite is NonFinitePolicy.ALLOW:
-            return
-        where = kernels_first_nonfinite(values)
-        if where >= 0:
-            raise InvalidArgumentError(
-                f"gradient for {record.name!r} has a non-finite value "
-                f"({values.reshape(-1)[where]}) at flat index {where}; this server "
-                "refuses NaN and Inf gradients"
-            )
-
-    def _transform(self, state: OptimizerState, pairs: list[_Pair]) -> list[_Pair]:
+    def _transform(
+        self, state: OptimizerState, pairs: list[PreparedGradient]
+    ) -> list[PreparedGradient]:
         """Clip (Keras order, raw sparse values), then sum duplicate rows."""
         if state.config.clips:
             try:
@@ -577,7 +484,7 @@ class ParameterService:
     def _apply_pairs(
         self,
         state: OptimizerState,
-        pairs: list[_Pair],
+        pairs: list[PreparedGradient],
         push_ids: Sequence[PushId | None],
         step: int | None = None,
     ) -> ApplyResult:
@@ -618,23 +525,10 @@ class ParameterService:
 
     # Statistics -------------------------------------------------------------------
 
-    def stats(self, name: str) -> dict[str, dict[str, float]]:
+    def stats(self, name: str) -> dict[str, Stats]:
         """Norm, min, max, mean and non-zero rows of the value and every slot,
         computed in place under the shard locks (no copy of the state)."""
-        record = self.variable(name)
-        sums: dict[str, np.ndarray] = {}
-        with self.store.locked(record.shards):
-            for part in self.store.parts(record):
-                arrays = {"w": part.value}
-                for (optimizer, slot), array in part.slots.items():
-                    arrays[f"{optimizer}/{slot}"] = array
-                for key, array in arrays.items():
-                    partial = np.asarray(kernels_summary(part.rows(array)))
-                    sums[key] = (
-                        partial if key not in sums else _merge(sums[key], partial)
-                    )
-        count = math.prod(record.shape)
-        return {key: _describe(s, count) for key, s in sums.items()}
+        return variable_stats(self.store, self.variable(name))
 
     # Checkpoints ------------------------------------------------------------------
 
@@ -643,7 +537,7 @@ class ParameterService:
         root: Path | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> CheckpointInfo:
-        """Write a consistent checkpoint (see ``_write_checkpoint``).
+        """Write a consistent checkpoint (see ``persistence.write_cut``).
 
         ``progress(shard)`` is called after each shard's bytes are on disk.
         """
@@ -660,7 +554,9 @@ class ParameterService:
                 root, sequence, self.settings.keep_checkpoints
             )
             try:
-                manifest, nbytes = self._write_checkpoint(writer, progress)
+                manifest, nbytes = persistence.write_cut(
+                    self.store, self.optimizers(), self.ledger, writer, progress
+                )
                 path = writer.commit(manifest)
             except BaseException as e:
                 writer.abort()
@@ -673,62 +569,6 @@ class ParameterService:
             )
             self.last_checkpoint = info
             return info
-
-    def _write_checkpoint(self, writer: checkpoint.CheckpointWriter, progress=None):
-        """Lock every shard (ascending), snapshot the metadata, then write shard by
-        shard, releasing each as soon as its bytes are on disk: pushes to written
-        shards flow again while the rest is taken, no push is half inside, and no
-        state is copied."""
-        entries: list[dict[str, Any]] = []
-        nbytes = 0
-        with self.store.all_locked() as release:
-            records = self.store.records()
-            optimizers = []
-            for state in self.optimizers():
-                with state.lock:
-                    optimizers.append((state.to_json(), dict(state.extra_weights)))
-            ledger = self.ledger.snapshot()
-            extra = writer.open("extra.bin")
-            for data, weights in optimizers:
-                for weight_name, array in weights.items():
-                    entry = extra.write(np.ascontiguousarray(array))
-                    entries.append(
-                        {
-                            **entry,
-                            "kind": "weight",
-                            "optimizer": data["config"]["name"],
-                            "name": weight_name,
-                        }
-                    )
-            writer.closed(extra)
-            for shard in self.store.shards:
-                data_file = writer.open(f"shard-{shard.index}.bin")
-                for part in shard.parts.values():
-                    arrays = [("value", None, part.value)] + [
-                        ("slot", key, array) for key, array in part.slots.items()
-                    ]
-                    for kind, key, array in arrays:
-                        entry = data_file.write(array)
-                        nbytes += entry["nbytes"]
-                        entry.update(
-                            kind=kind, variable=part.variable, lo=part.lo, hi=part.hi
-                        )
-                        if key is not None:
-                            entry.update(optimizer=key[0], slot=key[1])
-                        entries.append(entry)
-                writer.closed(data_file)
-                release(shard.index)
-                if progress is not None:
-                    progress(shard.index)
-        manifest = {
-            "created": time.time(),
-            "num_shards": self.store.num_shards,
-            "variables": [_record_json(r) for r in records],
-            "optimizers": [data for data, _ in optimizers],
-            "ledger": ledger,
-            "arrays": entries,
-        }
-        return manifest, nbytes
 
     def restore(self, root: Path | None = None) -> CheckpointInfo | None:
         """Load the newest checkpoint under ``root`` into this (empty) service.
@@ -746,9 +586,12 @@ class ParameterService:
         reader = checkpoint.CheckpointReader(path)
         manifest = reader.manifest
         try:
-            nbytes = self._restore(reader, manifest)
+            optimizers, ledger, nbytes = persistence.load(self.store, reader)
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"checkpoint {path} is inconsistent: {e!r}") from e
+        with self._optimizers_lock:
+            self._optimizers.update(optimizers)
+        self.ledger.restore(ledger)
         self._checkpoint_sequence = manifest["sequence"]
         info = CheckpointInfo(
             path,
@@ -759,61 +602,6 @@ class ParameterService:
         )
         self.last_checkpoint = info
         return info
-
-    def _restore(self, reader: checkpoint.CheckpointReader, manifest: dict) -> int:
-        records = {}
-        for item in manifest["variables"]:
-            shape = tuple(item["shape"])
-            dtype = np.dtype(item["dtype"])
-            record = VariableRecord(
-                item["name"],
-                shape,
-                dtype,
-                self.store.placement(item["name"], shape, dtype),
-                item["initializer"],
-                int(item["seed"]),
-            )
-            records[record.name] = self.store.add(record, lambda out, lo: None)
-        weights: dict[str, dict[str, np.ndarray]] = {}
-        nbytes = 0
-        for entry in manifest["arrays"]:
-            if entry["kind"] == "weight":
-                weights.setdefault(entry["optimizer"], {})[entry["name"]] = reader.read(
-                    entry
-                )
-                continue
-            record = records[entry["variable"]]
-            key = (
-                None
-                if entry["kind"] == "value"
-                else (entry["optimizer"], entry["slot"])
-            )
-            reader.read_into(entry, self._restore_targets(record, key, entry))
-            nbytes += entry["nbytes"]
-        for data in manifest["optimizers"]:
-            name = data["config"]["name"]
-            self._optimizers[name] = OptimizerState.from_json(
-                data, weights.get(name, {})
-            )
-        self.ledger.restore(manifest["ledger"])
-        return nbytes
-
-    def _restore_targets(self, record: VariableRecord, key, entry) -> list[memoryview]:
-        """Byte views of the new parts' rows that a saved row range covers."""
-        targets = []
-        for part in self.store.parts(record):
-            if key is not None and key not in part.slots:
-                part.slots[key] = np.zeros_like(part.value)
-            array = part.value if key is None else part.slots[key]
-            lo, hi = max(part.lo, entry["lo"]), min(part.hi, entry["hi"])
-            if hi > lo or not record.shape:
-                rows = (
-                    part.rows(array)[lo - part.lo : hi - part.lo]
-                    if record.shape
-                    else array
-                )
-                targets.append(memoryview(rows.reshape(-1)).cast("B"))
-        return targets
 
     def start_periodic_checkpoints(
         self,
@@ -892,187 +680,3 @@ class _ShardTask:
                     step,
                     lo=part.lo,
                 )
-
-
-# Helpers -----------------------------------------------------------------------------
-
-
-def kernels_first_nonfinite(values: np.ndarray) -> int:
-    """Flat index of the first NaN/Inf, or -1."""
-    flat = values.reshape(-1)
-    if values.dtype == np.float16:
-        bad = np.flatnonzero(~np.isfinite(flat))
-        return int(bad[0]) if bad.size else -1
-    return int(kernels.first_nonfinite(flat))
-
-
-def kernels_summary(rows: np.ndarray):
-    return kernels.summary(rows) if rows.dtype != np.float16 else _summary_numpy(rows)
-
-
-def _summary_numpy(rows: np.ndarray):
-    wide = rows.astype(np.float64)
-    if not wide.size:
-        return (0.0, np.inf, -np.inf, 0.0, 0)
-    return (
-        float(np.sum(wide * wide)),
-        float(wide.min()),
-        float(wide.max()),
-        float(wide.sum()),
-        int(np.count_nonzero(np.any(wide != 0, axis=1))),
-    )
-
-
-def _merge(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.asarray(
-        [a[0] + b[0], min(a[1], b[1]), max(a[2], b[2]), a[3] + b[3], a[4] + b[4]]
-    )
-
-
-def _describe(s: np.ndarray, count: int) -> dict[str, float]:
-    return {
-        "l2_norm": float(math.sqrt(s[0])),
-        "min": float(s[1]) if count else 0.0,
-        "max": float(s[2]) if count else 0.0,
-        "mean": float(s[3] / count) if count else 0.0,
-        "nonzero_rows": int(s[4]),
-    }
-
-
-def _aggregate(pushes: list[list[_Pair]], average: bool) -> list[_Pair]:
-    """Sum replicas' pairs per variable (dense: add; sparse: concatenate rows)."""
-    dense: dict[str, np.ndarray] = {}
-    sparse: dict[str, list[_Pair]] = {}
-    order: list[tuple[str, str]] = []
-    records: dict[str, VariableRecord] = {}
-    for pairs in pushes:
-        for pair in pairs:
-            name = pair.record.name
-            records[name] = pair.record
-            kind = "dense" if pair.dense is not None else "sparse"
-            if (name, kind) not in order:
-                order.append((name, kind))
-            if kind == "dense":
-                dense[name] = (
-                    pair.dense.copy() if name not in dense else dense[name] + pair.dense
-                )
-            else:
-                sparse.setdefault(name, []).append(pair)
-    n = len(pushes)
-    result = []
-    for name, kind in order:
-        record = records[name]
-        if kind == "dense":
-            total = dense[name]
-            result.append(
-                _Pair(record, dense=total / record.dtype.type(n) if average else total)
-            )
-        else:
-            values = np.concatenate([p.values for p in sparse[name]])
-            if average:
-                values = values / record.dtype.type(n)
-            indices = np.concatenate([p.indices.astype(np.int64) for p in sparse[name]])
-            result.append(_Pair(record, indices=indices, values=values))
-    return result
-
-
-def _record_json(record: VariableRecord) -> dict[str, Any]:
-    return {
-        "name": record.name,
-        "shape": list(record.shape),
-        "dtype": record.dtype.str,
-        "initializer": record.initializer,
-        "seed": record.seed,
-    }
-
-
-def _check_name(what: str, name: Any) -> None:
-    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
-        raise InvalidArgumentError(
-            f"a {what} name must be a string of 1 to {MAX_NAME} characters. "
-            f"Received: {name!r}"
-        )
-
-
-def _float_dtype(dtype: Any) -> np.dtype:
-    try:
-        result = np.dtype(dtype)
-    except TypeError:
-        raise InvalidArgumentError(f"unknown dtype {dtype!r}") from None
-    if result not in adamax.FLOAT_DTYPES:
-        raise InvalidArgumentError(
-            f"variables must be float16, float32 or float64. Received: {result}"
-        )
-    return result.newbyteorder("=")
-
-
-def _as_float_array(value: Any, what: str) -> np.ndarray:
-    try:
-        array = np.asarray(value)
-    except Exception as e:
-        raise InvalidArgumentError(f"{what} is not an array: {e}") from None
-    if array.dtype.kind not in "fiu":
-        raise InvalidArgumentError(
-            f"{what} must be numeric. Received dtype {array.dtype}"
-        )
-    return array
-
-
-def _resolve_shape_dtype(shape, dtype, initial_value):
-    if initial_value is not None:
-        initial_value = _as_float_array(initial_value, "initial_value")
-        if dtype is None:
-            dtype = (
-                initial_value.dtype if initial_value.dtype.kind == "f" else "float32"
-            )
-        dtype = _float_dtype(dtype)
-        if shape is not None and tuple(shape) != initial_value.shape:
-            raise InvalidArgumentError(
-                f"shape {tuple(shape)} does not match the initial value's shape "
-                f"{initial_value.shape}"
-            )
-        return initial_value.shape, dtype, initial_value.astype(dtype, copy=False)
-    if shape is None:
-        raise InvalidArgumentError("a variable needs a shape or an initial value")
-    try:
-        shape = tuple(int(d) for d in shape)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(
-            f"a shape is a list of integers. Received: {shape!r}"
-        ) from None
-    if any(d < 0 for d in shape):
-        raise InvalidArgumentError(f"shape dimensions must be >= 0. Received: {shape}")
-    return shape, _float_dtype(dtype if dtype is not None else "float32"), None
-
-
-def _check_values(record: VariableRecord, values: Any) -> np.ndarray:
-    if not isinstance(values, np.ndarray):
-        raise InvalidArgumentError(f"gradient for {record.name!r} is not an array")
-    if values.dtype != record.dtype:
-        raise InvalidArgumentError(
-            f"gradient for {record.name!r} must have dtype {record.dtype}. "
-            f"Received: {values.dtype}"
-        )
-    return values
-
-
-def _check_indices(record: VariableRecord, indices: Any, what: str) -> np.ndarray:
-    if not isinstance(indices, np.ndarray) or indices.dtype not in adamax.INDEX_DTYPES:
-        dtype = getattr(indices, "dtype", type(indices).__name__)
-        raise InvalidArgumentError(
-            f"{what} for {record.name!r} must be an int32 or int64 array. "
-            f"Received: {dtype}"
-        )
-    if indices.ndim != 1:
-        raise InvalidArgumentError(
-            f"{what} for {record.name!r} must be 1-D. Received shape {indices.shape}"
-        )
-    indices = np.ascontiguousarray(indices)
-    if indices.size:
-        where = kernels.first_out_of_range(indices, record.rows)
-        if where >= 0:
-            raise InvalidArgumentError(
-                f"{what}[{where}] = {indices[where]} is not in [0, {record.rows}) "
-                f"for variable {record.name!r}"
-            )
-    return indices

@@ -1,0 +1,181 @@
+"""Checks of everything a client sends, each failing with a message that names
+the thing and the problem (rule first, then the value received)."""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from adamax_ps.server import adamax, kernels
+from adamax_ps.server.errors import InvalidArgumentError
+from adamax_ps.server.gradients import DenseGradient, PreparedGradient, SparseGradient
+from adamax_ps.server.store import VariableRecord
+
+MAX_NAME = 256
+
+
+class NonFinitePolicy(enum.Enum):
+    """What a push with NaN or Inf in a gradient gets.
+
+    ``reject`` (default): refused with INVALID_ARGUMENT naming the variable,
+    nothing applied; a server holding the only copy of a model keeps it finite.
+    ``allow``: applied as TensorFlow would (NaN/Inf reach the weights).
+    """
+
+    REJECT = "reject"
+    ALLOW = "allow"
+
+
+def check_name(what: str, name: Any) -> None:
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
+        raise InvalidArgumentError(
+            f"a {what} name must be a string of 1 to {MAX_NAME} characters. "
+            f"Received: {name!r}"
+        )
+
+
+def float_dtype(dtype: Any) -> np.dtype:
+    try:
+        result = np.dtype(dtype)
+    except TypeError:
+        raise InvalidArgumentError(f"unknown dtype {dtype!r}") from None
+    if result not in adamax.FLOAT_DTYPES:
+        raise InvalidArgumentError(
+            f"variables must be float16, float32 or float64. Received: {result}"
+        )
+    return result.newbyteorder("=")
+
+
+def numeric_array(value: Any, what: str) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+    except Exception as e:
+        raise InvalidArgumentError(f"{what} is not an array: {e}") from None
+    if array.dtype.kind not in "fiu":
+        raise InvalidArgumentError(
+            f"{what} must be numeric. Received dtype {array.dtype}"
+        )
+    return array
+
+
+def shape_and_dtype(
+    shape: Sequence[int] | None, dtype: Any, initial_value: Any
+) -> tuple[tuple[int, ...], np.dtype, np.ndarray | None]:
+    """A new variable's shape and dtype, from explicit values or its initial value
+    (whose float dtype is kept unless ``dtype`` says otherwise)."""
+    if initial_value is not None:
+        initial_value = numeric_array(initial_value, "initial_value")
+        if dtype is None:
+            dtype = (
+                initial_value.dtype if initial_value.dtype.kind == "f" else "float32"
+            )
+        dtype = float_dtype(dtype)
+        if shape is not None and tuple(shape) != initial_value.shape:
+            raise InvalidArgumentError(
+                f"shape {tuple(shape)} does not match the initial value's shape "
+                f"{initial_value.shape}"
+            )
+        return initial_value.shape, dtype, initial_value.astype(dtype, copy=False)
+    if shape is None:
+        raise InvalidArgumentError("a variable needs a shape or an initial value")
+    try:
+        shape = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(
+            f"a shape is a list of integers. Received: {shape!r}"
+        ) from None
+    if any(d < 0 for d in shape):
+        raise InvalidArgumentError(f"shape dimensions must be >= 0. Received: {shape}")
+    return shape, float_dtype(dtype if dtype is not None else "float32"), None
+
+
+def check_indices(record: VariableRecord, indices: Any, what: str) -> np.ndarray:
+    """A 1-D int32/int64 array of row numbers in ``[0, rows)``, contiguous."""
+    if not isinstance(indices, np.ndarray) or indices.dtype not in adamax.INDEX_DTYPES:
+        dtype = getattr(indices, "dtype", type(indices).__name__)
+        raise InvalidArgumentError(
+            f"{what} for {record.name!r} must be an int32 or int64 array. "
+            f"Received: {dtype}"
+        )
+    if indices.ndim != 1:
+        raise InvalidArgumentError(
+            f"{what} for {record.name!r} must be 1-D. Received shape {indices.shape}"
+        )
+    indices = np.ascontiguousarray(indices)
+    if indices.size:
+        where = kernels.first_out_of_range(indices, record.rows)
+        if where >= 0:
+            raise InvalidArgumentError(
+                f"{what}[{where}] = {indices[where]} is not in [0, {record.rows}) "
+                f"for variable {record.name!r}"
+            )
+    return indices
+
+
+def check_gradient(
+    record: VariableRecord,
+    gradient: DenseGradient | SparseGradient,
+    policy: NonFinitePolicy,
+) -> PreparedGradient:
+    """Validate one gradient of ``record``; nothing is changed by a refusal."""
+    if isinstance(gradient, DenseGradient):
+        values = _values(record, gradient.values)
+        if values.shape != record.shape:
+            raise InvalidArgumentError(
+                f"gradient for {record.name!r} must have shape {record.shape}. "
+                f"Received: {values.shape}"
+            )
+        _finite(record, values, policy)
+        return PreparedGradient(record, dense=np.ascontiguousarray(values))
+    if not isinstance(gradient, SparseGradient):
+        raise InvalidArgumentError(f"not a gradient: {type(gradient).__name__}")
+    if not record.shape:
+        raise InvalidArgumentError(
+            f"a sparse gradient needs a variable of rank >= 1; {record.name!r} is a "
+            "scalar"
+        )
+    indices = check_indices(record, gradient.indices, "indices")
+    values = _values(record, gradient.values)
+    expected = (len(indices), *record.shape[1:])
+    if values.shape != expected:
+        raise InvalidArgumentError(
+            f"sparse gradient values for {record.name!r} must have shape {expected} "
+            f"(one row per index). Received: {values.shape}"
+        )
+    _finite(record, values, policy)
+    row_size = math.prod(record.shape[1:])
+    values = np.ascontiguousarray(values).reshape(len(indices), row_size)
+    return PreparedGradient(record, indices=indices, values=values)
+
+
+def _values(record: VariableRecord, values: Any) -> np.ndarray:
+    if not isinstance(values, np.ndarray):
+        raise InvalidArgumentError(f"gradient for {record.name!r} is not an array")
+    if values.dtype != record.dtype:
+        raise InvalidArgumentError(
+            f"gradient for {record.name!r} must have dtype {record.dtype}. "
+            f"Received: {values.dtype}"
+        )
+    return values
+
+
+def _finite(
+    record: VariableRecord, values: np.ndarray, policy: NonFinitePolicy
+) -> None:
+    if policy is NonFinitePolicy.ALLOW:
+        return
+    flat = values.reshape(-1)
+    if values.dtype == np.float16:
+        bad = np.flatnonzero(~np.isfinite(flat))
+        where = int(bad[0]) if bad.size else -1
+    else:
+        where = int(kernels.first_nonfinite(flat))
+    if where >= 0:
+        raise InvalidArgumentError(
+            f"gradient for {record.name!r} has a non-finite value ({flat[where]}) at "
+            f"flat index {where}; this server refuses NaN and Inf gradients"
+        )
