@@ -28,12 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from readme import update_readme
 
 from adamax_ps.server import adamax, kernels
 from adamax_ps.server.hyperparams import AdamaxConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
-README = Path(__file__).resolve().parents[1] / "README.md"
 BYTES_PER_PARAM = 28  # read w, m, v, g and write w, m, v: 7 x 4 bytes
 POOL = ThreadPoolExecutor(2)
 
@@ -248,22 +248,13 @@ def markdown(results: dict, head: dict, rounds: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(table: str) -> None:
-    begin, end = "<!-- bench:kernels:begin -->", "<!-- bench:kernels:end -->"
-    text = README.read_text()
-    if begin not in text:
-        return
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    README.write_text(f"{head}{begin}\n{table}{end}{tail}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="small sizes, few rounds")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="output folder")
     args = parser.parse_args()
     sizes = [100_000, 1_000_000, 10_000_000, 50_000_000]
     rounds, sparse_rounds = args.rounds, 60
@@ -272,13 +263,13 @@ def main() -> None:
     results = run(sizes, rounds, sparse_rounds)
     head = headline(results)
     table = markdown(results, head, rounds)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "kernels.md").write_text(table)
-    (RESULTS / "kernels.json").write_text(
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "kernels.md").write_text(table)
+    (args.results / "kernels.json").write_text(
         json.dumps({"headline": head, **results}, indent=1, default=str) + "\n"
     )
     if args.update_readme:
-        update_readme(table)
+        update_readme("kernels", table)
     print(json.dumps(head) if args.json else table)
 
 

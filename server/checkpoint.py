@@ -89,11 +89,14 @@ class DataFile:
         self._offset += len(data)
         return entry
 
-    def close(self) -> dict[str, int]:
+    def finish(self) -> dict[str, int]:
+        """Hand the written bytes to the kernel (durable only after ``sync``)."""
         self._file.flush()
+        return {"bytes": self._offset}
+
+    def sync(self) -> None:
         os.fsync(self._file.fileno())
         self._file.close()
-        return {"bytes": self._offset}
 
 
 def _chain_crc(previous, chunk: memoryview) -> int:
@@ -111,6 +114,7 @@ class CheckpointWriter:
         self.tmp = self.root / f"ckpt-{sequence:06d}.tmp-{os.getpid()}"
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="crc32")
         self._files: dict[str, dict[str, int]] = {}
+        self._open: list[DataFile] = []
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(self.tmp, ignore_errors=True)
@@ -121,13 +125,20 @@ class CheckpointWriter:
             ) from e
 
     def open(self, name: str) -> DataFile:
-        return DataFile(self.tmp / name, self._pool)
+        data_file = DataFile(self.tmp / name, self._pool)
+        self._open.append(data_file)
+        return data_file
 
     def closed(self, data_file: DataFile) -> None:
-        self._files[data_file.name] = data_file.close()
+        """The file is complete. It is fsynced at ``commit``: the kernel writes
+        it back meanwhile, while the next files are written."""
+        self._files[data_file.name] = data_file.finish()
 
     def commit(self, manifest: dict[str, Any]) -> Path:
-        """Write the manifest, make the folder durable and move it into place."""
+        """Make every file durable, write the manifest, move the folder in place."""
+        for data_file in self._open:
+            data_file.sync()
+        self._open.clear()
         body = {
             "format": FORMAT,
             "version": VERSION,
@@ -148,14 +159,15 @@ class CheckpointWriter:
         os.rename(self.tmp, self.final)
         _fsync_dir(self.root)
         self._pool.shutdown()
-        self._prune()
         return self.final
 
     def abort(self) -> None:
+        for data_file in self._open:
+            data_file._file.close()
         self._pool.shutdown()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def _prune(self) -> None:
+    def prune(self) -> None:
         """Keep the newest ``keep`` checkpoints; remove older ones and stale temps."""
         complete = sorted(checkpoints(self.root))
         for _, path in complete[: -self.keep]:
@@ -236,17 +248,21 @@ class CheckpointReader:
         The targets' sizes must add up to the array's; the crc32 is checked
         over all of them.
         """
-        crc = 0
         total = 0
-        with open(self.path / entry["file"], "rb") as f:
-            f.seek(entry["offset"])
-            for target in targets:
-                for start in range(0, len(target), CHUNK):
-                    view = target[start : start + CHUNK]
-                    if f.readinto(view) != len(view):
-                        raise CheckpointError(f"{self.path}: {entry['file']} is short")
-                    crc = zlib.crc32(view, crc)
-                total += len(target)
+        with ThreadPoolExecutor(1, thread_name_prefix="crc32") as pool:
+            crc = pool.submit(int, 0)
+            with open(self.path / entry["file"], "rb") as f:
+                f.seek(entry["offset"])
+                for target in targets:
+                    for start in range(0, len(target), CHUNK):
+                        view = target[start : start + CHUNK]
+                        if f.readinto(view) != len(view):
+                            raise CheckpointError(
+                                f"{self.path}: {entry['file']} is short"
+                            )
+                        crc = pool.submit(_chain_crc, crc, view)
+                    total += len(target)
+            crc = crc.result()
         if total != entry["nbytes"] or crc != entry["crc32"]:
             raise CheckpointError(
                 f"checkpoint {self.path}: {entry['file']} bytes "

@@ -567,6 +567,7 @@ class ParameterService:
             info = CheckpointInfo(
                 path, sequence, nbytes, time.perf_counter() - started, time.time()
             )
+            writer.prune()
             self.last_checkpoint = info
             return info
 

@@ -1,0 +1,48 @@
+"""The benchmark scripts run end to end (quick sizes) and print their figures.
+
+Benchmarks are not timed tests: this only checks that they work and report
+the keys the README and the issues rely on.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def run_bench(script: str, tmp_path: Path) -> dict:
+    result = subprocess.run(
+        [sys.executable, BENCH / script, "--quick", "--json", "--results", tmp_path],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / script.replace(".py", ".md")).is_file()
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_kernel_bench_reports_its_headline(tmp_path):
+    figures = run_bench("kernels.py", tmp_path)
+    for key in (
+        "dense_params_per_s",
+        "dense_bandwidth_fraction",
+        "dense_speedup_vs_numpy_inplace",
+        "sparse_rows_per_s",
+    ):
+        assert figures[key] > 0
+
+
+@pytest.mark.slow
+def test_service_bench_reports_its_figures(tmp_path):
+    figures = run_bench("service.py", tmp_path)
+    assert figures["dense_pushes_per_s_1_thread"] > 0
+    assert figures["checkpoint_gb_per_s"] > 0
+    assert 0.7 < figures["rss_at_rest_gb"] < 1.2  # 0.25 GB of variables + slots
