@@ -1,3 +1,62 @@
-"""adamax-ps client: a Keras-compatible Adamax whose state lives on servers."""
+"""adamax-ps client: a Keras-compatible Adamax whose state lives on servers.
 
-__all__: list[str] = []
+from adamax_ps.client import Adamax, IndexedSlices, connect
+
+cluster = connect("grpc://ps-0:50051,grpc://ps-1:50051")
+emb = cluster.variable("emb", shape=(1_000_000, 64), initializer="glorot_uniform")
+opt = Adamax(learning_rate=1e-3, cluster=cluster)
+opt.apply_gradients([(IndexedSlices(rows_grad, row_ids, emb.shape), emb)])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from adamax_ps.client.cluster import Cluster
+from adamax_ps.client.errors import (
+    ClusterViewError,
+    InvalidArgumentError,
+    ParameterServerError,
+    StalePushError,
+    SyncTimeoutError,
+    TransportError,
+)
+from adamax_ps.client.optimizer import Adamax
+from adamax_ps.client.transports import RetryPolicy
+from adamax_ps.client.variables import IndexedSlices, RemoteSlot, RemoteVariable
+
+
+def connect(
+    addresses: str | Sequence[str],
+    *,
+    token: str | None = None,
+    tls: Any = None,
+    timeout: float | None = None,
+    retry: RetryPolicy | None = None,
+) -> Cluster:
+    """Connect to a cluster: ``"grpc://a:50051,grpc://b:50051"`` or a list.
+
+    Checks that server ``i`` of the list is server ``i`` of a cluster of that
+    size (``ClusterViewError`` otherwise). ``timeout`` bounds each call in
+    seconds; unreachable servers are retried per ``retry`` before a
+    ``TransportError``.
+    """
+    return Cluster(addresses, token=token, tls=tls, timeout=timeout, retry=retry)
+
+
+__all__ = [
+    "Adamax",
+    "Cluster",
+    "ClusterViewError",
+    "IndexedSlices",
+    "InvalidArgumentError",
+    "ParameterServerError",
+    "RemoteSlot",
+    "RemoteVariable",
+    "RetryPolicy",
+    "StalePushError",
+    "SyncTimeoutError",
+    "TransportError",
+    "connect",
+]

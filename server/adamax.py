@@ -20,12 +20,29 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from adamax_ps.proto.keras import clip_gradients
 from adamax_ps.server import kernels
+
+__all__ = [
+    "FLOAT_DTYPES",
+    "INDEX_DTYPES",
+    "StepScalars",
+    "c_pow",
+    "clip_gradients",
+    "cosf",
+    "deduplicate",
+    "dense_update",
+    "logf",
+    "powf",
+    "rows_view",
+    "sparse_rows_update",
+    "sparse_update",
+]
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
@@ -271,61 +288,3 @@ def sparse_update(
     row_size = math.prod(w.shape[1:])
     rows, summed = deduplicate(indices, values.reshape(len(indices), row_size))
     sparse_rows_update(rows_view(w), rows_view(m), rows_view(v), rows, summed, step)
-
-
-# Clipping ------------------------------------------------------------------
-
-
-def clip_gradients(
-    gradients: Sequence[np.ndarray],
-    *,
-    clipvalue: float | None = None,
-    clipnorm: float | None = None,
-    global_clipnorm: float | None = None,
-) -> list[np.ndarray]:
-    """Keras's gradient clipping, in its order: clipvalue, then clipnorm or global.
-
-    Each item is a dense gradient or the RAW values of a sparse one (duplicates
-    not yet summed), as Keras clips IndexedSlices before the update sums them.
-    Returns new arrays only where something is clipped.
-    """
-    clipped = list(gradients)
-    with np.errstate(all="ignore"):  # overflowing norms are TF's result too
-        if clipvalue is not None:
-            clipped = [_clip_by_value(g, clipvalue) for g in clipped]
-        if clipnorm is not None:
-            clipped = [_clip_by_norm(g, clipnorm) for g in clipped]
-        if global_clipnorm is not None:
-            clipped = _clip_by_global_norm(clipped, global_clipnorm)
-    return clipped
-
-
-def _clip_by_value(g: np.ndarray, c: float) -> np.ndarray:
-    T = g.dtype.type
-    return np.maximum(np.minimum(g, T(c)), T(-c))  # tf.clip_by_value's order
-
-
-def _clip_by_norm(g: np.ndarray, c: float) -> np.ndarray:
-    """``tf.clip_by_norm``: ``g * c / max(||g||, c)``, always (it is not exact)."""
-    T = g.dtype.type
-    squared = np.sum(g * g, dtype=g.dtype)
-    norm = np.sqrt(squared) if squared > 0 else squared
-    return (g * T(c)) / np.maximum(norm, T(c))
-
-
-def _clip_by_global_norm(gradients: list[np.ndarray], c: float) -> list[np.ndarray]:
-    """``tf.clip_by_global_norm`` over every gradient of one call (one dtype)."""
-    if not gradients:
-        return gradients
-    dtypes = {g.dtype for g in gradients}
-    if len(dtypes) > 1:
-        names = sorted(str(d) for d in dtypes)
-        raise ValueError(
-            f"global_clipnorm needs every gradient in one dtype. Received: {names}"
-        )
-    T = gradients[0].dtype.type
-    half_squares = [np.sum(g * g * T(0.5), dtype=T) for g in gradients]
-    norm = np.sqrt(np.sum(np.asarray(half_squares, T), dtype=T) * T(2))
-    scale = T(c) * np.minimum(T(1) / norm, T(1) / T(c))
-    scale = scale + (norm - norm)  # NaN when the norm is not finite, as in TF
-    return [g * scale for g in gradients]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from adamax_ps.server import adamax
+from adamax_ps.server import adamax, config
 from adamax_ps.server.demo import DemoProblem, batches, gradients, predict
 from adamax_ps.server.hyperparams import AdamaxConfig
 
@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="adamax-ps", description="A parameter server for the Adamax optimizer."
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="run one server process (gRPC and HTTP)",
+        description="Run one parameter server process. Every option can also be "
+        "set by its ADAMAX_PS_* environment variable.",
+    )
+    config.add_arguments(serve)
     demo = commands.add_parser("demo", help="train the embedded demo model")
     demo.add_argument("--steps", type=int, default=3000, help="training steps")
     demo.add_argument("--batch-size", type=int, default=256)
@@ -59,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        from adamax_ps.server.serve import run  # imports grpc, uvicorn: only here
+
+        return run(config.from_arguments(args))
     if args.command == "demo":
         return run_demo(args.steps, args.batch_size, args.learning_rate)
     return 2

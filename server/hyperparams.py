@@ -9,30 +9,21 @@ messages for bad input (``../shared/golden/errors.json``), and read back with
 from __future__ import annotations
 
 import math
-import numbers
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from adamax_ps.proto import keras
 from adamax_ps.server.adamax import StepScalars, clip_gradients
 from adamax_ps.server.schedules import LearningRateSchedule, schedule_from_config
 
-DEFAULT_EPSILON = 1e-7
-ALLOWED_KWARGS = ("clipnorm", "clipvalue", "decay", "global_clipnorm", "lr")
-_ALLOWED_REPR = "{" + ", ".join(repr(k) for k in ALLOWED_KWARGS) + "}"
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+DEFAULT_EPSILON = keras.DEFAULT_EPSILON
 
 
 def _as_float(what: str, value: Any) -> float:
-    if not _is_number(value):
-        raise TypeError(f"{what} must be a number. Received: {value!r}")
-    return float(value)
+    return keras.as_float(what, value)
 
 
 class AdamaxConfig(BaseModel):
@@ -79,56 +70,22 @@ class AdamaxConfig(BaseModel):
         name: Any = "Adamax",
         **kwargs: Any,
     ) -> AdamaxConfig:
-        """The config ``Adamax(learning_rate, beta_1, ..., **kwargs)`` would have.
-
-        Keras's rules: kwargs other than clipnorm, clipvalue, decay,
-        global_clipnorm and lr are a TypeError; a negative kwarg is a
-        ValueError; ``lr`` is a deprecated alias that wins over learning_rate.
-        """
-        for key, value in kwargs.items():
-            if key not in ALLOWED_KWARGS:
-                raise TypeError(
-                    f"Unexpected keyword argument passed to optimizer: {key}. "
-                    f"Allowed kwargs are {_ALLOWED_REPR}."
-                )
-            if value is not None and _as_float(key, value) < 0:
-                raise ValueError(f"Expected {key} >= 0, received: {value}")
-            if key == "lr":
-                warnings.warn(
-                    "The `lr` argument is deprecated, use `learning_rate` instead.",
-                    UserWarning,
-                    stacklevel=3,
-                )
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty string. Received: {name!r}")
-        clipnorm = kwargs.get("clipnorm")
-        global_clipnorm = kwargs.get("global_clipnorm")
-        if clipnorm is not None and global_clipnorm is not None:
-            raise ValueError(
-                "Cannot accept both `clipnorm` and `global_clipnorm`. Received: "
-                f"`clipnorm`={clipnorm}, `global_clipnorm`={global_clipnorm}."
-            )
-        return cls(
-            name=name,
-            learning_rate=kwargs.get("lr", learning_rate),
-            beta_1=beta_1,
-            beta_2=beta_2,
-            epsilon=epsilon or DEFAULT_EPSILON,
-            decay=kwargs.get("decay") or 0.0,
-            clipnorm=_optional_float(clipnorm),
-            clipvalue=_optional_float(kwargs.get("clipvalue")),
-            global_clipnorm=_optional_float(global_clipnorm),
+        """The config ``Adamax(learning_rate, beta_1, ..., **kwargs)`` would have,
+        with Keras's checks and messages (``adamax_ps.proto.keras``)."""
+        arguments = keras.adamax_arguments(
+            learning_rate, beta_1, beta_2, epsilon, name, stacklevel=4, **kwargs
         )
+        for key in ("clipnorm", "clipvalue", "global_clipnorm"):
+            arguments[key] = _optional_float(arguments[key])
+        return cls(**arguments)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> AdamaxConfig:
         """Keras ``Adamax.from_config``: ``lr`` renamed, missing keys defaulted."""
-        if not isinstance(config, Mapping):
-            raise TypeError(f"An optimizer config must be a dict. Received: {config!r}")
-        arguments = dict(config)
-        if "lr" in arguments:
-            arguments["learning_rate"] = arguments.pop("lr")
-        return cls.from_keras(**arguments)
+        arguments = keras.from_config_arguments(config, stacklevel=5)
+        for key in ("clipnorm", "clipvalue", "global_clipnorm"):
+            arguments[key] = _optional_float(arguments[key])
+        return cls(**arguments)
 
     def get_config(self, *, hypers_created: bool = False) -> dict[str, Any]:
         """Keras ``get_config()``: keys and order as Keras.

@@ -50,7 +50,10 @@ class OptimizerState:
     weights: list[WeightRef] = field(default_factory=list)
     slot_names: list[str] = field(default_factory=lambda: list(SLOT_NAMES))
     slot_initializers: dict[str, str] = field(default_factory=dict)
-    slotted: dict[str, set[str]] = field(default_factory=dict)  # variable -> slots
+    slotted: dict[str, set[str]] = field(default_factory=dict)  # local slot arrays
+    ordered: set[str] = field(
+        default_factory=set
+    )  # variables whose m, v are in weights
     extra_weights: dict[str, np.ndarray] = field(default_factory=dict)
     pushes: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -65,20 +68,28 @@ class OptimizerState:
             self.iterations_created = True
             self.weights.insert(0, ITERATIONS)
 
-    def new_variables(self, names: list[str]) -> list[str]:
-        """Of ``names`` (in call order, maybe repeated), those without slots yet."""
+    def without_slots(self, names: list[str]) -> list[str]:
+        """Of ``names`` (maybe repeated), those with no m and v arrays here yet."""
         return [n for n in dict.fromkeys(names) if n not in self.slotted]
 
-    def record_slots(self, variables: list[str]) -> None:
-        """Register m, then v, for variables new in a call (Keras's order).
+    def record_call(self, variables: list[str]) -> None:
+        """Append m, then v, of the call's variables new to ``weights``: Keras's
+        order. In a cluster, the coordinator (server 0) keeps the order of the
+        whole cluster; other servers keep their own, unused.
 
         Slots added with ``add_slot`` belong to one variable and are not
         created for others, as in Keras.
         """
+        new = [n for n in dict.fromkeys(variables) if n not in self.ordered]
+        self.ordered.update(new)
         for slot in SLOT_NAMES:
-            for variable in variables:
-                self.slotted.setdefault(variable, set()).add(slot)
+            for variable in new:
                 self.weights.append(WeightRef("slot", variable, slot))
+
+    def created_slots(self, variables: list[str]) -> None:
+        """m and v arrays now exist here for these variables."""
+        for variable in variables:
+            self.slotted.setdefault(variable, set()).update(SLOT_NAMES)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -90,6 +101,7 @@ class OptimizerState:
             "slot_names": list(self.slot_names),
             "slot_initializers": dict(self.slot_initializers),
             "slotted": {k: sorted(v) for k, v in self.slotted.items()},
+            "ordered": sorted(self.ordered),
             "extra_weights": sorted(self.extra_weights),
             "pushes": self.pushes,
         }
@@ -107,6 +119,7 @@ class OptimizerState:
             slot_names=list(data["slot_names"]),
             slot_initializers=dict(data["slot_initializers"]),
             slotted={k: set(v) for k, v in data["slotted"].items()},
+            ordered=set(data["ordered"]),
             extra_weights=extra_weights,
             pushes=int(data["pushes"]),
         )

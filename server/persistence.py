@@ -45,7 +45,7 @@ def write_cut(
         extra = writer.open("extra.bin")
         for data, weights in saved:
             for name, array in weights.items():
-                entry = extra.write(np.ascontiguousarray(array))
+                entry = extra.write(np.asarray(array, order="C"))
                 entry.update(kind="weight", optimizer=data["config"]["name"], name=name)
                 entries.append(entry)
         writer.closed(extra)
@@ -140,4 +140,6 @@ def _record_json(record: VariableRecord) -> dict[str, Any]:
         "dtype": record.dtype.str,
         "initializer": record.initializer,
         "seed": record.seed,
+        "global_shape": list(record.global_shape),
+        "row_offset": record.row_offset,
     }

@@ -39,6 +39,7 @@ from adamax_ps.server.errors import (
     CheckpointError,
     FailedPreconditionError,
     InvalidArgumentError,
+    NotFoundError,
     OptimizerExistsError,
     OptimizerNotFoundError,
     SlotNotFoundError,
@@ -66,6 +67,7 @@ from adamax_ps.server.validation import (
     check_gradient,
     check_indices,
     check_name,
+    check_slice,
     numeric_array,
     shape_and_dtype,
 )
@@ -95,6 +97,8 @@ class ServiceSettings:
     keep_checkpoints: int = 2
     ledger_per_client: int = 1024
     ledger_max_clients: int = 4096
+    server_index: int = 0
+    num_servers: int = 1
 
 
 class ParameterService:
@@ -126,18 +130,30 @@ class ParameterService:
         initial_value: np.ndarray | None = None,
         initializer: str | Mapping[str, Any] = "zeros",
         seed: int | None = None,
+        global_shape: Sequence[int] | None = None,
+        row_offset: int = 0,
     ) -> tuple[VariableRecord, bool]:
         """Create the variable, or attach to it if it exists with the same shape
-        and dtype. Returns ``(record, created)``."""
+        and dtype. Returns ``(record, created)``.
+
+        In a cluster a server may hold rows ``[row_offset, row_offset + rows)``
+        of a larger variable of ``global_shape``; initializers then draw those
+        rows exactly as for the whole variable.
+        """
         check_name("variable", name)
         shape, dtype, initial_value = shape_and_dtype(shape, dtype, initial_value)
+        global_shape = check_slice(shape, global_shape, row_offset)
         existing = self.store.get(name)
         if existing is not None:
             return self._attach(existing, shape, dtype), False
         if initial_value is None:
             parse_initializer(initializer)
             seed = secrets.randbits(63) if seed is None else int(seed)
-            fill = Initializer(initializer, shape, seed).fill
+            whole = Initializer(initializer, global_shape, seed)
+
+            def fill(out: np.ndarray, lo: int) -> None:
+                whole.fill(out, row_offset + lo)
+
             description: str | dict = (
                 initializer if isinstance(initializer, str) else dict(initializer)
             )
@@ -156,6 +172,8 @@ class ParameterService:
             self.store.placement(name, shape, dtype),
             description,
             seed,
+            global_shape,
+            row_offset,
         )
         stored = self.store.add(record, fill)
         if stored is not record:
@@ -198,9 +216,18 @@ class ParameterService:
         rows = check_indices(record, np.asarray(rows), "rows")
         return self.store.gather(record, rows, self._slot_key(record, optimizer, slot))
 
-    def assign(self, name: str, value: Any) -> None:
-        """Replace a variable's value (shape must match; cast to its dtype)."""
+    def assign(
+        self,
+        name: str,
+        value: Any,
+        *,
+        optimizer: str | None = None,
+        slot: str | None = None,
+    ) -> None:
+        """Replace a variable's value, or one of its slots (shape must match;
+        values are cast to the variable's dtype)."""
         record = self.variable(name)
+        key = self._slot_key(record, optimizer, slot)
         value = numeric_array(value, "value")
         if value.shape != record.shape:
             raise InvalidArgumentError(
@@ -210,7 +237,30 @@ class ParameterService:
         value = value.astype(record.dtype, copy=False)
         with self.store.locked(record.shards):
             for part in self.store.parts(record):
-                part.value[...] = value[part.lo : part.hi] if record.shape else value
+                target = part.value if key is None else part.slots[key]
+                target[...] = value[part.lo : part.hi] if record.shape else value
+
+    def weight(self, optimizer: str, name: str) -> np.ndarray:
+        """A copy of an optimizer's extra weight (``add_weight``)."""
+        state = self.optimizer(optimizer)
+        with state.lock:
+            if name not in state.extra_weights:
+                raise NotFoundError(f"optimizer {optimizer!r} has no weight {name!r}")
+            return state.extra_weights[name].copy()
+
+    def assign_weight(self, optimizer: str, name: str, value: Any) -> None:
+        state = self.optimizer(optimizer)
+        value = numeric_array(value, "value")
+        with state.lock:
+            if name not in state.extra_weights:
+                raise NotFoundError(f"optimizer {optimizer!r} has no weight {name!r}")
+            target = state.extra_weights[name]
+            if value.shape != target.shape:
+                raise InvalidArgumentError(
+                    f"value for weight {name!r} must have shape {target.shape}. "
+                    f"Received: {value.shape}"
+                )
+            target[...] = value
 
     def _slot_key(self, record, optimizer, slot) -> tuple[str, str] | None:
         if optimizer is None and slot is None:
@@ -349,26 +399,45 @@ class ParameterService:
         return self.pull(variable, optimizer=optimizer, slot=slot)
 
     def add_slot(
-        self, optimizer: str, variable: str, slot: str, initializer: str = "zeros"
+        self,
+        optimizer: str,
+        variable: str,
+        slot: str,
+        initializer: str = "zeros",
+        *,
+        create: bool = True,
+        record: bool = True,
     ) -> bool:
-        """Keras ``add_slot``: create a slot of a variable if it does not exist."""
+        """Keras ``add_slot``: a slot of a variable, if it does not exist yet.
+
+        ``create`` makes the arrays (the servers holding the variable);
+        ``record`` appends it to ``weights`` and the slot names (the
+        coordinator of a cluster). A single server does both.
+        """
         check_name("slot", slot)
         state = self.optimizer(optimizer)
-        record = self.variable(variable)
-        fill = Initializer(initializer, record.shape, 0).fill
-        with self.store.locked(record.shards), state.lock:
-            if slot in state.slotted.get(variable, ()):
-                return False
-            for part in self.store.parts(record):
-                array = np.empty_like(part.value)
-                fill(array, part.lo)
-                part.slots[(state.name, slot)] = array
-            state.slotted.setdefault(variable, set()).add(slot)
-            state.weights.append(WeightRef("slot", variable, slot))
-            if slot not in state.slot_names:
-                state.slot_names.append(slot)
-                state.slot_initializers[slot] = initializer
-        return True
+        added = False
+        if create:
+            variable_record = self.variable(variable)
+            fill = Initializer(initializer, variable_record.global_shape, 0).fill
+            with self.store.locked(variable_record.shards), state.lock:
+                if slot not in state.slotted.get(variable, ()):
+                    for part in self.store.parts(variable_record):
+                        array = np.empty_like(part.value)
+                        fill(array, variable_record.row_offset + part.lo)
+                        part.slots[(state.name, slot)] = array
+                    state.slotted.setdefault(variable, set()).add(slot)
+                    added = True
+        if record:
+            ref = WeightRef("slot", variable, slot)
+            with state.lock:
+                if ref not in state.weights:
+                    state.weights.append(ref)
+                    added = True
+                if slot not in state.slot_names:
+                    state.slot_names.append(slot)
+                    state.slot_initializers[slot] = initializer
+        return added
 
     def add_weight(
         self,
@@ -400,14 +469,23 @@ class ParameterService:
         *,
         step: int | None = None,
         aggregate: bool = True,
+        call_variables: Sequence[str] | None = None,
+        clipped: bool = False,
     ) -> ApplyResult:
         """Apply one push (one ``apply_gradients`` call) to all of its variables
         or to none, exactly once per push id.
 
-        In synchronous mode ``step`` is required (the iterations the gradients
-        were computed at) and the push waits for the other replicas of that step;
-        ``aggregate=False`` marks a push the workers already summed themselves,
-        applied at once as the whole step.
+        Asynchronous mode: the server takes the step itself, unless ``step`` is
+        given (in a cluster, the step the coordinator reserved for the call;
+        the counter here then only moves forward to ``step + 1``).
+        Synchronous mode: ``step`` is required (the iterations the gradients
+        were computed at) and the push waits for the other replicas of that
+        step, empty pushes included; ``aggregate=False`` marks a push the
+        workers already summed themselves, applied at once as the whole step.
+        ``call_variables`` names every variable of the call, on every server,
+        for the ``weights`` order (default: this push's variables).
+        ``clipped``: the sender already clipped the whole call (Keras order), so
+        the optimizer's clipping is not applied again.
         """
         state = self.optimizer(optimizer)
         if push_id is not None:
@@ -416,20 +494,53 @@ class ParameterService:
                 return answer
         try:
             pairs = self._validate(gradients)
-            if not pairs:  # Keras: apply_gradients([]) is a no-op
+            names = list(call_variables or [p.record.name for p in pairs])
+            if self.sync is not None:
+                return self._apply_sync(state, pairs, push_id, step, aggregate, names)
+            if not pairs and not names:  # Keras: apply_gradients([]) is a no-op
                 with state.lock:
                     return ApplyResult(state.name, state.iterations, state.iterations)
-            if self.sync is None:
-                return self._apply_pairs(
-                    state, self._transform(state, pairs), [push_id]
-                )
-            return self._apply_sync(state, pairs, push_id, step, aggregate)
+            transformed = self._transform(state, pairs, clip=not clipped)
+            return self._apply_pairs(state, transformed, [push_id], step, False, names)
         except BaseException:
             if push_id is not None:
                 self.ledger.abandon(push_id)
             raise
 
-    def _apply_sync(self, state, pairs, push_id, step, aggregate) -> ApplyResult:
+    def reserve_step(
+        self, optimizer: str, variables: Sequence[str], push_id: PushId | None = None
+    ) -> int:
+        """Coordinator of a cluster: take the step of one ``apply_gradients``
+        call (its servers then apply with it) and record its variables'
+        ``weights`` order. Exactly once per push id, like a push."""
+        state = self.optimizer(optimizer)
+        if push_id is not None:
+            answer = self.ledger.begin(push_id)
+            if answer is not None:
+                return answer.step
+        with state.lock:
+            step = state.iterations
+            state.create_iterations()
+            state.hypers_created = True
+            state.record_call(list(variables))
+            state.iterations = step + 1
+            result = ApplyResult(state.name, step, step + 1)
+            if push_id is not None:
+                self.ledger.complete(push_id, result)
+        return step
+
+    def set_iterations(self, optimizer: str, iterations: int) -> None:
+        """Set the counter (``set_weights`` on every server of a cluster)."""
+        if not isinstance(iterations, int) or iterations < 0:
+            raise InvalidArgumentError(
+                f"iterations must be a non-negative integer. Received: {iterations!r}"
+            )
+        state = self.optimizer(optimizer)
+        with state.lock:
+            state.create_iterations()
+            state.iterations = iterations
+
+    def _apply_sync(self, state, pairs, push_id, step, aggregate, names) -> ApplyResult:
         if step is None:
             raise InvalidArgumentError(
                 "this server runs synchronous training: a push must carry the step "
@@ -444,25 +555,31 @@ class ParameterService:
         if not aggregate:
             self.sync.close_step(state.name, step, current)
             try:
+                transformed = self._transform(state, pairs)
                 return self._apply_pairs(
-                    state, self._transform(state, pairs), [push_id], step
+                    state, transformed, [push_id], step, True, names
                 )
             except BaseException:
                 self.sync.reopen(state.name, step)
                 raise
 
-        def apply_round(
-            step: int, contributions: dict[str, tuple[PushId, list[PreparedGradient]]]
-        ):
+        def apply_round(step: int, contributions: dict[str, tuple]) -> ApplyResult:
             replicas = sorted(contributions)
             summed = aggregate_replicas(
                 [contributions[r][1] for r in replicas], self.settings.sync.average
             )
             ids = [contributions[r][0] for r in replicas]
-            return self._apply_pairs(state, self._transform(state, summed), ids, step)
+            every = [n for r in replicas for n in contributions[r][2]]
+            transformed = self._transform(state, summed)
+            return self._apply_pairs(state, transformed, ids, step, True, every)
 
         return self.sync.contribute(
-            state.name, step, current, push_id.client, (push_id, pairs), apply_round
+            state.name,
+            step,
+            current,
+            push_id.client,
+            (push_id, pairs, names),
+            apply_round,
         )
 
     def _validate(self, gradients: Sequence[Gradient]) -> list[PreparedGradient]:
@@ -470,10 +587,10 @@ class ParameterService:
         return [check_gradient(self.variable(g.variable), g, policy) for g in gradients]
 
     def _transform(
-        self, state: OptimizerState, pairs: list[PreparedGradient]
+        self, state: OptimizerState, pairs: list[PreparedGradient], clip: bool = True
     ) -> list[PreparedGradient]:
         """Clip (Keras order, raw sparse values), then sum duplicate rows."""
-        if state.config.clips:
+        if clip and state.config.clips:
             try:
                 clipped = state.config.clip([p.gradient for p in pairs])
             except ValueError as e:
@@ -486,23 +603,32 @@ class ParameterService:
         state: OptimizerState,
         pairs: list[PreparedGradient],
         push_ids: Sequence[PushId | None],
-        step: int | None = None,
+        step: int | None,
+        exact: bool,
+        call_variables: list[str],
     ) -> ApplyResult:
+        """Take the push's shards, its step, then update every shard in parallel.
+
+        ``step`` None: take the optimizer's next step. ``exact``: the step must
+        be the optimizer's next (synchronous mode). Otherwise a given step is
+        used as is and the counter only moves forward.
+        """
         shards = set().union(*(p.shards() for p in pairs))
         with self.store.locked(shards):
             with state.lock:
                 if step is None:
                     step = state.iterations
-                elif step != state.iterations:
+                elif exact and step != state.iterations:
                     raise FailedPreconditionError(
                         f"step {step} of optimizer {state.name!r} cannot be applied: "
                         f"the optimizer is at iterations {state.iterations}"
                     )
                 state.create_iterations()
                 state.hypers_created = True
-                new = state.new_variables([p.record.name for p in pairs])
-                state.record_slots(new)
-                state.iterations = step + 1
+                state.record_call(call_variables)
+                new = state.without_slots([p.record.name for p in pairs])
+                state.created_slots(new)
+                state.iterations = max(state.iterations, step + 1)
                 state.pushes += 1
             for name in new:
                 for part in self.store.parts(self.variable(name)):

@@ -57,6 +57,12 @@ class VariableRecord:
     parts: tuple[tuple[int, int, int], ...]  # (shard, lo, hi)
     initializer: str | dict
     seed: int
+    global_shape: tuple[int, ...] = ()  # the whole variable, when this is a slice
+    row_offset: int = 0  # first row of the whole variable held here
+
+    def __post_init__(self) -> None:
+        if not self.global_shape:
+            object.__setattr__(self, "global_shape", self.shape)
 
     @property
     def rows(self) -> int:

@@ -93,6 +93,37 @@ def shape_and_dtype(
     return shape, float_dtype(dtype if dtype is not None else "float32"), None
 
 
+def check_slice(
+    shape: tuple[int, ...], global_shape: Sequence[int] | None, row_offset: int
+) -> tuple[int, ...]:
+    """The whole variable's shape, checking that ``shape`` is its rows
+    ``[row_offset, row_offset + shape[0])``."""
+    if global_shape is None:
+        if row_offset:
+            raise InvalidArgumentError("a row offset needs the variable's global shape")
+        return shape
+    try:
+        whole = tuple(int(d) for d in global_shape)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(
+            f"a global shape is a list of integers. Received: {global_shape!r}"
+        ) from None
+    if whole == shape and not row_offset:
+        return whole
+    if (
+        not shape
+        or len(whole) != len(shape)
+        or whole[1:] != shape[1:]
+        or row_offset < 0
+        or row_offset + shape[0] > whole[0]
+    ):
+        raise InvalidArgumentError(
+            f"rows [{row_offset}, {row_offset + (shape[0] if shape else 0)}) of shape "
+            f"{shape} are not a slice of a variable of shape {whole}"
+        )
+    return whole
+
+
 def check_indices(record: VariableRecord, indices: Any, what: str) -> np.ndarray:
     """A 1-D int32/int64 array of row numbers in ``[0, rows)``, contiguous."""
     if not isinstance(indices, np.ndarray) or indices.dtype not in adamax.INDEX_DTYPES:
@@ -130,7 +161,7 @@ def check_gradient(
                 f"Received: {values.shape}"
             )
         _finite(record, values, policy)
-        return PreparedGradient(record, dense=np.ascontiguousarray(values))
+        return PreparedGradient(record, dense=np.asarray(values, order="C"))
     if not isinstance(gradient, SparseGradient):
         raise InvalidArgumentError(f"not a gradient: {type(gradient).__name__}")
     if not record.shape:

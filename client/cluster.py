@@ -1,0 +1,536 @@
+"""Cluster: placement of variables over servers, and every operation across them.
+
+All workers given the same address list compute the same placement: a small
+variable lives whole on the server ``crc32(name) % n``; a large one (64 MB or
+more, at least ``n`` rows) is split by row ranges over all servers. Server 0
+coordinates each optimizer: it hands out the step of every asynchronous
+``apply_gradients`` call (so every server uses the same ``t`` and the counter
+grows by exactly one per call) and keeps Keras's ``weights`` order. Calls to
+several servers go out in parallel; one channel per server is reused by every
+thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import threading
+import zlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from adamax_ps.client import errors
+from adamax_ps.client.transports import (
+    ApplyOptions,
+    GrpcTransport,
+    OptimizerInfo,
+    PushId,
+    RetryPolicy,
+    ServerInfo,
+    Transport,
+    VariableSpec,
+    WireGradient,
+    new_client_id,
+)
+from adamax_ps.client.variables import RemoteVariable
+from adamax_ps.proto.malloc import tune_malloc
+
+SPLIT_BYTES = 64 << 20
+ADDRESS_ENV = "ADAMAX_PS_ADDRESS"
+COORDINATOR = 0
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Rows ``[lo, hi)`` of a variable, held by server ``server``."""
+
+    server: int
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True)
+class Placement:
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    slices: tuple[Slice, ...]
+
+    @property
+    def split(self) -> bool:
+        return len(self.slices) > 1
+
+    def servers(self) -> list[int]:
+        return [s.server for s in self.slices]
+
+
+def place(
+    name: str, shape: tuple[int, ...], dtype: np.dtype, servers: int
+) -> Placement:
+    """Where a variable lives; the same on every worker with the same servers."""
+    rows = shape[0] if shape else 1
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if servers == 1 or not shape or nbytes < SPLIT_BYTES or rows < servers:
+        server = zlib.crc32(name.encode()) % servers
+        return Placement(name, shape, np.dtype(dtype), (Slice(server, 0, rows),))
+    bounds = [rows * i // servers for i in range(servers + 1)]
+    slices = tuple(Slice(i, bounds[i], bounds[i + 1]) for i in range(servers))
+    return Placement(name, shape, np.dtype(dtype), slices)
+
+
+def parse_addresses(addresses: str | Sequence[str]) -> list[str]:
+    """``"grpc://a:1,grpc://b:2"`` or a list, each with a supported scheme."""
+    if isinstance(addresses, str):
+        addresses = addresses.split(",")
+    result = [a.strip() for a in addresses if a.strip()]
+    if not result:
+        raise ValueError("connect() needs at least one server address")
+    for address in result:
+        if not address.startswith(("grpc://", "http://", "https://")):
+            raise ValueError(
+                f"a server address is grpc://host:port or http://host:port. "
+                f"Received: {address!r}"
+            )
+    return result
+
+
+class Cluster:
+    """The servers a worker talks to. Thread-safe; see the module docstring."""
+
+    def __init__(
+        self,
+        addresses: str | Sequence[str],
+        *,
+        token: str | None = None,
+        tls: Any = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.addresses = parse_addresses(addresses)
+        self.transports: list[Transport] = [
+            _transport(a, token=token, tls=tls, timeout=timeout, retry=retry)
+            for a in self.addresses
+        ]
+        self.size = len(self.transports)
+        self.client_id = new_client_id()
+        self._sequence = itertools.count()
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(
+            max(2, self.size), thread_name_prefix="cluster", initializer=_mark_worker
+        )
+        self._placements: dict[str, Placement] = {}
+        self._slotted: set[tuple[str, str]] = set()  # (optimizer, split variable)
+        tune_malloc()
+        self.servers = self._check_view()
+
+    # Cluster --------------------------------------------------------------------
+
+    def _check_view(self) -> list[ServerInfo]:
+        infos = self.map(lambda t: t.server_info(), self.transports)
+        for index, info in enumerate(infos):
+            if (info.server_index, info.num_servers) != (index, self.size):
+                raise errors.ClusterViewError(
+                    f"{info.address} says it is server {info.server_index} of "
+                    f"{info.num_servers}, but was given as server {index} of "
+                    f"{self.size}: every worker and server must share one cluster view"
+                )
+        return infos
+
+    def view(self, server: int) -> tuple[int, int]:
+        return (server, self.size)
+
+    @property
+    def synchronous(self) -> bool:
+        return self.servers[0].replicas > 0
+
+    def map(self, fn, items) -> list:
+        """``fn`` over ``items`` in parallel (in order), the first on this thread.
+
+        Called from one of the pool's own threads (a nested fan-out), it runs
+        the items on that thread: waiting on the pool from inside it could
+        take every worker and deadlock.
+        """
+        items = list(items)
+        if len(items) <= 1 or getattr(_worker, "active", False):
+            return [fn(item) for item in items]
+        futures = [self._pool.submit(fn, item) for item in items[1:]]
+        first = fn(items[0])
+        return [first] + [f.result() for f in futures]
+
+    def next_push_id(self) -> PushId:
+        with self._lock:
+            return PushId(self.client_id, next(self._sequence))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for transport in self.transports:
+            transport.close()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Cluster({','.join(self.addresses)!r})"
+
+    # Variables ------------------------------------------------------------------
+
+    def variable(
+        self,
+        name: str,
+        initial_value: Any = None,
+        *,
+        shape: Sequence[int] | None = None,
+        dtype: Any = "float32",
+        initializer: str | dict = "zeros",
+    ) -> RemoteVariable:
+        """Create the variable, or attach to it if it exists with the same shape
+        and dtype (otherwise a ``ValueError``). An initial value is cast to
+        ``dtype`` (default float32). Large variables are split by
+        rows over the servers. Random initializers are seeded by the name (or
+        the initializer config's ``seed``), so every run starts the same."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(
+                f"a variable name is a non-empty string. Received: {name!r}"
+            )
+        dtype = np.dtype(dtype)
+        if initial_value is not None:
+            initial_value = np.asarray(initial_value).astype(dtype, copy=False)
+            if shape is not None and tuple(shape) != initial_value.shape:
+                raise ValueError(
+                    f"shape {tuple(shape)} does not match the initial value's shape "
+                    f"{initial_value.shape}"
+                )
+            shape = initial_value.shape
+        if shape is None:
+            raise ValueError("a variable needs a shape or an initial value")
+        shape = tuple(int(d) for d in shape)
+        seed = zlib.crc32(name.encode())
+        if isinstance(initializer, dict):
+            seed = int(initializer.get("config", {}).get("seed") or seed)
+        placement = self.create_variable(
+            name, shape, dtype, initial_value, initializer, seed
+        )
+        return RemoteVariable(self, name, placement.shape, placement.dtype)
+
+    def placement(self, name: str) -> Placement:
+        """Where ``name`` lives (asking the servers about variables that other
+        workers created)."""
+        with self._lock:
+            placement = self._placements.get(name)
+        if placement is None:
+            self._discover()
+            with self._lock:
+                placement = self._placements.get(name)
+        if placement is None:
+            raise errors.VariableNotFoundError(f"variable {name!r} does not exist")
+        return placement
+
+    def _discover(self) -> None:
+        found: dict[str, Placement] = {}
+        for infos in self.map(lambda t: t.list_variables(), self.transports):
+            for info in infos:
+                found[info.name] = place(
+                    info.name, info.global_shape, info.dtype, self.size
+                )
+        with self._lock:
+            for name, placement in found.items():
+                self._placements.setdefault(name, placement)
+
+    def create_variable(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        initial_value: np.ndarray | None,
+        initializer: str | dict,
+        seed: int,
+    ) -> Placement:
+        """Create (or attach to) the variable on the servers holding it."""
+        placement = place(name, shape, dtype, self.size)
+
+        def create(piece: Slice) -> None:
+            value = None
+            if initial_value is not None:
+                value = initial_value[piece.lo : piece.hi] if shape else initial_value
+            spec = VariableSpec(
+                name,
+                shape,
+                placement.dtype,
+                piece.lo,
+                piece.hi - piece.lo,
+                value,
+                initializer,
+                seed,
+            )
+            self.transports[piece.server].create_variables(
+                self.view(piece.server), [spec]
+            )
+
+        self.map(create, placement.slices)
+        with self._lock:
+            self._placements[name] = placement
+        return placement
+
+    def read(self, name: str, *, optimizer: str = "", slot: str = "") -> np.ndarray:
+        """A variable's (or one slot's) whole value, assembled from its slices."""
+        placement = self.placement(name)
+        parts = self.map(
+            lambda s: self.transports[s.server].read(
+                name, optimizer=optimizer, slot=slot
+            ),
+            placement.slices,
+        )
+        if not placement.split:
+            return parts[0]
+        return np.concatenate(parts)
+
+    def gather(
+        self, name: str, rows: np.ndarray, *, optimizer: str = "", slot: str = ""
+    ) -> np.ndarray:
+        """Selected rows, fetched only from the servers that hold them."""
+        placement = self.placement(name)
+        rows = _rows(rows, placement)
+        out = np.empty((len(rows), *placement.shape[1:]), placement.dtype)
+        wanted = [
+            (piece, np.flatnonzero((rows >= piece.lo) & (rows < piece.hi)))
+            for piece in placement.slices
+        ]
+        wanted = [(piece, where) for piece, where in wanted if where.size]
+
+        def fetch(item) -> None:
+            piece, where = item
+            local = (rows[where] - piece.lo).astype(np.int64)
+            out[where] = self.transports[piece.server].read(
+                name, optimizer=optimizer, slot=slot, rows=local
+            )
+
+        self.map(fetch, wanted)
+        return out
+
+    def assign(
+        self, name: str, value: np.ndarray, *, optimizer: str = "", slot: str = ""
+    ) -> None:
+        placement = self.placement(name)
+        value = np.asarray(value)
+        if value.shape != placement.shape:
+            raise ValueError(
+                f"value for {name!r} must have shape {placement.shape}. "
+                f"Received: {value.shape}"
+            )
+        value = value.astype(placement.dtype, copy=False)
+
+        def put(piece: Slice) -> None:
+            part = value[piece.lo : piece.hi] if placement.shape else value
+            self.transports[piece.server].assign(
+                self.view(piece.server),
+                part,
+                variable=name,
+                optimizer=optimizer,
+                slot=slot,
+            )
+
+        self.map(put, placement.slices)
+
+    # Optimizers ---------------------------------------------------------------------
+
+    def create_optimizer(self, config: dict[str, Any]) -> OptimizerInfo:
+        """Create (or attach to) the optimizer on every server."""
+        infos = self.map(
+            lambda i: self.transports[i].create_optimizer(self.view(i), config),
+            range(self.size),
+        )
+        return infos[COORDINATOR]
+
+    def optimizer(self, name: str, create_iterations: bool = False) -> OptimizerInfo:
+        """The optimizer as the coordinator knows it (global iterations, weights)."""
+        return self.transports[COORDINATOR].get_optimizer(name, create_iterations)
+
+    def set_iterations(self, optimizer: str, iterations: int) -> None:
+        self.map(
+            lambda i: self.transports[i].set_iterations(
+                self.view(i), optimizer, iterations
+            ),
+            range(self.size),
+        )
+
+    def add_slot(
+        self, optimizer: str, variable: str, slot: str, initializer: str
+    ) -> None:
+        """Slot arrays on the servers holding the variable; order at the coordinator."""
+        servers = set(self.placement(variable).servers()) | {COORDINATOR}
+        self.map(
+            lambda i: self.transports[i].add_slot(
+                self.view(i), optimizer, variable, slot, initializer
+            ),
+            sorted(servers),
+        )
+
+    def add_weight(
+        self,
+        optimizer: str,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        initializer: str,
+    ) -> np.ndarray:
+        return self.transports[COORDINATOR].add_weight(
+            self.view(COORDINATOR), optimizer, name, shape, dtype, initializer
+        )
+
+    def read_weight(self, optimizer: str, name: str) -> np.ndarray:
+        return self.transports[COORDINATOR].read(optimizer=optimizer, weight=name)
+
+    def assign_weight(self, optimizer: str, name: str, value: np.ndarray) -> None:
+        self.transports[COORDINATOR].assign(
+            self.view(COORDINATOR), np.asarray(value), optimizer=optimizer, weight=name
+        )
+
+    # Pushes ---------------------------------------------------------------------
+
+    def push(
+        self,
+        optimizer: str,
+        gradients: list[tuple[str, np.ndarray, np.ndarray | None]],
+        *,
+        step: int | None = None,
+        aggregated: bool = False,
+        clipped: bool = False,
+    ) -> tuple[int, int]:
+        """Apply one call's gradients, ``(variable, values, indices or None)``
+        in call order, on every server concerned; returns (step, iterations).
+
+        Asynchronous with several servers: the coordinator reserves the step,
+        then every server holding a gradient applies it with that step.
+        Synchronous: every server gets a push for ``step`` (empty if none of the
+        call's rows are its), so every server's round completes.
+        """
+        push_id = self.next_push_id()
+        names = [name for name, _, _ in gradients]
+        shares: dict[int, list[WireGradient]] = {}
+        first_seen = []
+        for name, values, indices in gradients:
+            placement = self.placement(name)
+            hit = set()
+            for server, share in self._split(placement, values, indices):
+                shares.setdefault(server, []).append(share)
+                hit.add(server)
+            with self._lock:
+                seen = (optimizer, name) in self._slotted
+            if not seen and placement.split:
+                # Keras makes slots for the whole variable: an empty share makes
+                # every slice's server create them, even where no row is pushed.
+                for piece in placement.slices:
+                    if piece.server not in hit:
+                        empty = np.zeros((0, *placement.shape[1:]), placement.dtype)
+                        shares.setdefault(piece.server, []).append(
+                            WireGradient(name, empty, np.zeros(0, np.int64))
+                        )
+                first_seen.append((optimizer, name))
+        options = {
+            i: ApplyOptions(step=step, aggregated=aggregated, clipped=clipped)
+            for i in range(self.size)
+        }
+        if self.synchronous:
+            targets = list(range(self.size))
+            options[COORDINATOR].call_variables = names
+        elif self.size == 1:
+            targets = [0]
+        else:
+            reserve_id = PushId(push_id.client + "#step", push_id.sequence)
+            reserved = self.transports[COORDINATOR].reserve_step(
+                self.view(COORDINATOR), optimizer, names, reserve_id
+            )
+            targets = sorted(shares)
+            for i in targets:
+                options[i].step = reserved
+        results = self.map(
+            lambda i: self.transports[i].apply(
+                self.view(i), optimizer, shares.get(i, []), push_id, options[i]
+            ),
+            targets,
+        )
+        with self._lock:
+            self._slotted.update(first_seen)
+        step_taken = results[0][0]
+        iterations = max(r[1] for r in results)
+        return step_taken, iterations
+
+    def _split(
+        self, placement: Placement, values: np.ndarray, indices: np.ndarray | None
+    ):
+        """Each server's share of one gradient (sparse rows made local)."""
+        name = placement.name
+        if not placement.split:
+            yield placement.slices[0].server, WireGradient(name, values, indices)
+            return
+        if indices is None:
+            for piece in placement.slices:
+                yield piece.server, WireGradient(name, values[piece.lo : piece.hi])
+            return
+        for piece in placement.slices:
+            where = np.flatnonzero((indices >= piece.lo) & (indices < piece.hi))
+            if where.size:
+                local = (indices[where] - piece.lo).astype(indices.dtype)
+                yield piece.server, WireGradient(name, values[where], local)
+
+    def checkpoint(self) -> list[dict[str, Any]]:
+        """Ask every server to write a checkpoint now."""
+        return self.map(lambda t: t.checkpoint(), self.transports)
+
+
+_worker = threading.local()
+
+
+def _mark_worker() -> None:
+    _worker.active = True
+
+
+def _transport(address: str, **options: Any) -> Transport:
+    if address.startswith("grpc://"):
+        tls = options.pop("tls")
+        credentials = tls if tls is not None else None
+        return GrpcTransport(address, credentials=credentials, **options)
+    raise ValueError(f"no transport for {address!r} yet (grpc:// is supported)")
+
+
+def _rows(rows: Any, placement: Placement) -> np.ndarray:
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or rows.dtype.kind not in "iu":
+        raise ValueError(
+            f"rows of {placement.name!r} must be a 1-D array of integers. "
+            f"Received shape {rows.shape}, dtype {rows.dtype}"
+        )
+    total = placement.shape[0] if placement.shape else 0
+    bad = np.flatnonzero((rows < 0) | (rows >= total))
+    if bad.size:
+        raise ValueError(
+            f"rows[{bad[0]}] = {rows[bad[0]]} is not in [0, {total}) for variable "
+            f"{placement.name!r}"
+        )
+    return rows.astype(np.int64, copy=False)
+
+
+_default: Cluster | None = None
+_default_lock = threading.Lock()
+
+
+def default_cluster() -> Cluster:
+    """The cluster named by ``ADAMAX_PS_ADDRESS``, connected once per process."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            address = os.environ.get(ADDRESS_ENV)
+            if not address:
+                raise ValueError(
+                    "no cluster: pass cluster=connect(...) or set ADAMAX_PS_ADDRESS"
+                )
+            _default = Cluster(address)
+        return _default

@@ -1,0 +1,549 @@
+"""Transports: one method per server operation, over one scheme (``grpc://``).
+
+A transport talks to one server. It sends tensors as raw bytes (pushes and
+assignments over 1 MB as a stream of 1 MB chunks), retries what is safe to
+retry (every call here is idempotent or carries a push id) with bounded
+exponential backoff, and turns failures into ``adamax_ps.client.errors``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+import numpy as np
+
+from adamax_ps.client import errors
+from adamax_ps.proto import codec
+from adamax_ps.proto.v1 import parameter_server_pb2 as pb
+from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
+
+STREAM_ABOVE = codec.CHUNK_BYTES  # pushes larger than this travel as a stream
+MESSAGE_LIMIT = 64 << 20
+ERROR_KEY = "adamax-ps-error"
+
+View = tuple[int, int]  # (server index, number of servers)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with exponential backoff for unreachable servers."""
+
+    attempts: int = 8
+    initial_backoff: float = 0.05
+    max_backoff: float = 2.0
+    multiplier: float = 2.0
+
+    def delays(self) -> Iterator[float]:
+        delay = self.initial_backoff
+        for _ in range(self.attempts - 1):
+            yield delay
+            delay = min(delay * self.multiplier, self.max_backoff)
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    address: str
+    version: str
+    server_index: int
+    num_servers: int
+    shards: int
+    replicas: int
+    replicas_to_aggregate: int
+    ready: bool
+
+
+@dataclass(frozen=True)
+class VariableSpec:
+    """A variable (or this server's rows of it) to create or attach to."""
+
+    name: str
+    global_shape: tuple[int, ...]
+    dtype: np.dtype
+    row_offset: int
+    rows: int
+    initial_value: np.ndarray | None = None
+    initializer: str | dict = "zeros"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class VariableInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    global_shape: tuple[int, ...]
+    row_offset: int
+    created: bool
+
+
+@dataclass(frozen=True)
+class OptimizerInfo:
+    name: str
+    config: dict[str, Any]
+    iterations: int
+    weights: list[tuple[str, str, str]]  # (kind, variable, name)
+    slot_names: list[str]
+    created: bool
+    pushes: int
+
+
+@dataclass(frozen=True)
+class WireGradient:
+    """One server's share of a gradient: dense, or sparse with local rows."""
+
+    variable: str
+    values: np.ndarray
+    indices: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class PushId:
+    client: str
+    sequence: int
+
+
+@dataclass
+class ApplyOptions:
+    step: int | None = None
+    aggregated: bool = False
+    call_variables: Sequence[str] = field(default_factory=tuple)
+    clipped: bool = False
+
+
+class Transport(Protocol):
+    """What the cluster layer needs from one server, whatever the scheme."""
+
+    address: str
+
+    def server_info(self) -> ServerInfo: ...
+    def create_variables(
+        self, view: View, specs: list[VariableSpec]
+    ) -> list[VariableInfo]: ...
+    def list_variables(self) -> list[VariableInfo]: ...
+    def create_optimizer(self, view: View, config: dict) -> OptimizerInfo: ...
+    def get_optimizer(
+        self, name: str, create_iterations: bool = False
+    ) -> OptimizerInfo: ...
+    def reserve_step(
+        self, view: View, optimizer: str, variables: Sequence[str], push_id: PushId
+    ) -> int: ...
+    def apply(
+        self,
+        view: View,
+        optimizer: str,
+        gradients: list[WireGradient],
+        push_id: PushId,
+        options: ApplyOptions,
+    ) -> tuple[int, int]: ...
+    def read(
+        self,
+        variable: str = "",
+        *,
+        optimizer: str = "",
+        slot: str = "",
+        rows: np.ndarray | None = None,
+        weight: str = "",
+    ) -> np.ndarray: ...
+    def assign(
+        self,
+        view: View,
+        value: np.ndarray,
+        *,
+        variable: str = "",
+        optimizer: str = "",
+        slot: str = "",
+        weight: str = "",
+    ) -> None: ...
+    def set_iterations(self, view: View, optimizer: str, iterations: int) -> None: ...
+    def add_slot(
+        self, view: View, optimizer: str, variable: str, slot: str, initializer: str
+    ) -> None: ...
+    def add_weight(
+        self,
+        view: View,
+        optimizer: str,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        initializer: str,
+    ) -> np.ndarray: ...
+    def checkpoint(self) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
+
+def new_client_id() -> str:
+    """A fresh client id: pushes of different clients never share ids."""
+    return uuid.uuid4().hex
+
+
+class GrpcTransport:
+    """``grpc://host:port``: one channel, reused by every thread."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.address = address
+        target = address.removeprefix("grpc://")
+        options = [
+            ("grpc.max_send_message_length", MESSAGE_LIMIT),
+            ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+        ]
+        if credentials is None:
+            self.channel = grpc.insecure_channel(target, options=options)
+        else:
+            self.channel = grpc.secure_channel(target, credentials, options=options)
+        self.stub = pb_grpc.ParameterServerStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+
+    # Plumbing ---------------------------------------------------------------------
+
+    def _call(self, method: Callable, make_request: Callable[[], Any]) -> Any:
+        """Call with retries; ``make_request`` builds a fresh request (or stream)."""
+        delays = self.retry.delays()
+        while True:
+            try:
+                return method(
+                    make_request(), timeout=self.timeout, metadata=self.metadata
+                )
+            except grpc.RpcError as e:
+                code = e.code() if hasattr(e, "code") else None
+                if code in (grpc.StatusCode.UNAVAILABLE,) or (
+                    code is grpc.StatusCode.DEADLINE_EXCEEDED and not _domain_name(e)
+                ):
+                    delay = next(delays, None)
+                    if delay is not None:
+                        time.sleep(delay)
+                        continue
+                raise self._error(e) from None
+
+    def _error(self, e: grpc.RpcError) -> errors.ParameterServerError:
+        code = e.code() if hasattr(e, "code") else None
+        details = e.details() if hasattr(e, "details") else str(e)
+        domain = errors.BY_NAME.get(_domain_name(e) or "")
+        if domain is not None:
+            return domain(details)
+        by_code = {
+            grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgumentError,
+            grpc.StatusCode.NOT_FOUND: errors.NotFoundError,
+            grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExistsError,
+            grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPreconditionError,
+            grpc.StatusCode.UNAUTHENTICATED: errors.UnauthenticatedError,
+            grpc.StatusCode.PERMISSION_DENIED: errors.UnauthenticatedError,
+            grpc.StatusCode.RESOURCE_EXHAUSTED: errors.MessageTooLargeError,
+            grpc.StatusCode.INTERNAL: errors.ServerInternalError,
+        }
+        cls = by_code.get(code, errors.TransportError)
+        name = code.name if code is not None else "UNKNOWN"
+        return cls(f"{self.address}: {name}: {details}")
+
+    def close(self) -> None:
+        self.channel.close()
+
+    # Operations ---------------------------------------------------------------------
+
+    def server_info(self) -> ServerInfo:
+        r = self._call(self.stub.GetServerInfo, pb.ServerInfoRequest)
+        return ServerInfo(
+            self.address,
+            r.version,
+            r.server_index,
+            r.num_servers,
+            r.shards,
+            r.replicas,
+            r.replicas_to_aggregate,
+            r.ready,
+        )
+
+    def create_variables(
+        self, view: View, specs: list[VariableSpec]
+    ) -> list[VariableInfo]:
+        def request() -> pb.CreateVariablesRequest:
+            return pb.CreateVariablesRequest(
+                view=_view(view),
+                variables=[
+                    pb.VariableSpec(
+                        name=s.name,
+                        global_shape=s.global_shape,
+                        dtype=codec.dtype_code(s.dtype),
+                        row_offset=s.row_offset,
+                        rows=s.rows,
+                        seed=s.seed,
+                        initial_value=(
+                            codec.encode(s.initial_value)
+                            if s.initial_value is not None
+                            else None
+                        ),
+                        initializer_json=(
+                            s.initializer
+                            if isinstance(s.initializer, str)
+                            else json.dumps(s.initializer)
+                        ),
+                    )
+                    for s in specs
+                ],
+            )
+
+        response = self._call(self.stub.CreateVariables, request)
+        return [_variable_info(v) for v in response.variables]
+
+    def list_variables(self) -> list[VariableInfo]:
+        response = self._call(self.stub.ListVariables, pb.ListVariablesRequest)
+        return [_variable_info(v) for v in response.variables]
+
+    def create_optimizer(self, view: View, config: dict) -> OptimizerInfo:
+        response = self._call(
+            self.stub.CreateOptimizer,
+            lambda: pb.CreateOptimizerRequest(
+                view=_view(view), config_json=json.dumps(config)
+            ),
+        )
+        return _optimizer_info(response)
+
+    def get_optimizer(
+        self, name: str, create_iterations: bool = False
+    ) -> OptimizerInfo:
+        response = self._call(
+            self.stub.GetOptimizer,
+            lambda: pb.OptimizerRequest(
+                optimizer=name, create_iterations=create_iterations
+            ),
+        )
+        return _optimizer_info(response)
+
+    def reserve_step(
+        self, view: View, optimizer: str, variables: Sequence[str], push_id: PushId
+    ) -> int:
+        response = self._call(
+            self.stub.ReserveStep,
+            lambda: pb.ReserveStepRequest(
+                view=_view(view),
+                optimizer=optimizer,
+                variables=list(variables),
+                push_id=pb.PushId(client=push_id.client, sequence=push_id.sequence),
+            ),
+        )
+        return response.step
+
+    def apply(
+        self,
+        view: View,
+        optimizer: str,
+        gradients: list[WireGradient],
+        push_id: PushId,
+        options: ApplyOptions,
+    ) -> tuple[int, int]:
+        arrays: list[np.ndarray] = []
+        for g in gradients:
+            if g.indices is not None:
+                arrays.append(g.indices)
+            arrays.append(g.values)
+        nbytes = sum(a.nbytes for a in arrays)
+
+        def request(with_data: bool) -> pb.ApplyRequest:
+            encode = codec.encode if with_data else codec.header
+            return pb.ApplyRequest(
+                view=_view(view),
+                optimizer=optimizer,
+                push_id=pb.PushId(client=push_id.client, sequence=push_id.sequence),
+                gradients=[
+                    pb.Gradient(
+                        variable=g.variable,
+                        values=encode(g.values),
+                        indices=encode(g.indices) if g.indices is not None else None,
+                    )
+                    for g in gradients
+                ],
+                step=options.step,
+                aggregated=options.aggregated,
+                call_variables=list(options.call_variables),
+                clipped=options.clipped,
+            )
+
+        if nbytes <= STREAM_ABOVE:
+            response = self._call(self.stub.ApplyGradients, lambda: request(True))
+        else:
+            header = request(False)
+
+            def stream() -> Iterator[pb.ApplyChunk]:
+                yield pb.ApplyChunk(header=header)
+                for piece in codec.chunks(arrays):
+                    yield pb.ApplyChunk(data=bytes(piece))
+
+            response = self._call(self.stub.ApplyGradientsStream, stream)
+        return response.step, response.iterations
+
+    def read(
+        self,
+        variable: str = "",
+        *,
+        optimizer: str = "",
+        slot: str = "",
+        rows: np.ndarray | None = None,
+        weight: str = "",
+    ) -> np.ndarray:
+        def request() -> pb.ReadRequest:
+            return pb.ReadRequest(
+                variable=variable,
+                optimizer=optimizer,
+                slot=slot,
+                weight=weight,
+                rows=codec.encode(rows) if rows is not None else None,
+            )
+
+        return self._call(_collect(self.stub.Read), request)
+
+    def assign(
+        self,
+        view: View,
+        value: np.ndarray,
+        *,
+        variable: str = "",
+        optimizer: str = "",
+        slot: str = "",
+        weight: str = "",
+    ) -> None:
+        value = codec.little_endian(np.asarray(value))
+
+        def stream() -> Iterator[pb.AssignChunk]:
+            yield pb.AssignChunk(
+                header=pb.AssignRequest(
+                    view=_view(view),
+                    variable=variable,
+                    optimizer=optimizer,
+                    slot=slot,
+                    weight=weight,
+                    value=codec.header(value),
+                )
+            )
+            for piece in codec.chunks([value]):
+                yield pb.AssignChunk(data=bytes(piece))
+
+        self._call(self.stub.Assign, stream)
+
+    def set_iterations(self, view: View, optimizer: str, iterations: int) -> None:
+        self._call(
+            self.stub.SetIterations,
+            lambda: pb.SetIterationsRequest(
+                view=_view(view), optimizer=optimizer, iterations=iterations
+            ),
+        )
+
+    def add_slot(
+        self, view: View, optimizer: str, variable: str, slot: str, initializer: str
+    ) -> None:
+        self._call(
+            self.stub.AddSlot,
+            lambda: pb.AddSlotRequest(
+                view=_view(view),
+                optimizer=optimizer,
+                variable=variable,
+                slot=slot,
+                initializer=initializer,
+            ),
+        )
+
+    def add_weight(
+        self,
+        view: View,
+        optimizer: str,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        initializer: str,
+    ) -> np.ndarray:
+        response = self._call(
+            self.stub.AddWeight,
+            lambda: pb.AddWeightRequest(
+                view=_view(view),
+                optimizer=optimizer,
+                name=name,
+                shape=shape,
+                dtype=codec.dtype_code(dtype),
+                initializer=initializer,
+            ),
+        )
+        return codec.decode(response.value).copy()
+
+    def checkpoint(self) -> dict[str, Any]:
+        r = self._call(self.stub.Checkpoint, pb.CheckpointRequest)
+        return {
+            "path": r.path,
+            "sequence": r.sequence,
+            "bytes": r.bytes,
+            "seconds": r.seconds,
+        }
+
+
+def _collect(method: Callable) -> Callable:
+    """A server-streamed tensor (header, then chunks) into one numpy array."""
+
+    def call(request, timeout=None, metadata=()):
+        stream = method(request, timeout=timeout, metadata=metadata)
+        first = next(stream, None)
+        if first is None or not first.HasField("header"):
+            raise errors.TransportError("a streamed tensor came without its header")
+        size = codec.declared_nbytes(first.header, 1 << 62)
+        buffer = np.empty(size, np.uint8)
+        filled = 0
+        for chunk in stream:
+            end = filled + len(chunk.data)
+            if end > size:
+                raise errors.TransportError("a streamed tensor carried too many bytes")
+            buffer[filled:end] = np.frombuffer(chunk.data, np.uint8)
+            filled = end
+        if filled != size:
+            raise errors.TransportError("a streamed tensor ended early")
+        return codec.decode(first.header, memoryview(buffer))
+
+    return call
+
+
+def _domain_name(e: grpc.RpcError) -> str | None:
+    try:
+        for key, value in e.trailing_metadata() or ():
+            if key == ERROR_KEY:
+                return value
+    except Exception:  # a transport-level error has no trailers
+        return None
+    return None
+
+
+def _view(view: View) -> pb.ClusterView:
+    return pb.ClusterView(server_index=view[0], num_servers=view[1])
+
+
+def _variable_info(v: pb.VariableInfo) -> VariableInfo:
+    return VariableInfo(
+        v.name,
+        tuple(v.shape),
+        codec.numpy_dtype(v.dtype),
+        tuple(v.global_shape),
+        v.row_offset,
+        v.created,
+    )
+
+
+def _optimizer_info(r: pb.OptimizerState) -> OptimizerInfo:
+    return OptimizerInfo(
+        name=r.name,
+        config=json.loads(r.config_json),
+        iterations=r.iterations,
+        weights=[(w.kind, w.variable, w.name) for w in r.weights],
+        slot_names=list(r.slot_names),
+        created=r.created,
+        pushes=r.pushes,
+    )

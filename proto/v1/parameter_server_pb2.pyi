@@ -1,0 +1,353 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DTYPE_UNSPECIFIED: _ClassVar[DType]
+    FLOAT16: _ClassVar[DType]
+    FLOAT32: _ClassVar[DType]
+    FLOAT64: _ClassVar[DType]
+    INT32: _ClassVar[DType]
+    INT64: _ClassVar[DType]
+DTYPE_UNSPECIFIED: DType
+FLOAT16: DType
+FLOAT32: DType
+FLOAT64: DType
+INT32: DType
+INT64: DType
+
+class Tensor(_message.Message):
+    __slots__ = ("shape", "dtype", "data")
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: DType
+    data: bytes
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ClusterView(_message.Message):
+    __slots__ = ("server_index", "num_servers")
+    SERVER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    NUM_SERVERS_FIELD_NUMBER: _ClassVar[int]
+    server_index: int
+    num_servers: int
+    def __init__(self, server_index: _Optional[int] = ..., num_servers: _Optional[int] = ...) -> None: ...
+
+class PushId(_message.Message):
+    __slots__ = ("client", "sequence")
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    client: str
+    sequence: int
+    def __init__(self, client: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
+
+class Gradient(_message.Message):
+    __slots__ = ("variable", "values", "indices")
+    VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    variable: str
+    values: Tensor
+    indices: Tensor
+    def __init__(self, variable: _Optional[str] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., indices: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class ServerInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ServerInfo(_message.Message):
+    __slots__ = ("version", "server_index", "num_servers", "shards", "replicas", "replicas_to_aggregate", "ready", "max_message_bytes")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    NUM_SERVERS_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_TO_AGGREGATE_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    server_index: int
+    num_servers: int
+    shards: int
+    replicas: int
+    replicas_to_aggregate: int
+    ready: bool
+    max_message_bytes: int
+    def __init__(self, version: _Optional[str] = ..., server_index: _Optional[int] = ..., num_servers: _Optional[int] = ..., shards: _Optional[int] = ..., replicas: _Optional[int] = ..., replicas_to_aggregate: _Optional[int] = ..., ready: _Optional[bool] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+
+class VariableSpec(_message.Message):
+    __slots__ = ("name", "global_shape", "dtype", "row_offset", "rows", "initial_value", "initializer_json", "seed")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    ROW_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    INITIALIZER_JSON_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    global_shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: DType
+    row_offset: int
+    rows: int
+    initial_value: Tensor
+    initializer_json: str
+    seed: int
+    def __init__(self, name: _Optional[str] = ..., global_shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., row_offset: _Optional[int] = ..., rows: _Optional[int] = ..., initial_value: _Optional[_Union[Tensor, _Mapping]] = ..., initializer_json: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class CreateVariablesRequest(_message.Message):
+    __slots__ = ("view", "variables")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    view: ClusterView
+    variables: _containers.RepeatedCompositeFieldContainer[VariableSpec]
+    def __init__(self, view: _Optional[_Union[ClusterView, _Mapping]] = ..., variables: _Optional[_Iterable[_Union[VariableSpec, _Mapping]]] = ...) -> None: ...
+
+class VariableInfo(_message.Message):
+    __slots__ = ("name", "shape", "dtype", "global_shape", "row_offset", "created")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    ROW_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: DType
+    global_shape: _containers.RepeatedScalarFieldContainer[int]
+    row_offset: int
+    created: bool
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., global_shape: _Optional[_Iterable[int]] = ..., row_offset: _Optional[int] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class CreateVariablesResponse(_message.Message):
+    __slots__ = ("variables",)
+    VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    variables: _containers.RepeatedCompositeFieldContainer[VariableInfo]
+    def __init__(self, variables: _Optional[_Iterable[_Union[VariableInfo, _Mapping]]] = ...) -> None: ...
+
+class ListVariablesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListVariablesResponse(_message.Message):
+    __slots__ = ("variables",)
+    VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    variables: _containers.RepeatedCompositeFieldContainer[VariableInfo]
+    def __init__(self, variables: _Optional[_Iterable[_Union[VariableInfo, _Mapping]]] = ...) -> None: ...
+
+class CreateOptimizerRequest(_message.Message):
+    __slots__ = ("view", "config_json")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    view: ClusterView
+    config_json: str
+    def __init__(self, view: _Optional[_Union[ClusterView, _Mapping]] = ..., config_json: _Optional[str] = ...) -> None: ...
+
+class OptimizerRequest(_message.Message):
+    __slots__ = ("optimizer", "create_iterations")
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    CREATE_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    optimizer: str
+    create_iterations: bool
+    def __init__(self, optimizer: _Optional[str] = ..., create_iterations: _Optional[bool] = ...) -> None: ...
+
+class WeightRef(_message.Message):
+    __slots__ = ("kind", "variable", "name")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    variable: str
+    name: str
+    def __init__(self, kind: _Optional[str] = ..., variable: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class OptimizerState(_message.Message):
+    __slots__ = ("name", "config_json", "iterations", "weights", "slot_names", "created", "pushes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    SLOT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    PUSHES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    config_json: str
+    iterations: int
+    weights: _containers.RepeatedCompositeFieldContainer[WeightRef]
+    slot_names: _containers.RepeatedScalarFieldContainer[str]
+    created: bool
+    pushes: int
+    def __init__(self, name: _Optional[str] = ..., config_json: _Optional[str] = ..., iterations: _Optional[int] = ..., weights: _Optional[_Iterable[_Union[WeightRef, _Mapping]]] = ..., slot_names: _Optional[_Iterable[str]] = ..., created: _Optional[bool] = ..., pushes: _Optional[int] = ...) -> None: ...
+
+class ReserveStepRequest(_message.Message):
+    __slots__ = ("view", "optimizer", "variables", "push_id")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    PUSH_ID_FIELD_NUMBER: _ClassVar[int]
+    view: ClusterView
+    optimizer: str
+    variables: _containers.RepeatedScalarFieldContainer[str]
+    push_id: PushId
+    def __init__(self, view: _Optional[_Union[ClusterView, _Mapping]] = ..., optimizer: _Optional[str] = ..., variables: _Optional[_Iterable[str]] = ..., push_id: _Optional[_Union[PushId, _Mapping]] = ...) -> None: ...
+
+class ReserveStepResponse(_message.Message):
+    __slots__ = ("step",)
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    def __init__(self, step: _Optional[int] = ...) -> None: ...
+
+class ApplyRequest(_message.Message):
+    __slots__ = ("view", "optimizer", "push_id", "gradients", "step", "aggregated", "call_variables", "clipped")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    PUSH_ID_FIELD_NUMBER: _ClassVar[int]
+    GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATED_FIELD_NUMBER: _ClassVar[int]
+    CALL_VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    CLIPPED_FIELD_NUMBER: _ClassVar[int]
+    view: ClusterView
+    optimizer: str
+    push_id: PushId
+    gradients: _containers.RepeatedCompositeFieldContainer[Gradient]
+    step: int
+    aggregated: bool
+    call_variables: _containers.RepeatedScalarFieldContainer[str]
+    clipped: bool
+    def __init__(self, view: _Optional[_Union[ClusterView, _Mapping]] = ..., optimizer: _Optional[str] = ..., push_id: _Optional[_Union[PushId, _Mapping]] = ..., gradients: _Optional[_Iterable[_Union[Gradient, _Mapping]]] = ..., step: _Optional[int] = ..., aggregated: _Optional[bool] = ..., call_variables: _Optional[_Iterable[str]] = ..., clipped: _Optional[bool] = ...) -> None: ...
+
+class ApplyResponse(_message.Message):
+    __slots__ = ("step", "iterations")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    iterations: int
+    def __init__(self, step: _Optional[int] = ..., iterations: _Optional[int] = ...) -> None: ...
+
+class ApplyChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: ApplyRequest
+    data: bytes
+    def __init__(self, header: _Optional[_Union[ApplyRequest, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ReadRequest(_message.Message):
+    __slots__ = ("variable", "optimizer", "slot", "rows", "weight")
+    VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    variable: str
+    optimizer: str
+    slot: str
+    rows: Tensor
+    weight: str
+    def __init__(self, variable: _Optional[str] = ..., optimizer: _Optional[str] = ..., slot: _Optional[str] = ..., rows: _Optional[_Union[Tensor, _Mapping]] = ..., weight: _Optional[str] = ...) -> None: ...
+
+class TensorChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: Tensor
+    data: bytes
+    def __init__(self, header: _Optional[_Union[Tensor, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class AssignRequest(_message.Message):
+    __slots__ = ("view", "variable", "optimizer", "slot", "value", "weight")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    view: ClusterView
+    variable: str
+    optimizer: str
+    slot: str
+    value: Tensor
+    weight: str
+    def __init__(self, view: _Optional[_Union[ClusterView, _Mapping]] = ..., variable: _Optional[str] = ..., optimizer: _Optional[str] = ..., slot: _Optional[str] = ..., value: _Optional[_Union[Tensor, _Mapping]] = ..., weight: _Optional[str] = ...) -> None: ...
+
+class AssignChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: AssignRequest
+    data: bytes
+    def __init__(self, header: _Optional[_Union[AssignRequest, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class AssignResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SetIterationsRequest(_message.Message):
+    __slots__ = ("view", "optimizer", "iterations")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    view: ClusterView
+    optimizer: str
+    iterations: int
+    def __init__(self, view: _Optional[_Union[ClusterView, _Mapping]] = ..., optimizer: _Optional[str] = ..., iterations: _Optional[int] = ...) -> None: ...
+
+class AddSlotRequest(_message.Message):
+    __slots__ = ("view", "optimizer", "variable", "slot", "initializer")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    INITIALIZER_FIELD_NUMBER: _ClassVar[int]
+    view: ClusterView
+    optimizer: str
+    variable: str
+    slot: str
+    initializer: str
+    def __init__(self, view: _Optional[_Union[ClusterView, _Mapping]] = ..., optimizer: _Optional[str] = ..., variable: _Optional[str] = ..., slot: _Optional[str] = ..., initializer: _Optional[str] = ...) -> None: ...
+
+class AddWeightRequest(_message.Message):
+    __slots__ = ("view", "optimizer", "name", "shape", "dtype", "initializer")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    INITIALIZER_FIELD_NUMBER: _ClassVar[int]
+    view: ClusterView
+    optimizer: str
+    name: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: DType
+    initializer: str
+    def __init__(self, view: _Optional[_Union[ClusterView, _Mapping]] = ..., optimizer: _Optional[str] = ..., name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., initializer: _Optional[str] = ...) -> None: ...
+
+class AddWeightResponse(_message.Message):
+    __slots__ = ("value",)
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    value: Tensor
+    def __init__(self, value: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class CheckpointRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CheckpointResponse(_message.Message):
+    __slots__ = ("path", "sequence", "bytes", "seconds")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    sequence: int
+    bytes: int
+    seconds: float
+    def __init__(self, path: _Optional[str] = ..., sequence: _Optional[int] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...

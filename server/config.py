@@ -1,0 +1,147 @@
+"""Settings of a server process, from flags or ``ADAMAX_PS_*`` environment variables.
+
+Each option of ``adamax-ps serve`` can also be set by the environment variable
+named after it (``--grpc-port`` is ``ADAMAX_PS_GRPC_PORT``); a flag wins over
+the environment. Values are validated once, here, with messages that name the
+option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from adamax_ps.server.service import ServiceSettings
+from adamax_ps.server.sync import SyncSettings
+from adamax_ps.server.validation import NonFinitePolicy
+
+ENV_PREFIX = "ADAMAX_PS_"
+DEFAULT_MAX_REQUEST_BYTES = 1 << 31
+
+
+class ServerConfig(BaseModel):
+    """Everything ``adamax-ps serve`` needs, validated."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = "0.0.0.0"
+    grpc_port: int = Field(50051, ge=0, le=65535)
+    http_port: int = Field(8080, ge=0, le=65535)
+    shards: int | None = Field(None, ge=1, le=1024)
+    checkpoint_dir: Path | None = None
+    checkpoint_every: float | None = Field(None, gt=0)
+    keep_checkpoints: int = Field(2, ge=1)
+    durability: Literal["checkpoint"] = "checkpoint"
+    replicas: int = Field(0, ge=0)
+    replicas_to_aggregate: int | None = Field(None, ge=1)
+    sync_average: bool = False
+    sync_timeout: float = Field(60.0, gt=0)
+    server_index: int = Field(0, ge=0)
+    num_servers: int = Field(1, ge=1)
+    nonfinite: NonFinitePolicy = NonFinitePolicy.REJECT
+    max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=1 << 20)
+    grpc_workers: int = Field(32, ge=2)
+    shutdown_grace: float = Field(10.0, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServerConfig:
+        if self.server_index >= self.num_servers:
+            raise ValueError(
+                f"--server-index {self.server_index} must be below --num-servers "
+                f"{self.num_servers}"
+            )
+        if self.replicas_to_aggregate and not self.replicas:
+            raise ValueError("--replicas-to-aggregate needs --replicas (sync mode)")
+        if self.replicas and (self.replicas_to_aggregate or 0) > self.replicas:
+            raise ValueError(
+                f"--replicas-to-aggregate {self.replicas_to_aggregate} exceeds "
+                f"--replicas {self.replicas}"
+            )
+        if self.checkpoint_every and not self.checkpoint_dir:
+            raise ValueError("--checkpoint-every needs --checkpoint-dir")
+        return self
+
+    def service_settings(self) -> ServiceSettings:
+        sync = None
+        if self.replicas:
+            sync = SyncSettings(
+                replicas=self.replicas,
+                replicas_to_aggregate=self.replicas_to_aggregate,
+                average=self.sync_average,
+                timeout=self.sync_timeout,
+            )
+        return ServiceSettings(
+            shards=self.shards,
+            nonfinite=self.nonfinite,
+            sync=sync,
+            checkpoint_dir=self.checkpoint_dir,
+            keep_checkpoints=self.keep_checkpoints,
+            server_index=self.server_index,
+            num_servers=self.num_servers,
+        )
+
+
+_HELP = {
+    "host": "address to listen on",
+    "grpc_port": "gRPC port (0 picks a free one)",
+    "http_port": "HTTP port (0 picks a free one)",
+    "shards": "in-memory shards (default: one per core)",
+    "checkpoint_dir": "folder of checkpoints: restored at start, written on SIGTERM",
+    "checkpoint_every": "seconds between periodic checkpoints",
+    "keep_checkpoints": "checkpoints kept on disk",
+    "durability": "what an acknowledged push survives: 'checkpoint' (state since the "
+    "last checkpoint may be lost on a crash)",
+    "replicas": "synchronous mode: replicas pushing each step (0: asynchronous)",
+    "replicas_to_aggregate": "synchronous mode: apply a step after this many "
+    "replicas (the rest are backup workers)",
+    "sync_average": "synchronous mode: average the replicas' gradients (default: sum)",
+    "sync_timeout": "synchronous mode: seconds a replica waits for the others",
+    "server_index": "this server's place in the cluster (0-based)",
+    "num_servers": "servers in the cluster",
+    "nonfinite": "NaN/Inf gradients: 'reject' or 'allow'",
+    "max_request_bytes": "largest push or assignment accepted, in bytes",
+    "grpc_workers": "threads serving gRPC calls",
+    "shutdown_grace": "seconds in-flight calls get to finish at shutdown",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per field; defaults come from the environment, then the model."""
+    for name, field in ServerConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        env = ENV_PREFIX + name.upper()
+        help_text = f"{_HELP[name]} [env {env}]"
+        if field.annotation is bool:
+            parser.add_argument(flag, action="store_true", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, default=None, help=help_text)
+
+
+def from_arguments(args: argparse.Namespace) -> ServerConfig:
+    """Flags, else environment variables, else defaults; validated."""
+    values: dict[str, Any] = {}
+    for name, field in ServerConfig.model_fields.items():
+        value = getattr(args, name, None)
+        if value is None:
+            value = os.environ.get(ENV_PREFIX + name.upper())
+            if value is not None and field.annotation is bool:
+                value = value.strip().lower() in ("1", "true", "yes", "on")
+        if value is not None:
+            values[name] = value
+    try:
+        return ServerConfig.model_validate(values)
+    except ValidationError as e:
+        raise SystemExit(f"adamax-ps: invalid settings:\n{_explain(e)}") from None
+
+
+def _explain(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        name = ".".join(str(x) for x in item["loc"])
+        flag = f"--{name.replace('_', '-')}" if name else "settings"
+        lines.append(f"  {flag}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)

@@ -1,0 +1,441 @@
+"""The gRPC face of a ParameterService: decode, call, encode; nothing else.
+
+Domain errors map to status codes through ``errors.py`` (each error carries
+its code); malformed tensors are INVALID_ARGUMENT; anything unexpected is
+INTERNAL and logged with its traceback. The standard health and reflection
+services are served beside ours.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from adamax_ps.proto import codec
+from adamax_ps.proto.v1 import parameter_server_pb2 as pb
+from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
+from adamax_ps.server.errors import FailedPreconditionError, ParameterServerError
+from adamax_ps.server.gradients import DenseGradient, SparseGradient
+from adamax_ps.server.optimizers import OptimizerState
+from adamax_ps.server.pushes import PushId
+from adamax_ps.server.service import ParameterService
+from adamax_ps.server.store import VariableRecord
+
+log = logging.getLogger("adamax_ps.grpc")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ParameterServer"].full_name
+UNARY_LIMIT = 64 << 20  # larger requests must stream
+ERROR_KEY = "adamax-ps-error"  # trailing metadata: the domain error's class name
+
+
+def _domain_errors(method: Callable) -> Callable:
+    """Turn domain and codec errors into gRPC statuses with their messages."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except ParameterServerError as e:
+            context.set_trailing_metadata(((ERROR_KEY, type(e).__name__),))
+            context.abort(grpc.StatusCode[e.code], str(e))
+        except codec.CodecError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except grpc.RpcError:
+            raise
+        except Exception:
+            if context.code() is not None:  # already aborted on purpose
+                raise
+            log.exception("internal error in %s", method.__name__)
+            context.abort(
+                grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}"
+            )
+
+    return wrapper
+
+
+def _streaming_errors(method: Callable) -> Callable:
+    """The same for server-streaming methods (errors before the first yield)."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        try:
+            yield from method(self, request, context)
+        except ParameterServerError as e:
+            context.set_trailing_metadata(((ERROR_KEY, type(e).__name__),))
+            context.abort(grpc.StatusCode[e.code], str(e))
+        except codec.CodecError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
+    return wrapper
+
+
+class ParameterServerServicer(pb_grpc.ParameterServerServicer):
+    """Translates the ``adamax_ps.v1.ParameterServer`` RPCs to the service."""
+
+    def __init__(self, service: ParameterService, max_request_bytes: int) -> None:
+        self.service = service
+        self.max_request_bytes = max_request_bytes
+        settings = service.settings
+        self.index, self.size = settings.server_index, settings.num_servers
+        self.ready = False
+
+    def _check_view(self, view: pb.ClusterView) -> None:
+        """Refuse a client whose idea of the cluster differs from this server's."""
+        if view.num_servers == 0 and self.size == 1:
+            return
+        if (view.server_index, view.num_servers) != (self.index, self.size):
+            raise FailedPreconditionError(
+                f"cluster view mismatch: this server is {self.index} of {self.size}, "
+                f"the client addressed it as {view.server_index} of {view.num_servers}"
+            )
+
+    @_domain_errors
+    def GetServerInfo(self, request, context):
+        sync = self.service.settings.sync
+        return pb.ServerInfo(
+            version=_version(),
+            server_index=self.index,
+            num_servers=self.size,
+            shards=self.service.store.num_shards,
+            replicas=sync.replicas if sync else 0,
+            replicas_to_aggregate=sync.needed if sync else 0,
+            ready=self.ready,
+            max_message_bytes=UNARY_LIMIT,
+        )
+
+    @_domain_errors
+    def CreateVariables(self, request, context):
+        self._check_view(request.view)
+        infos = []
+        for spec in request.variables:
+            initial = None
+            if spec.HasField("initial_value"):
+                initial = codec.decode(spec.initial_value)
+            global_shape = tuple(spec.global_shape)
+            shape = (spec.rows, *global_shape[1:]) if global_shape else ()
+            record, created = self.service.create_variable(
+                spec.name,
+                shape=shape if initial is None else None,
+                dtype=codec.numpy_dtype(spec.dtype),
+                initial_value=initial,
+                initializer=_initializer(spec.initializer_json),
+                seed=spec.seed,
+                global_shape=global_shape,
+                row_offset=spec.row_offset,
+            )
+            infos.append(_variable_info(record, created))
+        return pb.CreateVariablesResponse(variables=infos)
+
+    @_domain_errors
+    def ListVariables(self, request, context):
+        records = self.service.variables()
+        return pb.ListVariablesResponse(variables=[_variable_info(r) for r in records])
+
+    @_domain_errors
+    def CreateOptimizer(self, request, context):
+        self._check_view(request.view)
+        config = _json_object(request.config_json, "config_json")
+        state, created = self.service.create_optimizer(config)
+        return self._optimizer_state(state.name, created)
+
+    @_domain_errors
+    def GetOptimizer(self, request, context):
+        if request.create_iterations:
+            self.service.iterations(request.optimizer)
+        return self._optimizer_state(request.optimizer)
+
+    def _optimizer_state(self, name: str, created: bool = False) -> pb.OptimizerState:
+        state: OptimizerState = self.service.optimizer(name)
+        with state.lock:
+            return pb.OptimizerState(
+                name=state.name,
+                config_json=json.dumps(
+                    state.config.get_config(hypers_created=state.hypers_created)
+                ),
+                iterations=state.iterations,
+                weights=[
+                    pb.WeightRef(kind=w.kind, variable=w.variable, name=w.name)
+                    for w in state.weights
+                ],
+                slot_names=state.slot_names,
+                created=created,
+                pushes=state.pushes,
+            )
+
+    @_domain_errors
+    def ReserveStep(self, request, context):
+        self._check_view(request.view)
+        if self.index != 0:
+            raise FailedPreconditionError(
+                f"steps are reserved at server 0 of the cluster; this is server "
+                f"{self.index}"
+            )
+        step = self.service.reserve_step(
+            request.optimizer, list(request.variables), _push_id(request)
+        )
+        return pb.ReserveStepResponse(step=step)
+
+    @_domain_errors
+    def ApplyGradients(self, request, context):
+        self._check_view(request.view)
+        gradients = []
+        for g in request.gradients:
+            values = codec.decode(g.values)
+            indices = codec.decode(g.indices) if g.HasField("indices") else None
+            gradients.append(_gradient(g.variable, values, indices))
+        return self._apply(request, gradients)
+
+    @_domain_errors
+    def ApplyGradientsStream(self, request_iterator, context):
+        chunks = iter(request_iterator)
+        first = next(chunks, None)
+        if first is None or not first.HasField("header"):
+            raise codec.CodecError("a streamed push starts with its header")
+        request = first.header
+        self._check_view(request.view)
+        declared = []
+        for g in request.gradients:
+            if g.HasField("indices"):
+                declared.append(g.indices)
+            declared.append(g.values)
+        assembler = codec.StreamAssembler(declared, self.max_request_bytes)
+        if first.data:
+            assembler.feed(first.data)
+        for chunk in chunks:
+            assembler.feed(chunk.data)
+        arrays = iter(assembler.arrays())
+        gradients = []
+        for g in request.gradients:
+            indices = next(arrays) if g.HasField("indices") else None
+            gradients.append(_gradient(g.variable, next(arrays), indices))
+        return self._apply(request, gradients)
+
+    def _apply(self, request: pb.ApplyRequest, gradients: list) -> pb.ApplyResponse:
+        result = self.service.apply(
+            request.optimizer,
+            gradients,
+            _push_id(request),
+            step=request.step if request.HasField("step") else None,
+            aggregate=not request.aggregated,
+            call_variables=list(request.call_variables) or None,
+            clipped=request.clipped,
+        )
+        return pb.ApplyResponse(step=result.step, iterations=result.iterations)
+
+    @_streaming_errors
+    def Read(self, request, context):
+        if request.weight:
+            value = self.service.weight(request.optimizer, request.weight)
+        else:
+            optimizer = request.optimizer or None
+            slot = request.slot or None
+            if request.HasField("rows"):
+                rows = codec.decode(request.rows)
+                value = self.service.gather(
+                    request.variable, rows, optimizer=optimizer, slot=slot
+                )
+            else:
+                value = self.service.pull(
+                    request.variable, optimizer=optimizer, slot=slot
+                )
+        yield pb.TensorChunk(header=codec.header(value))
+        for piece in codec.chunks([value]):
+            yield pb.TensorChunk(data=bytes(piece))
+
+    @_domain_errors
+    def Assign(self, request_iterator, context):
+        chunks = iter(request_iterator)
+        first = next(chunks, None)
+        if first is None or not first.HasField("header"):
+            raise codec.CodecError("a streamed assignment starts with its header")
+        request = first.header
+        self._check_view(request.view)
+        assembler = codec.StreamAssembler([request.value], self.max_request_bytes)
+        if first.data:
+            assembler.feed(first.data)
+        for chunk in chunks:
+            assembler.feed(chunk.data)
+        (value,) = assembler.arrays()
+        if request.weight:
+            self.service.assign_weight(request.optimizer, request.weight, value)
+        else:
+            self.service.assign(
+                request.variable,
+                value,
+                optimizer=request.optimizer or None,
+                slot=request.slot or None,
+            )
+        return pb.AssignResponse()
+
+    @_domain_errors
+    def SetIterations(self, request, context):
+        self._check_view(request.view)
+        self.service.set_iterations(request.optimizer, request.iterations)
+        return self._optimizer_state(request.optimizer)
+
+    @_domain_errors
+    def AddSlot(self, request, context):
+        self._check_view(request.view)
+        holds = self.service.store.get(request.variable) is not None
+        self.service.add_slot(
+            request.optimizer,
+            request.variable,
+            request.slot,
+            request.initializer or "zeros",
+            create=holds,
+            record=self.index == 0,
+        )
+        return self._optimizer_state(request.optimizer)
+
+    @_domain_errors
+    def AddWeight(self, request, context):
+        self._check_view(request.view)
+        value = self.service.add_weight(
+            request.optimizer,
+            request.name,
+            tuple(request.shape),
+            codec.numpy_dtype(request.dtype),
+            request.initializer or "zeros",
+        )
+        return pb.AddWeightResponse(value=codec.encode(value))
+
+    @_domain_errors
+    def Checkpoint(self, request, context):
+        info = self.service.checkpoint()
+        return pb.CheckpointResponse(
+            path=str(info.path),
+            sequence=info.sequence,
+            bytes=info.nbytes,
+            seconds=info.seconds,
+        )
+
+
+def _gradient(variable: str, values: np.ndarray, indices: np.ndarray | None):
+    if indices is None:
+        return DenseGradient(variable, values)
+    return SparseGradient(variable, indices, values)
+
+
+def _push_id(request: Any) -> PushId | None:
+    if not request.HasField("push_id"):
+        return None
+    return PushId(request.push_id.client, request.push_id.sequence)
+
+
+def _initializer(text: str) -> str | dict:
+    if not text:
+        return "zeros"
+    if text.lstrip().startswith("{"):
+        return _json_object(text, "initializer_json")
+    return text
+
+
+def _json_object(text: str, what: str) -> dict:
+    try:
+        value = json.loads(text) if text else {}
+    except json.JSONDecodeError as e:
+        raise codec.CodecError(f"{what} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise codec.CodecError(f"{what} must be a JSON object")
+    return value
+
+
+def _variable_info(record: VariableRecord, created: bool = False) -> pb.VariableInfo:
+    return pb.VariableInfo(
+        name=record.name,
+        shape=record.shape,
+        dtype=codec.dtype_code(record.dtype),
+        global_shape=record.global_shape,
+        row_offset=record.row_offset,
+        created=created,
+    )
+
+
+@functools.cache
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("adamax-ps")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class GrpcServer:
+    """A running gRPC server with our service, health and reflection."""
+
+    def __init__(self, server: grpc.Server, port: int, servicer, health_servicer):
+        self.server = server
+        self.port = port
+        self.servicer = servicer
+        self.health = health_servicer
+
+    def set_ready(self, ready: bool) -> None:
+        """Serve SERVING (or NOT_SERVING) on the health service."""
+        self.servicer.ready = ready
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, status)
+
+    def stop(self, grace: float | None) -> None:
+        self.set_ready(False)
+        self.server.stop(grace).wait()
+
+
+def create_grpc_server(
+    service: ParameterService,
+    address: str,
+    *,
+    max_request_bytes: int = 1 << 31,
+    workers: int = 32,
+    interceptors: tuple = (),
+    credentials: grpc.ServerCredentials | None = None,
+) -> GrpcServer:
+    """Build and start a gRPC server on ``address`` ("host:0" picks a port).
+
+    Unary messages are limited to 64 MB (larger pushes stream in chunks);
+    streamed requests to ``max_request_bytes``.
+    """
+    sync = service.settings.sync
+    workers = max(workers, 2 * (sync.replicas if sync else 0) + 8)
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", UNARY_LIMIT),
+            ("grpc.max_send_message_length", UNARY_LIMIT),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    servicer = ParameterServerServicer(service, max_request_bytes)
+    pb_grpc.add_ParameterServerServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer(
+        experimental_non_blocking=True,
+        experimental_thread_pool=ThreadPoolExecutor(max_workers=2),
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
+    if port == 0:
+        raise OSError(f"cannot listen on {address} (port in use?)")
+    server.start()
+    result = GrpcServer(server, port, servicer, health_servicer)
+    result.set_ready(False)
+    return result

@@ -1,0 +1,168 @@
+"""One server process: restore, warm up, serve gRPC and HTTP, stop cleanly.
+
+Start: tune malloc, restore the newest checkpoint (if any), run every kernel
+once, bind both ports, then report ready (gRPC health SERVING, ``/readyz``
+200) and print one line with the bound addresses. On SIGTERM or SIGINT: stop
+accepting calls, let in-flight ones finish (``--shutdown-grace``), write a
+final checkpoint when a folder is configured, exit 0.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+
+import numpy as np
+import uvicorn
+
+from adamax_ps.proto.malloc import tune_malloc
+from adamax_ps.server import adamax
+from adamax_ps.server.config import ServerConfig
+from adamax_ps.server.grpc_servicer import GrpcServer, create_grpc_server
+from adamax_ps.server.http_app import create_app
+from adamax_ps.server.hyperparams import AdamaxConfig
+from adamax_ps.server.service import ParameterService
+
+log = logging.getLogger("adamax_ps.serve")
+
+
+def warm_up() -> None:
+    """Run each kernel once (they are compiled or loaded at import; this also
+    faults in their code) so no request pays for it."""
+    config = AdamaxConfig.from_keras()
+    for dtype in adamax.FLOAT_DTYPES:
+        w, m, v = (np.zeros((4, 2), dtype) for _ in range(3))
+        step = config.step_scalars(0, dtype)
+        adamax.dense_update(w, m, v, np.ones((4, 2), dtype), step)
+        adamax.sparse_update(w, m, v, np.array([1, 1]), np.ones((2, 2), dtype), step)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket for uvicorn, so port 0 is known before it starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise SystemExit(
+            f"adamax-ps: cannot listen on {host}:{port} for HTTP: {e}"
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class ServerProcess:
+    """The running pieces of one ``adamax-ps serve``."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.service = ParameterService(config.service_settings())
+        self.ready = False
+        self.grpc: GrpcServer | None = None
+        self.http: uvicorn.Server | None = None
+        self._http_thread: threading.Thread | None = None
+        self.stopped = threading.Event()
+
+    def start(self) -> None:
+        config = self.config
+        restored = self.service.restore() if config.checkpoint_dir else None
+        if restored is not None:
+            log.info(
+                "restored %s (%d bytes in %.2f s)",
+                restored.path,
+                restored.nbytes,
+                restored.seconds,
+            )
+        warm_up()
+        try:
+            self.grpc = create_grpc_server(
+                self.service,
+                f"{config.host}:{config.grpc_port}",
+                max_request_bytes=config.max_request_bytes,
+                workers=config.grpc_workers,
+            )
+        except (OSError, RuntimeError) as e:
+            raise SystemExit(
+                f"adamax-ps: cannot listen on {config.host}:{config.grpc_port} for "
+                f"gRPC: {e}"
+            ) from None
+        sock = bind(config.host, config.http_port)
+        self.http_port = sock.getsockname()[1]
+        app = create_app(self.service, lambda: self.ready)
+        self.http = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+            )
+        )
+        self._http_thread = threading.Thread(
+            target=self.http.run, kwargs={"sockets": [sock]}, name="http", daemon=True
+        )
+        self._http_thread.start()
+        if config.checkpoint_every:
+            self.service.start_periodic_checkpoints(config.checkpoint_every, _report)
+        self.ready = True
+        self.grpc.set_ready(True)
+        print(
+            f"adamax-ps serving grpc={config.host}:{self.grpc.port} "
+            f"http={config.host}:{self.http_port} server={config.server_index}/"
+            f"{config.num_servers}",
+            flush=True,
+        )
+
+    def stop(self) -> None:
+        """Stop serving, finish in-flight calls, write the final checkpoint."""
+        self.ready = False
+        if self.grpc is not None:
+            self.grpc.stop(self.config.shutdown_grace)
+        if self.http is not None:
+            self.http.should_exit = True
+            self._http_thread.join(self.config.shutdown_grace + 5)
+        if self.config.checkpoint_dir:
+            started = time.perf_counter()
+            info = self.service.checkpoint()
+            log.info(
+                "final checkpoint %s in %.2f s",
+                info.path,
+                time.perf_counter() - started,
+            )
+            print(f"adamax-ps final checkpoint {info.path}", flush=True)
+        self.service.close()
+        self.stopped.set()
+
+
+def _report(outcome) -> None:
+    if isinstance(outcome, Exception):
+        log.error("periodic checkpoint failed: %s", outcome)
+    else:
+        log.info("checkpoint %s (%.2f s)", outcome.path, outcome.seconds)
+
+
+def run(config: ServerConfig) -> int:
+    """Serve until SIGTERM/SIGINT; 0 after a clean stop."""
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    tune_malloc()
+    faulthandler.register(signal.SIGUSR1)  # kill -USR1 dumps every thread's stack
+    process = ServerProcess(config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    process.start()
+    stop.wait()
+    log.info("stopping")
+    process.stop()
+    return 0
