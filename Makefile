@@ -38,7 +38,9 @@ demo: $(STAMP)
 	$(BIN)/adamax-ps demo
 
 bench: $(STAMP)
-	$(BIN)/python bench/kernels.py
+	$(BIN)/python bench/kernels.py --update-readme
+	$(BIN)/python bench/service.py --update-readme
+	$(BIN)/python bench/transport.py --update-readme
 
 clean:
 	rm -rf $(VENV) build *.egg-info

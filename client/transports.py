@@ -205,6 +205,18 @@ class GrpcTransport:
         else:
             self.channel = grpc.secure_channel(target, credentials, options=options)
         self.stub = pb_grpc.ParameterServerStub(self.channel)
+        # Streams whose data chunks are encoded without protobuf (codec).
+        service = "/adamax_ps.v1.ParameterServer/"
+        self.apply_stream = self.channel.stream_unary(
+            service + "ApplyGradientsStream",
+            request_serializer=codec.chunk_serializer,
+            response_deserializer=pb.ApplyResponse.FromString,
+        )
+        self.assign_stream = self.channel.stream_unary(
+            service + "Assign",
+            request_serializer=codec.chunk_serializer,
+            response_deserializer=pb.AssignResponse.FromString,
+        )
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
@@ -378,12 +390,12 @@ class GrpcTransport:
         else:
             header = request(False)
 
-            def stream() -> Iterator[pb.ApplyChunk]:
+            def stream() -> Iterator[pb.ApplyChunk | bytes]:
                 yield pb.ApplyChunk(header=header)
                 for piece in codec.chunks(arrays):
-                    yield pb.ApplyChunk(data=bytes(piece))
+                    yield codec.data_chunk(piece)
 
-            response = self._call(self.stub.ApplyGradientsStream, stream)
+            response = self._call(self.apply_stream, stream)
         return response.step, response.iterations
 
     def read(

@@ -116,6 +116,72 @@ def chunks(
             yield view[start : start + size]
 
 
+# Streamed chunks -------------------------------------------------------------------
+#
+# ApplyChunk and AssignChunk carry a header (field 1) or raw bytes (field 2).
+# A data chunk's protobuf encoding is just the tag 0x12, a varint length and
+# the bytes, so it is written and read here without protobuf: one copy fewer
+# on each side, and still the same wire format for any other client.
+
+_DATA_TAG = 0x12  # field 2, length-delimited
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def data_chunk(piece: memoryview | bytes) -> bytes:
+    """The encoding of a chunk message holding only ``data`` (one copy)."""
+    return b"".join((bytes((_DATA_TAG,)), _varint(len(piece)), piece))
+
+
+class DataChunk:
+    """A parsed data-only chunk: ``data`` views the received bytes."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: memoryview) -> None:
+        self.data = data
+
+    def HasField(self, name: str) -> bool:  # noqa: N802 - the protobuf method name
+        return False
+
+
+def chunk_parser(message_type):
+    """A deserializer: data-only chunks without a copy, others by protobuf."""
+
+    def parse(raw: bytes):
+        if raw and raw[0] == _DATA_TAG:
+            length, shift, i = 0, 0, 1
+            while i < len(raw):
+                byte = raw[i]
+                length |= (byte & 0x7F) << shift
+                i += 1
+                if not byte & 0x80:
+                    break
+                shift += 7
+            if i + length == len(raw):
+                return DataChunk(memoryview(raw)[i:])
+        return message_type.FromString(raw)
+
+    return parse
+
+
+def chunk_serializer(message) -> bytes:
+    """A serializer accepting chunk messages or bytes already encoded."""
+    if isinstance(message, bytes):
+        return message
+    return message.SerializeToString()
+
+
 class StreamAssembler:
     """Receives the chunks of tensors declared by a header, into one buffer.
 

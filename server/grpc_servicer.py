@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 import numpy as np
@@ -394,6 +394,34 @@ class GrpcServer:
         self.server.stop(grace).wait()
 
 
+class _ChunkParsing:
+    """Registers the generated handlers, with the streamed chunks' bytes parsed
+    without protobuf (``codec.chunk_parser``): one copy fewer per chunk."""
+
+    STREAMS: ClassVar[dict] = {
+        "ApplyGradientsStream": pb.ApplyChunk,
+        "Assign": pb.AssignChunk,
+    }
+
+    def __init__(self, server: grpc.Server) -> None:
+        self.server = server
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        """Superseded by ``add_registered_method_handlers`` below."""
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        for name, message in self.STREAMS.items():
+            handler = handlers[name]
+            handlers[name] = grpc.stream_unary_rpc_method_handler(
+                handler.stream_unary,
+                request_deserializer=codec.chunk_parser(message),
+                response_serializer=handler.response_serializer,
+            )
+        generic = grpc.method_handlers_generic_handler(service, handlers)
+        self.server.add_generic_rpc_handlers((generic,))
+        self.server.add_registered_method_handlers(service, handlers)
+
+
 def create_grpc_server(
     service: ParameterService,
     address: str,
@@ -420,7 +448,7 @@ def create_grpc_server(
         ],
     )
     servicer = ParameterServerServicer(service, max_request_bytes)
-    pb_grpc.add_ParameterServerServicer_to_server(servicer, server)
+    pb_grpc.add_ParameterServerServicer_to_server(servicer, _ChunkParsing(server))
     health_servicer = health.HealthServicer(
         experimental_non_blocking=True,
         experimental_thread_pool=ThreadPoolExecutor(max_workers=2),

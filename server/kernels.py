@@ -177,14 +177,39 @@ def stream_4r3w(a, b, c, d):
         c[i] = z + s
 
 
-@nb.njit([nb.int64(_in(f)) for f in _FLOATS], **_JIT)
-def first_nonfinite(values):
-    """Index of the first NaN or Inf in a flat array, or -1."""
-    for i in range(values.shape[0]):
-        x = values[i]
-        if x - x != 0:  # NaN and +-Inf give NaN; every finite x gives 0
-            return i
+@nb.njit([nb.int64(_in(u), u) for u in (nb.uint16, nb.uint32, nb.uint64)], **_JIT)
+def first_nonfinite_bits(bits, exponent):
+    """Index of the first NaN or Inf, given a float array's bits, or -1.
+
+    A float is NaN or Inf exactly when its exponent bits are all ones. The
+    test is integer-only and branch-free within a block, so it vectorises;
+    only a block holding such a value is searched element by element.
+    """
+    n = bits.shape[0]
+    block = 4096
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        hits = 0
+        for i in range(start, stop):
+            hits += (bits[i] & exponent) == exponent
+        if hits:
+            for i in range(start, stop):
+                if bits[i] & exponent == exponent:
+                    return i
     return -1
+
+
+_EXPONENT = {
+    np.dtype(np.float16): (np.uint16, np.uint16(0x7C00)),
+    np.dtype(np.float32): (np.uint32, np.uint32(0x7F800000)),
+    np.dtype(np.float64): (np.uint64, np.uint64(0x7FF0000000000000)),
+}
+
+
+def first_nonfinite(values: np.ndarray) -> int:
+    """Index of the first NaN or Inf in a flat float array, or -1."""
+    unsigned, exponent = _EXPONENT[values.dtype]
+    return int(first_nonfinite_bits(values.view(unsigned), exponent))
 
 
 @nb.njit([nb.int64(_in(i), nb.int64) for i in _INTS], **_JIT)

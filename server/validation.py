@@ -200,11 +200,7 @@ def _finite(
     if policy is NonFinitePolicy.ALLOW:
         return
     flat = values.reshape(-1)
-    if values.dtype == np.float16:
-        bad = np.flatnonzero(~np.isfinite(flat))
-        where = int(bad[0]) if bad.size else -1
-    else:
-        where = int(kernels.first_nonfinite(flat))
+    where = kernels.first_nonfinite(flat)
     if where >= 0:
         raise InvalidArgumentError(
             f"gradient for {record.name!r} has a non-finite value ({flat[where]}) at "

@@ -36,3 +36,15 @@ def test_first_appearance_keeps_order_and_positions():
     big = np.random.default_rng(0).integers(-(2**62), 2**62, 5000)
     unique, position = kernels.first_appearance(np.concatenate([big, big[::-1]]))
     assert unique.tolist() == list(dict.fromkeys(big.tolist()))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_first_nonfinite_finds_the_first_nan_or_inf(dtype, bad):
+    values = np.random.default_rng(1).normal(size=10_000).astype(dtype)
+    values[[17, 9000]] = np.finfo(dtype).max  # large but finite
+    assert kernels.first_nonfinite(values) == -1
+    values[[8191, 9999]] = bad
+    assert kernels.first_nonfinite(values) == 8191
+    assert kernels.first_nonfinite(values[:1]) == -1
+    assert kernels.first_nonfinite(values[:0]) == -1
