@@ -9,8 +9,11 @@ server and the client; errors are ``CodecError`` (a ``ValueError``).
 
 from __future__ import annotations
 
+import io
+import json
 import math
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -226,3 +229,98 @@ class StreamAssembler:
             out.append(decode(tensor, view))
             start += size
         return out
+
+
+# HTTP bodies -------------------------------------------------------------------------
+#
+# HTTP requests that carry tensors use ``application/x-adamax-ps``: a 4-byte
+# little-endian length, a JSON header of that length describing the tensors
+# ({"shape": [...], "dtype": "float32"}), then the tensors' raw bytes in the
+# order the header lists them.
+
+FRAMED = "application/x-adamax-ps"
+NPY = "application/octet-stream"
+
+
+def describe(array: np.ndarray) -> dict:
+    """A tensor's JSON description in a framed body's header."""
+    return {"shape": list(array.shape), "dtype": np.dtype(array.dtype).name}
+
+
+def frame(header: dict, arrays: Sequence[np.ndarray]) -> list[bytes | memoryview]:
+    """A framed body as pieces (the arrays' own memory, no copy)."""
+    text = json.dumps(header).encode()
+    pieces: list[bytes | memoryview] = [len(text).to_bytes(4, "little"), text]
+    pieces += [memoryview(little_endian(a).reshape(-1)).cast("B") for a in arrays]
+    return pieces
+
+
+def unframe(body: bytes | bytearray | memoryview) -> tuple[dict, memoryview]:
+    """The JSON header of a framed body and a view of the bytes after it."""
+    view = memoryview(body)
+    if len(view) < 4:
+        raise CodecError("a framed body starts with a 4-byte header length")
+    size = int.from_bytes(view[:4], "little")
+    if 4 + size > len(view):
+        raise CodecError(f"the framed body's header claims {size} bytes; it has fewer")
+    try:
+        header = json.loads(bytes(view[4 : 4 + size]))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CodecError(f"the framed body's header is not JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise CodecError("the framed body's header must be a JSON object")
+    return header, view[4 + size :]
+
+
+def tensor_from_json(description: Any) -> pb.Tensor:
+    """A tensor header from its JSON description (checked)."""
+    if not isinstance(description, dict):
+        raise CodecError(
+            f"a tensor is described as {{shape, dtype}}. Received: {description!r}"
+        )
+    shape, dtype = description.get("shape"), description.get("dtype")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) for d in shape
+    ):
+        raise CodecError(f"a tensor shape is a list of integers. Received: {shape!r}")
+    try:
+        code = dtype_code(np.dtype(dtype)) if isinstance(dtype, str) else None
+    except TypeError:
+        code = None
+    if code is None:
+        raise CodecError(f"unknown tensor dtype {dtype!r}")
+    if any(not 0 <= d < 1 << 62 for d in shape):
+        raise CodecError(f"tensor shape {shape} has a negative or huge dimension")
+    return pb.Tensor(shape=shape, dtype=code)
+
+
+def split_framed(
+    descriptions: Sequence[Any], data: memoryview, limit: int
+) -> list[np.ndarray]:
+    """The tensors a framed body declares, viewing its bytes (no copy)."""
+    headers = [tensor_from_json(d) for d in descriptions]
+    sizes = [declared_nbytes(t, limit) for t in headers]
+    if sum(sizes) != len(data):
+        raise CodecError(
+            f"the framed body declares {sum(sizes)} bytes of tensors and carries "
+            f"{len(data)}"
+        )
+    out, start = [], 0
+    for tensor, size in zip(headers, sizes, strict=True):
+        out.append(decode(tensor, data[start : start + size]))
+        start += size
+    return out
+
+
+def npy_header(array: np.ndarray) -> bytes:
+    """The ``.npy`` header for ``array`` (its bytes follow, C order)."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, np.lib.format.header_data_from_array_1_0(array)
+    )
+    return buffer.getvalue()
+
+
+def read_npy(data: bytes) -> np.ndarray:
+    """An array from ``.npy`` bytes (never unpickled)."""
+    return np.load(io.BytesIO(data), allow_pickle=False)

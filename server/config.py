@@ -46,6 +46,12 @@ class ServerConfig(BaseModel):
     max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=1 << 20)
     grpc_workers: int = Field(32, ge=2)
     shutdown_grace: float = Field(10.0, ge=0)
+    token_file: Path | None = None
+    auth_reads: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    json_limit: int = Field(100_000, ge=1)
+    history_interval: float = Field(1.0, gt=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> ServerConfig:
@@ -63,6 +69,14 @@ class ServerConfig(BaseModel):
             )
         if self.checkpoint_every and not self.checkpoint_dir:
             raise ValueError("--checkpoint-every needs --checkpoint-dir")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        for name in ("token_file", "tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(
+                    f"--{name.replace('_', '-')} {path} is not a readable file"
+                )
         return self
 
     def service_settings(self) -> ServiceSettings:
@@ -106,6 +120,13 @@ _HELP = {
     "max_request_bytes": "largest push or assignment accepted, in bytes",
     "grpc_workers": "threads serving gRPC calls",
     "shutdown_grace": "seconds in-flight calls get to finish at shutdown",
+    "token_file": "file holding the bearer token required by mutating calls "
+    "(or set ADAMAX_PS_TOKEN)",
+    "auth_reads": "require the token for reads too",
+    "tls_cert": "TLS certificate (PEM) for gRPC and HTTP",
+    "tls_key": "TLS private key (PEM) for gRPC and HTTP",
+    "json_limit": "largest JSON value answer, in numbers (larger: ask for .npy)",
+    "history_interval": "seconds between history samples while the dashboard is open",
 }
 
 

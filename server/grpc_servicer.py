@@ -90,18 +90,14 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     def _check_view(self, view: pb.ClusterView) -> None:
         """Refuse a client whose idea of the cluster differs from this server's."""
         if view.num_servers == 0 and self.size == 1:
-            return
-        if (view.server_index, view.num_servers) != (self.index, self.size):
-            raise FailedPreconditionError(
-                f"cluster view mismatch: this server is {self.index} of {self.size}, "
-                f"the client addressed it as {view.server_index} of {view.num_servers}"
-            )
+            return  # a client that sends no view (grpcurl) to a lone server
+        self.service.check_view(view.server_index, view.num_servers)
 
     @_domain_errors
     def GetServerInfo(self, request, context):
         sync = self.service.settings.sync
         return pb.ServerInfo(
-            version=_version(),
+            version=server_version(),
             server_index=self.index,
             num_servers=self.size,
             shards=self.service.store.num_shards,
@@ -187,10 +183,13 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     def ApplyGradients(self, request, context):
         self._check_view(request.view)
         gradients = []
+        nbytes = 0
         for g in request.gradients:
             values = codec.decode(g.values)
             indices = codec.decode(g.indices) if g.HasField("indices") else None
+            nbytes += values.nbytes + (indices.nbytes if indices is not None else 0)
             gradients.append(_gradient(g.variable, values, indices))
+        self.service.metrics.received_bytes.labels("grpc").inc(nbytes)
         return self._apply(request, gradients)
 
     @_domain_errors
@@ -211,7 +210,11 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             assembler.feed(first.data)
         for chunk in chunks:
             assembler.feed(chunk.data)
-        arrays = iter(assembler.arrays())
+        received = assembler.arrays()
+        self.service.metrics.received_bytes.labels("grpc").inc(
+            sum(a.nbytes for a in received)
+        )
+        arrays = iter(received)
         gradients = []
         for g in request.gradients:
             indices = next(arrays) if g.HasField("indices") else None
@@ -360,7 +363,7 @@ def _variable_info(record: VariableRecord, created: bool = False) -> pb.Variable
 
 
 @functools.cache
-def _version() -> str:
+def server_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:

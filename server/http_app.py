@@ -1,44 +1,821 @@
 """The HTTP face of a ParameterService (FastAPI, served by uvicorn).
 
-Health and readiness probes for now; inspection, pushes over HTTP, metrics and
-the dashboard build on this app.
+REST inspection of what the server holds (optimizers, variables, statistics,
+values as JSON or ``.npy``, top rows, history), writes for workers without gRPC
+(tensors as raw bytes in ``application/x-adamax-ps`` framed bodies, never
+number lists), ``/healthz``, ``/readyz``, ``/metrics``, and the dashboard at
+``/``. Endpoints only decode, call the service, and encode. Every error is a
+JSON body ``{"error", "message"}`` with the status of its class.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+import numpy as np
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from adamax_ps.proto import codec
+from adamax_ps.server.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    ParameterServerError,
+)
+from adamax_ps.server.gradients import DenseGradient, SparseGradient
+from adamax_ps.server.inspection import Inspector
+from adamax_ps.server.pushes import PushId
+from adamax_ps.server.security import TokenCheck
 from adamax_ps.server.service import ParameterService
 
+STATIC = Path(__file__).resolve().parent / "static"
+VIEW_HEADER = "x-adamax-ps-view"
+DEFAULT_JSON_LIMIT = 100_000
 
-class HealthResponse(BaseModel):
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+# Responses --------------------------------------------------------------------------
+
+
+class ErrorResponse(Strict):
+    error: str = Field(description="the error's class, e.g. VariableNotFoundError")
+    message: str
+
+
+class StatusResponse(Strict):
     status: str
 
 
-def create_app(service: ParameterService, ready: Callable[[], bool]) -> FastAPI:
+class CheckpointStatus(Strict):
+    folder: str | None
+    last_path: str | None
+    last_sequence: int | None
+    last_bytes: int | None
+    last_seconds: float | None
+    age_seconds: float | None
+
+
+class ServerResponse(Strict):
+    version: str
+    server_index: int
+    num_servers: int
+    shards: int
+    replicas: int
+    replicas_to_aggregate: int
+    ready: bool
+    uptime_seconds: float
+    resident_bytes: int
+    state_bytes: int
+    shard_state_bytes: list[int]
+    checkpoint: CheckpointStatus
+
+
+class WeightRefModel(Strict):
+    kind: Literal["iterations", "slot", "weight"]
+    variable: str
+    name: str
+
+
+class OptimizerResponse(Strict):
+    name: str
+    config: dict[str, Any]
+    iterations: int
+    pushes: int
+    push_rate: float | None = Field(description="pushes/s over the sampled history")
+    slot_names: list[str]
+    weights: list[WeightRefModel]
+    created: bool = False
+
+
+class StatsModel(Strict):
+    l2_norm: float
+    min: float
+    max: float
+    mean: float
+    nonzero_rows: int
+
+
+class PlacementModel(Strict):
+    shard: int
+    lo: int
+    hi: int
+
+
+class SlotRefModel(Strict):
+    optimizer: str
+    slot: str
+
+
+class VariableResponse(Strict):
+    name: str
+    shape: list[int]
+    dtype: str
+    global_shape: list[int]
+    row_offset: int
+    value_bytes: int
+    bytes: int
+    placement: list[PlacementModel]
+    slots: list[SlotRefModel]
+    stats: dict[str, StatsModel] | None
+    created: bool = False
+
+
+class ValueResponse(Strict):
+    name: str
+    shape: list[int]
+    dtype: str
+    rows: list[int] | None
+    values: Any = Field(description="nested lists of numbers, shaped as `shape`")
+
+
+class TopRowModel(Strict):
+    row: int
+    score: float
+    values: list[float] | None
+
+
+class TopResponse(Strict):
+    variable: str
+    optimizer: str
+    by: Literal["update", "m"]
+    rows: list[TopRowModel]
+
+
+class HistorySample(Strict):
+    time: float
+    optimizers: dict[str, dict[str, int]]
+    variables: dict[str, dict[str, float]]
+
+
+class HistoryResponse(Strict):
+    interval_seconds: float
+    samples: list[HistorySample]
+
+
+class ApplyResponse(Strict):
+    step: int
+    iterations: int
+
+
+class StepResponse(Strict):
+    step: int
+
+
+class CheckpointResponse(Strict):
+    path: str
+    sequence: int
+    bytes: int
+    seconds: float
+
+
+# Requests ---------------------------------------------------------------------------
+
+
+class PushIdModel(Strict):
+    client: str
+    sequence: int = Field(ge=0)
+
+
+class CreateOptimizerRequest(Strict):
+    config: dict[str, Any] = Field(description="an Adamax get_config() dict")
+
+
+class ReserveStepRequest(Strict):
+    variables: list[str]
+    push_id: PushIdModel | None = None
+
+
+class IterationsRequest(Strict):
+    iterations: int = Field(ge=0)
+
+
+class AddSlotRequest(Strict):
+    variable: str
+    slot: str
+    initializer: str = "zeros"
+
+
+class AddWeightRequest(Strict):
+    name: str
+    shape: list[int] = []
+    dtype: Literal["float16", "float32", "float64"] = "float32"
+    initializer: str = "zeros"
+
+
+ERRORS = {
+    400: {"model": ErrorResponse, "description": "bad input"},
+    401: {"model": ErrorResponse, "description": "a token is required"},
+    404: {"model": ErrorResponse, "description": "no such thing"},
+    409: {
+        "model": ErrorResponse,
+        "description": "exists otherwise, or refused by state",
+    },
+    413: {"model": ErrorResponse, "description": "too large"},
+    422: {"model": ErrorResponse, "description": "malformed parameters or body"},
+}
+READ_ERRORS = {k: ERRORS[k] for k in (400, 401, 404, 413, 422)}
+FRAMED_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {codec.FRAMED: {"schema": {"type": "string", "format": "binary"}}},
+        "description": "a 4-byte little-endian header length, a JSON header, then "
+        "the tensors' raw little-endian bytes in the header's order",
+    }
+}
+
+
+def create_app(
+    service: ParameterService,
+    ready: Callable[[], bool],
+    *,
+    tokens: TokenCheck | None = None,
+    inspector: Inspector | None = None,
+    max_request_bytes: int = 1 << 31,
+    json_limit: int = DEFAULT_JSON_LIMIT,
+    version: str = "unknown",
+) -> FastAPI:
     """The app; ``ready()`` says whether the server restored its checkpoint and
     warmed its kernels."""
-    app = FastAPI(title="adamax-ps", version="1", docs_url=None, redoc_url=None)
+    tokens = tokens or TokenCheck(None)
+    inspector = inspector or Inspector(service)
+    app = FastAPI(
+        title="adamax-ps",
+        version=version,
+        docs_url="/docs",
+        redoc_url=None,
+        description="Inspection and pushes of an Adamax parameter server.",
+    )
     app.state.service = service
+    app.state.inspector = inspector
+    settings = service.settings
 
-    @app.get("/healthz", response_model=HealthResponse)
-    def healthz() -> HealthResponse:
+    def read_access(request: Request) -> None:
+        tokens.check(request.headers.get("authorization"), mutating=False)
+
+    def write_access(request: Request) -> None:
+        tokens.check(request.headers.get("authorization"), mutating=True)
+        view = request.headers.get(VIEW_HEADER)
+        if view is None:
+            if settings.num_servers == 1:
+                return
+            raise FailedPreconditionError(
+                f"this server is {settings.server_index} of {settings.num_servers}: "
+                f"send the {VIEW_HEADER} header (index/servers)"
+            )
+        try:
+            index, count = (int(x) for x in view.split("/"))
+        except ValueError:
+            raise InvalidArgumentError(
+                f"{VIEW_HEADER} is 'index/servers'. Received: {view!r}"
+            ) from None
+        service.check_view(index, count)
+
+    reads = [Depends(read_access)]
+    writes = [Depends(write_access)]
+
+    async def body(request: Request) -> bytearray:
+        """The request body, refused beyond the size limit before it is read."""
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_request_bytes:
+            raise TooLargeError(
+                f"the request has {length} bytes, over the limit of {max_request_bytes}"
+            )
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > max_request_bytes:
+                raise TooLargeError(
+                    f"the request exceeds the limit of {max_request_bytes} bytes"
+                )
+        service.metrics.received_bytes.labels("http").inc(len(data))
+        return data
+
+    # Errors ------------------------------------------------------------------------
+
+    @app.exception_handler(ParameterServerError)
+    def domain_error(request: Request, e: ParameterServerError) -> JSONResponse:
+        return _error(e.http_status, type(e).__name__, str(e))
+
+    @app.exception_handler(codec.CodecError)
+    def codec_error(request: Request, e: codec.CodecError) -> JSONResponse:
+        return _error(400, "InvalidArgumentError", str(e))
+
+    @app.exception_handler(TooLargeError)
+    def too_large(request: Request, e: TooLargeError) -> JSONResponse:
+        return _error(413, "RequestTooLarge", str(e))
+
+    @app.exception_handler(RequestValidationError)
+    def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in item['loc'])}: {item['msg']}"
+            for item in e.errors()
+        )
+        return _error(422, "InvalidRequest", problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        return _error(e.status_code, "HTTPError", str(e.detail))
+
+    # Probes and metrics ------------------------------------------------------------
+
+    @app.get("/healthz", response_model=StatusResponse, tags=["probes"])
+    def healthz() -> StatusResponse:
         """The process is up."""
-        return HealthResponse(status="ok")
+        return StatusResponse(status="ok")
 
     @app.get(
         "/readyz",
-        response_model=HealthResponse,
-        responses={503: {"model": HealthResponse, "description": "not ready yet"}},
+        response_model=StatusResponse,
+        tags=["probes"],
+        responses={503: {"model": StatusResponse, "description": "not ready yet"}},
     )
     def readyz():
         """Ready once restored from the checkpoint and the kernels are warm."""
         if ready():
-            return HealthResponse(status="ready")
+            return StatusResponse(status="ready")
         return JSONResponse({"status": "starting"}, status_code=503)
 
+    @app.get(
+        "/metrics",
+        tags=["probes"],
+        response_class=Response,
+        responses={
+            200: {
+                "content": {CONTENT_TYPE_LATEST: {}},
+                "description": "Prometheus text format",
+            }
+        },
+    )
+    def metrics() -> Response:
+        """Prometheus metrics."""
+        return Response(
+            generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST
+        )
+
+    # Inspection ------------------------------------------------------------------
+
+    @app.get(
+        "/api/v1/server",
+        response_model=ServerResponse,
+        dependencies=reads,
+        responses=READ_ERRORS,
+        tags=["inspection"],
+    )
+    def server_info() -> dict:
+        """The server: its place in the cluster, shards, memory, checkpoint status."""
+        return {**inspector.server(), "version": version, "ready": ready()}
+
+    @app.get(
+        "/api/v1/optimizers",
+        response_model=list[OptimizerResponse],
+        dependencies=reads,
+        responses=READ_ERRORS,
+        tags=["inspection"],
+    )
+    def optimizers() -> list[dict]:
+        """Every optimizer: Keras config, iterations, pushes, weights."""
+        return inspector.optimizers()
+
+    @app.get(
+        "/api/v1/optimizers/{name}",
+        response_model=OptimizerResponse,
+        dependencies=reads,
+        responses=READ_ERRORS,
+        tags=["inspection"],
+    )
+    def optimizer(name: str, create_iterations: bool = False) -> dict:
+        """One optimizer (``create_iterations``: read it as Keras does, creating it)."""
+        if create_iterations:
+            service.iterations(name)
+        return inspector.optimizer(name)
+
+    @app.get(
+        "/api/v1/variables",
+        response_model=list[VariableResponse],
+        dependencies=reads,
+        responses=READ_ERRORS,
+        tags=["inspection"],
+    )
+    def variables(stats: bool = True) -> list[dict]:
+        """Every variable: shape, dtype, placement, bytes, statistics of w and slots."""
+        return inspector.variables(stats)
+
+    @app.get(
+        "/api/v1/variables/{name}",
+        response_model=VariableResponse,
+        dependencies=reads,
+        responses=READ_ERRORS,
+        tags=["inspection"],
+    )
+    def variable(name: str, stats: bool = True) -> dict:
+        return inspector.variable(name, stats)
+
+    @app.get(
+        "/api/v1/variables/{name}/value",
+        dependencies=reads,
+        tags=["inspection"],
+        response_model=ValueResponse,
+        responses={
+            **READ_ERRORS,
+            200: {
+                "content": {"application/json": {}, codec.NPY: {}},
+                "description": "JSON (format=json, limited size) or .npy bytes",
+            },
+        },
+    )
+    def value(
+        name: str,
+        optimizer: str | None = None,
+        slot: str | None = None,
+        rows: Annotated[str | None, Query(pattern=r"^\d+(,\d+)*$")] = None,
+        format: Literal["json", "npy"] = "json",
+    ):
+        """A variable's value, or a slot's, or selected rows (``rows=3,17``)."""
+        if rows is not None:
+            picked = np.fromiter((int(r) for r in rows.split(",")), np.int64)
+            array = service.gather(name, picked, optimizer=optimizer, slot=slot)
+        else:
+            array = service.pull(name, optimizer=optimizer, slot=slot)
+        if format == "npy":
+            return _npy(array)
+        if array.size > json_limit:
+            raise TooLargeError(
+                f"{name!r} has {array.size} values; JSON answers are limited to "
+                f"{json_limit}: ask format=npy, or select rows"
+            )
+        return {
+            "name": name,
+            "shape": list(array.shape),
+            "dtype": array.dtype.name,
+            "rows": None if rows is None else [int(r) for r in rows.split(",")],
+            "values": array.tolist(),
+        }
+
+    @app.get(
+        "/api/v1/variables/{name}/top",
+        response_model=TopResponse,
+        dependencies=reads,
+        responses=READ_ERRORS,
+        tags=["inspection"],
+    )
+    def top(
+        name: str,
+        optimizer: str,
+        k: Annotated[int, Query(ge=1, le=1000)] = 10,
+        by: Literal["update", "m"] = "update",
+    ) -> dict:
+        """The k rows with the largest ``||m / (v + eps)||`` (by=update) or ||m||."""
+        found = inspector.top_rows(name, optimizer, k, by)
+        return {
+            "variable": name,
+            "optimizer": optimizer,
+            "by": by,
+            "rows": [
+                {
+                    "row": r.row,
+                    "score": r.score,
+                    "values": None
+                    if r.values is None
+                    else r.values.reshape(-1).tolist(),
+                }
+                for r in found
+            ],
+        }
+
+    @app.get(
+        "/api/v1/history",
+        response_model=HistoryResponse,
+        dependencies=reads,
+        responses=READ_ERRORS,
+        tags=["inspection"],
+    )
+    def history() -> dict:
+        """Sampled counters and norms (sampling runs while this is being read)."""
+        return {"interval_seconds": inspector.interval, "samples": inspector.history()}
+
+    @app.get(
+        "/api/v1/optimizers/{name}/weights/{weight}",
+        dependencies=reads,
+        tags=["inspection"],
+        responses={
+            **READ_ERRORS,
+            200: {"content": {codec.NPY: {}}, "description": ".npy bytes"},
+        },
+    )
+    def read_weight(name: str, weight: str) -> Response:
+        """An optimizer's extra weight (add_weight), as .npy."""
+        return _npy(service.weight(name, weight))
+
+    # Writes ---------------------------------------------------------------------
+
+    @app.post(
+        "/api/v1/optimizers",
+        response_model=OptimizerResponse,
+        dependencies=writes,
+        responses=ERRORS,
+        tags=["writes"],
+    )
+    def create_optimizer(request: CreateOptimizerRequest) -> dict:
+        """Create an optimizer from its Keras config, or attach to the same one."""
+        state, created = service.create_optimizer(request.config)
+        return {**inspector.optimizer(state.name), "created": created}
+
+    @app.post(
+        "/api/v1/variables",
+        response_model=list[VariableResponse],
+        dependencies=writes,
+        responses=ERRORS,
+        tags=["writes"],
+        openapi_extra=FRAMED_BODY,
+    )
+    async def create_variables(request: Request) -> list[dict]:
+        """Create or attach to variables. Header: ``{"variables": [{name,
+        global_shape, dtype, row_offset, rows, initializer, seed, initial_value?:
+        {shape, dtype}}]}``; initial values' bytes follow."""
+        header, data = codec.unframe(await body(request))
+        specs = _list(header, "variables")
+        described = [s["initial_value"] for s in specs if s.get("initial_value")]
+        arrays = iter(codec.split_framed(described, data, max_request_bytes))
+
+        def create() -> list[dict]:
+            out = []
+            for spec in specs:
+                initial = next(arrays) if spec.get("initial_value") else None
+                record, created = service.create_variable(
+                    **_variable_args(spec, initial)
+                )
+                out.append(
+                    {**inspector.variable(record.name, stats=False), "created": created}
+                )
+            return out
+
+        return await run_in_threadpool(create)
+
+    @app.post(
+        "/api/v1/optimizers/{name}/apply",
+        response_model=ApplyResponse,
+        dependencies=writes,
+        responses=ERRORS,
+        tags=["writes"],
+        openapi_extra=FRAMED_BODY,
+    )
+    async def apply(name: str, request: Request) -> dict:
+        """Apply a push. Header: ``{"gradients": [{variable, values: {shape,
+        dtype}, indices?: {shape, dtype}}], push_id?, step?, aggregated?,
+        call_variables?, clipped?}``; for each gradient its indices' bytes (if
+        sparse) then its values' bytes follow."""
+        header, data = codec.unframe(await body(request))
+        items = _list(header, "gradients")
+        described = []
+        for g in items:
+            if not isinstance(g, dict):
+                raise InvalidArgumentError("each gradient is a JSON object")
+            if g.get("indices") is not None:
+                described.append(g["indices"])
+            described.append(g.get("values"))
+        arrays = iter(codec.split_framed(described, data, max_request_bytes))
+        gradients = []
+        for g in items:
+            indices = next(arrays) if g.get("indices") is not None else None
+            values = next(arrays)
+            variable = _string(g.get("variable"), "variable")
+            gradients.append(
+                DenseGradient(variable, values)
+                if indices is None
+                else SparseGradient(variable, indices, values)
+            )
+        result = await run_in_threadpool(
+            service.apply,
+            name,
+            gradients,
+            _push_id(header.get("push_id")),
+            step=_optional_int(header.get("step"), "step"),
+            aggregate=not _flag(header, "aggregated"),
+            call_variables=_strings(header.get("call_variables")) or None,
+            clipped=_flag(header, "clipped"),
+        )
+        return {"step": result.step, "iterations": result.iterations}
+
+    @app.post(
+        "/api/v1/optimizers/{name}/reserve-step",
+        response_model=StepResponse,
+        dependencies=writes,
+        responses=ERRORS,
+        tags=["writes"],
+    )
+    def reserve_step(name: str, request: ReserveStepRequest) -> dict:
+        """Coordinator (server 0): take the step of one apply_gradients call."""
+        if settings.server_index != 0:
+            raise FailedPreconditionError("steps are reserved at server 0")
+        push_id = None
+        if request.push_id is not None:
+            push_id = PushId(request.push_id.client, request.push_id.sequence)
+        return {"step": service.reserve_step(name, request.variables, push_id)}
+
+    @app.put(
+        "/api/v1/optimizers/{name}/iterations",
+        response_model=OptimizerResponse,
+        dependencies=writes,
+        responses=ERRORS,
+        tags=["writes"],
+    )
+    def set_iterations(name: str, request: IterationsRequest) -> dict:
+        service.set_iterations(name, request.iterations)
+        return inspector.optimizer(name)
+
+    @app.post(
+        "/api/v1/optimizers/{name}/slots",
+        response_model=OptimizerResponse,
+        dependencies=writes,
+        responses=ERRORS,
+        tags=["writes"],
+    )
+    def add_slot(name: str, request: AddSlotRequest) -> dict:
+        """Keras add_slot: arrays where the variable lives, order at server 0."""
+        holds = service.store.get(request.variable) is not None
+        service.add_slot(
+            name,
+            request.variable,
+            request.slot,
+            request.initializer,
+            create=holds,
+            record=settings.server_index == 0,
+        )
+        return inspector.optimizer(name)
+
+    @app.post(
+        "/api/v1/optimizers/{name}/weights",
+        response_model=OptimizerResponse,
+        dependencies=writes,
+        responses=ERRORS,
+        tags=["writes"],
+    )
+    def add_weight(name: str, request: AddWeightRequest) -> dict:
+        """Keras add_weight on the optimizer."""
+        service.add_weight(
+            name, request.name, tuple(request.shape), request.dtype, request.initializer
+        )
+        return inspector.optimizer(name)
+
+    @app.put(
+        "/api/v1/variables/{name}/value",
+        status_code=204,
+        dependencies=writes,
+        responses=ERRORS,
+        tags=["writes"],
+        openapi_extra=FRAMED_BODY,
+    )
+    async def assign(
+        name: str,
+        request: Request,
+        optimizer: str | None = None,
+        slot: str | None = None,
+    ) -> Response:
+        """Replace a variable's value or a slot's. Header: {"value": {shape, dtype}}."""
+        header, data = codec.unframe(await body(request))
+        (array,) = codec.split_framed([header.get("value")], data, max_request_bytes)
+        await run_in_threadpool(
+            lambda: service.assign(name, array, optimizer=optimizer, slot=slot)
+        )
+        return Response(status_code=204)
+
+    @app.put(
+        "/api/v1/optimizers/{name}/weights/{weight}",
+        status_code=204,
+        dependencies=writes,
+        responses=ERRORS,
+        tags=["writes"],
+        openapi_extra=FRAMED_BODY,
+    )
+    async def assign_weight(name: str, weight: str, request: Request) -> Response:
+        header, data = codec.unframe(await body(request))
+        (array,) = codec.split_framed([header.get("value")], data, max_request_bytes)
+        service.assign_weight(name, weight, array)
+        return Response(status_code=204)
+
+    @app.post(
+        "/api/v1/checkpoint",
+        response_model=CheckpointResponse,
+        dependencies=writes,
+        responses=ERRORS,
+        tags=["writes"],
+    )
+    def checkpoint() -> dict:
+        """Write a checkpoint now."""
+        info = service.checkpoint()
+        return {
+            "path": str(info.path),
+            "sequence": info.sequence,
+            "bytes": info.nbytes,
+            "seconds": info.seconds,
+        }
+
+    # Dashboard ------------------------------------------------------------------
+
+    if STATIC.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+        @app.get("/", include_in_schema=False)
+        def dashboard() -> FileResponse:
+            return FileResponse(STATIC / "index.html")
+
+        @app.get("/favicon.ico", include_in_schema=False)
+        def favicon() -> FileResponse:
+            return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
     return app
+
+
+class TooLargeError(Exception):
+    """A request or answer over its size limit (413)."""
+
+
+def _error(status: int, name: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": name, "message": message}, status_code=status)
+
+
+def _npy(array: np.ndarray) -> StreamingResponse:
+    array = np.asarray(array, order="C")
+
+    def pieces() -> Iterator[bytes | memoryview]:
+        yield codec.npy_header(array)
+        view = memoryview(array.reshape(-1)).cast("B")
+        for start in range(0, len(view), codec.CHUNK_BYTES):
+            yield bytes(view[start : start + codec.CHUNK_BYTES])
+
+    return StreamingResponse(pieces(), media_type=codec.NPY)
+
+
+def _list(header: dict, key: str) -> list:
+    value = header.get(key)
+    if not isinstance(value, list):
+        raise InvalidArgumentError(f"the header's {key!r} must be a list")
+    return value
+
+
+def _string(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{what} must be a string. Received: {value!r}")
+    return value
+
+
+def _strings(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidArgumentError("call_variables must be a list of strings")
+    return value
+
+
+def _optional_int(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidArgumentError(f"{what} must be a non-negative integer")
+    return value
+
+
+def _flag(header: dict, key: str) -> bool:
+    value = header.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidArgumentError(f"{key} must be true or false")
+    return value
+
+
+def _push_id(value: Any) -> PushId | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidArgumentError("push_id is {client, sequence}")
+    return PushId(value.get("client"), value.get("sequence"))
+
+
+def _variable_args(spec: Any, initial: np.ndarray | None) -> dict[str, Any]:
+    if not isinstance(spec, dict):
+        raise InvalidArgumentError("each variable spec is a JSON object")
+    global_shape = spec.get("global_shape")
+    rows = spec.get("rows")
+    shape = None
+    if initial is None and isinstance(global_shape, list):
+        shape = [rows, *global_shape[1:]] if global_shape else []
+    return {
+        "name": spec.get("name"),
+        "shape": shape,
+        "dtype": spec.get("dtype", "float32"),
+        "initial_value": initial,
+        "initializer": spec.get("initializer", "zeros"),
+        "seed": _optional_int(spec.get("seed"), "seed"),
+        "global_shape": global_shape,
+        "row_offset": _optional_int(spec.get("row_offset"), "row_offset") or 0,
+    }

@@ -249,3 +249,22 @@ def summary(rows):
             any_nonzero = any_nonzero or x != 0
         nonzero += any_nonzero
     return squares, low, high, total, nonzero
+
+
+@nb.njit(
+    [nb.float64[::1](_in(f, 2), _in(f, 2), nb.float64, nb.boolean) for f in _FLOATS],
+    **_JIT,
+)
+def row_scores(m, v, epsilon, by_update):
+    """Per row: the L2 norm of ``|m| / (v + epsilon)`` (the size of the step
+    Adamax is about to take, before the learning rate) or of ``m``."""
+    out = np.empty(m.shape[0], np.float64)
+    for r in range(m.shape[0]):
+        total = 0.0
+        for j in range(m.shape[1]):
+            x = np.float64(m[r, j])
+            if by_update:
+                x = x / (np.float64(v[r, j]) + epsilon)
+            total += x * x
+        out[r] = np.sqrt(total)
+    return out

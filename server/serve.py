@@ -23,9 +23,21 @@ import uvicorn
 from adamax_ps.proto.malloc import tune_malloc
 from adamax_ps.server import adamax
 from adamax_ps.server.config import ServerConfig
-from adamax_ps.server.grpc_servicer import GrpcServer, create_grpc_server
+from adamax_ps.server.grpc_servicer import (
+    SERVICE_NAME,
+    GrpcServer,
+    create_grpc_server,
+    server_version,
+)
 from adamax_ps.server.http_app import create_app
 from adamax_ps.server.hyperparams import AdamaxConfig
+from adamax_ps.server.inspection import Inspector
+from adamax_ps.server.security import (
+    GrpcTokenInterceptor,
+    TokenCheck,
+    load_token,
+    server_credentials,
+)
 from adamax_ps.server.service import ParameterService
 
 log = logging.getLogger("adamax_ps.serve")
@@ -65,6 +77,8 @@ class ServerProcess:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.service = ParameterService(config.service_settings())
+        self.tokens = TokenCheck(load_token(config.token_file), config.auth_reads)
+        self.inspector = Inspector(self.service, config.history_interval)
         self.ready = False
         self.grpc: GrpcServer | None = None
         self.http: uvicorn.Server | None = None
@@ -82,12 +96,17 @@ class ServerProcess:
                 restored.seconds,
             )
         warm_up()
+        tls = config.tls_cert is not None
         try:
             self.grpc = create_grpc_server(
                 self.service,
                 f"{config.host}:{config.grpc_port}",
                 max_request_bytes=config.max_request_bytes,
                 workers=config.grpc_workers,
+                interceptors=(GrpcTokenInterceptor(self.tokens, SERVICE_NAME),),
+                credentials=(
+                    server_credentials(config.tls_cert, config.tls_key) if tls else None
+                ),
             )
         except (OSError, RuntimeError) as e:
             raise SystemExit(
@@ -96,13 +115,23 @@ class ServerProcess:
             ) from None
         sock = bind(config.host, config.http_port)
         self.http_port = sock.getsockname()[1]
-        app = create_app(self.service, lambda: self.ready)
+        app = create_app(
+            self.service,
+            lambda: self.ready,
+            tokens=self.tokens,
+            inspector=self.inspector,
+            max_request_bytes=config.max_request_bytes,
+            json_limit=config.json_limit,
+            version=server_version(),
+        )
         self.http = uvicorn.Server(
             uvicorn.Config(
                 app,
                 log_level="warning",
                 lifespan="off",
                 access_log=False,
+                ssl_certfile=str(config.tls_cert) if tls else None,
+                ssl_keyfile=str(config.tls_key) if tls else None,
             )
         )
         self._http_thread = threading.Thread(
@@ -116,7 +145,7 @@ class ServerProcess:
         print(
             f"adamax-ps serving grpc={config.host}:{self.grpc.port} "
             f"http={config.host}:{self.http_port} server={config.server_index}/"
-            f"{config.num_servers}",
+            f"{config.num_servers}{' tls' if tls else ''}",
             flush=True,
         )
 
@@ -137,6 +166,7 @@ class ServerProcess:
                 time.perf_counter() - started,
             )
             print(f"adamax-ps final checkpoint {info.path}", flush=True)
+        self.inspector.close()
         self.service.close()
         self.stopped.set()
 

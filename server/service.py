@@ -42,7 +42,9 @@ from adamax_ps.server.errors import (
     NotFoundError,
     OptimizerExistsError,
     OptimizerNotFoundError,
+    ParameterServerError,
     SlotNotFoundError,
+    StalePushError,
     VariableExistsError,
     VariableNotFoundError,
 )
@@ -57,6 +59,7 @@ from adamax_ps.server.gradients import (
 )
 from adamax_ps.server.hyperparams import AdamaxConfig
 from adamax_ps.server.initializers import Initializer, parse_initializer
+from adamax_ps.server.metrics import Metrics
 from adamax_ps.server.optimizers import OptimizerState, WeightRef
 from adamax_ps.server.pushes import ApplyResult, PushId, PushLedger
 from adamax_ps.server.stats import Stats, variable_stats
@@ -116,8 +119,20 @@ class ParameterService:
         self._checkpoint_lock = threading.Lock()
         self._checkpoint_sequence = 0
         self.last_checkpoint: CheckpointInfo | None = None
+        self.metrics = Metrics()
+        self.metrics.watch(self)
         self._stop_periodic: threading.Event | None = None
         self._periodic: threading.Thread | None = None
+
+    def check_view(self, server_index: int, num_servers: int) -> None:
+        """Refuse a client whose idea of the cluster differs from this server's."""
+        settings = self.settings
+        if (server_index, num_servers) != (settings.server_index, settings.num_servers):
+            raise FailedPreconditionError(
+                f"cluster view mismatch: this server is {settings.server_index} of "
+                f"{settings.num_servers}, the client addressed it as {server_index} "
+                f"of {num_servers}"
+            )
 
     # Variables --------------------------------------------------------------------
 
@@ -487,6 +502,24 @@ class ParameterService:
         ``clipped``: the sender already clipped the whole call (Keras order), so
         the optimizer's clipping is not applied again.
         """
+        started = time.perf_counter()
+        try:
+            result = self._apply(
+                optimizer, gradients, push_id, step, aggregate, call_variables, clipped
+            )
+        except ParameterServerError as e:
+            self.metrics.rejected.labels(type(e).__name__).inc()
+            if isinstance(e, StalePushError):
+                self.metrics.stale.inc()
+            raise
+        mode = "sync" if self.sync is not None else "async"
+        self.metrics.apply_seconds.labels(mode).observe(time.perf_counter() - started)
+        self.metrics.pushes.labels(optimizer).inc()
+        return result
+
+    def _apply(
+        self, optimizer, gradients, push_id, step, aggregate, call_variables, clipped
+    ) -> ApplyResult:
         state = self.optimizer(optimizer)
         if push_id is not None:
             answer = self.ledger.begin(push_id)
@@ -573,6 +606,7 @@ class ParameterService:
             transformed = self._transform(state, summed)
             return self._apply_pairs(state, transformed, ids, step, True, every)
 
+        self.metrics.sync_waits.inc()
         return self.sync.contribute(
             state.name,
             step,
@@ -694,6 +728,7 @@ class ParameterService:
                 path, sequence, nbytes, time.perf_counter() - started, time.time()
             )
             writer.prune()
+            self.metrics.checkpoint_seconds.observe(info.seconds)
             self.last_checkpoint = info
             return info
 

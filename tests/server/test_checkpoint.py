@@ -160,17 +160,18 @@ def test_a_checkpoint_taken_while_pushes_continue_is_a_consistent_cut(
     service.create_optimizer({})
     service.create_variable("e", shape=(200, 4))
     service.create_variable("d", shape=(64,))
-    started = threading.Barrier(5)
+    warmed = threading.Barrier(5)
 
     def worker(t: int) -> None:
-        started.wait()
         for i in range(150):
             service.apply("Adamax", plans[(f"w{t}", i)], PushId(f"w{t}", i))
+            if i == 20:
+                warmed.wait()  # the checkpoint starts while pushes continue
 
     threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
     for thread in threads:
         thread.start()
-    started.wait()
+    warmed.wait()
     service.checkpoint(tmp_path)
     for thread in threads:
         thread.join()
@@ -182,7 +183,8 @@ def test_a_checkpoint_taken_while_pushes_continue_is_a_consistent_cut(
         for seq, *answer in entry["answers"]
     ]
     steps = sorted(step for step, _ in included)
-    assert steps == list(range(restored.iterations("Adamax")))
+    assert len(steps) >= 4 * 21
+    assert steps == list(range(restored.optimizer("Adamax").iterations))
     replay = make_service(shards=1)
     replay.create_optimizer({})
     replay.create_variable("e", shape=(200, 4))

@@ -1,0 +1,125 @@
+"""Prometheus metrics of one server: counters the service updates as pushes are
+applied or refused, and gauges read from the service at scrape time.
+
+Each service has its own registry (several services can live in one test
+process); ``/metrics`` serves it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from adamax_ps.server.service import ParameterService
+
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class Metrics:
+    """The counters and histograms of one service."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.pushes = Counter(
+            "adamax_ps_pushes", "Pushes applied.", ["optimizer"], registry=r
+        )
+        self.rejected = Counter(
+            "adamax_ps_rejected_pushes",
+            "Pushes refused, by reason (error class).",
+            ["reason"],
+            registry=r,
+        )
+        self.received_bytes = Counter(
+            "adamax_ps_received_bytes",
+            "Tensor bytes received in pushes.",
+            ["transport"],
+            registry=r,
+        )
+        self.apply_seconds = Histogram(
+            "adamax_ps_apply_seconds",
+            "Time to apply a push, from validation to the answer (sync: with the "
+            "wait for the other replicas).",
+            ["mode"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.sync_waits = Counter(
+            "adamax_ps_sync_waits",
+            "Synchronous pushes that waited for other replicas.",
+            registry=r,
+        )
+        self.stale = Counter(
+            "adamax_ps_stale_pushes", "Synchronous pushes refused as stale.", registry=r
+        )
+        self.checkpoint_seconds = Histogram(
+            "adamax_ps_checkpoint_seconds",
+            "Time to write a checkpoint.",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=r,
+        )
+
+    def watch(self, service: ParameterService) -> None:
+        """Add gauges read from ``service`` at every scrape."""
+        self.registry.register(_ServiceGauges(service))
+
+
+class _ServiceGauges(Collector):
+    def __init__(self, service: ParameterService) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        service = self.service
+        state = GaugeMetricFamily(
+            "adamax_ps_state_bytes",
+            "Bytes of variables and slots per shard.",
+            labels=["shard"],
+        )
+        for shard, nbytes in enumerate(service.store.nbytes_per_shard()):
+            state.add_metric([str(shard)], nbytes)
+        yield state
+        iterations = GaugeMetricFamily(
+            "adamax_ps_iterations",
+            "Iterations of each optimizer.",
+            labels=["optimizer"],
+        )
+        for optimizer in service.optimizers():
+            with optimizer.lock:
+                iterations.add_metric([optimizer.name], optimizer.iterations)
+        yield iterations
+        age = GaugeMetricFamily(
+            "adamax_ps_checkpoint_age_seconds",
+            "Seconds since the last checkpoint (absent before one).",
+        )
+        if service.last_checkpoint is not None:
+            age.add_metric([], time.time() - service.last_checkpoint.created)
+        yield age
+        if service.sync is not None:
+            pending = GaugeMetricFamily(
+                "adamax_ps_sync_pending", "Synchronous pushes waiting for their step."
+            )
+            pending.add_metric([], service.sync.pending())
+            yield pending
