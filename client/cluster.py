@@ -15,16 +15,20 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import ssl
 import threading
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
 from adamax_ps.client import errors
+from adamax_ps.client.http_transport import HttpTransport
 from adamax_ps.client.transports import (
     ApplyOptions,
     GrpcTransport,
@@ -494,11 +498,20 @@ def _mark_worker() -> None:
 
 
 def _transport(address: str, **options: Any) -> Transport:
+    """The transport of an address's scheme. ``tls``: None (plaintext gRPC;
+    https:// checks the system's CAs), True (TLS with the system's CAs), or the
+    path of a CA certificate (PEM) to trust."""
+    tls = options.pop("tls")
     if address.startswith("grpc://"):
-        tls = options.pop("tls")
-        credentials = tls if tls is not None else None
+        credentials = None
+        if tls is not None and tls is not False:
+            roots = None if tls is True else Path(tls).read_bytes()
+            credentials = grpc.ssl_channel_credentials(root_certificates=roots)
         return GrpcTransport(address, credentials=credentials, **options)
-    raise ValueError(f"no transport for {address!r} yet (grpc:// is supported)")
+    verify = (
+        True if tls in (None, True) else ssl.create_default_context(cafile=str(tls))
+    )
+    return HttpTransport(address, verify=verify, **options)
 
 
 def _rows(rows: Any, placement: Placement) -> np.ndarray:

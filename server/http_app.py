@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from adamax_ps.proto import codec
 from adamax_ps.server.errors import (
@@ -281,8 +282,12 @@ def create_app(
             ) from None
         service.check_view(index, count)
 
+    def admin_access(request: Request) -> None:
+        tokens.check(request.headers.get("authorization"), mutating=True)
+
     reads = [Depends(read_access)]
     writes = [Depends(write_access)]
+    admin = [Depends(admin_access)]
 
     async def body(request: Request) -> bytearray:
         """The request body, refused beyond the size limit before it is read."""
@@ -325,7 +330,11 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
-        return _error(e.status_code, "HTTPError", str(e.detail))
+        response = _error(e.status_code, "HTTPError", str(e.detail))
+        response.headers.update(e.headers or {})
+        if e.status_code == 405:
+            response.headers["allow"] = _allowed(app, request)
+        return response
 
     # Probes and metrics ------------------------------------------------------------
 
@@ -388,19 +397,6 @@ def create_app(
         return inspector.optimizers()
 
     @app.get(
-        "/api/v1/optimizers/{name}",
-        response_model=OptimizerResponse,
-        dependencies=reads,
-        responses=READ_ERRORS,
-        tags=["inspection"],
-    )
-    def optimizer(name: str, create_iterations: bool = False) -> dict:
-        """One optimizer (``create_iterations``: read it as Keras does, creating it)."""
-        if create_iterations:
-            service.iterations(name)
-        return inspector.optimizer(name)
-
-    @app.get(
         "/api/v1/variables",
         response_model=list[VariableResponse],
         dependencies=reads,
@@ -412,17 +408,7 @@ def create_app(
         return inspector.variables(stats)
 
     @app.get(
-        "/api/v1/variables/{name}",
-        response_model=VariableResponse,
-        dependencies=reads,
-        responses=READ_ERRORS,
-        tags=["inspection"],
-    )
-    def variable(name: str, stats: bool = True) -> dict:
-        return inspector.variable(name, stats)
-
-    @app.get(
-        "/api/v1/variables/{name}/value",
+        "/api/v1/variables/{name:path}/value",
         dependencies=reads,
         tags=["inspection"],
         response_model=ValueResponse,
@@ -443,7 +429,7 @@ def create_app(
     ):
         """A variable's value, or a slot's, or selected rows (``rows=3,17``)."""
         if rows is not None:
-            picked = np.fromiter((int(r) for r in rows.split(",")), np.int64)
+            picked = _row_numbers(rows)
             array = service.gather(name, picked, optimizer=optimizer, slot=slot)
         else:
             array = service.pull(name, optimizer=optimizer, slot=slot)
@@ -463,7 +449,7 @@ def create_app(
         }
 
     @app.get(
-        "/api/v1/variables/{name}/top",
+        "/api/v1/variables/{name:path}/top",
         response_model=TopResponse,
         dependencies=reads,
         responses=READ_ERRORS,
@@ -493,6 +479,31 @@ def create_app(
             ],
         }
 
+    @app.post(
+        "/api/v1/variables/{name:path}/rows",
+        dependencies=reads,
+        tags=["inspection"],
+        openapi_extra=FRAMED_BODY,
+        responses={
+            **READ_ERRORS,
+            200: {"content": {codec.NPY: {}}, "description": ".npy bytes of the rows"},
+        },
+    )
+    async def rows(
+        name: str,
+        request: Request,
+        optimizer: str | None = None,
+        slot: str | None = None,
+    ) -> Response:
+        """Selected rows of a variable or slot, for lists too long for a URL.
+        Header: ``{"rows": {shape, dtype}}``; the int32/int64 row numbers follow."""
+        header, data = codec.unframe(await body(request))
+        (picked,) = codec.split_framed([header.get("rows")], data, max_request_bytes)
+        array = await run_in_threadpool(
+            lambda: service.gather(name, picked, optimizer=optimizer, slot=slot)
+        )
+        return _npy(array)
+
     @app.get(
         "/api/v1/history",
         response_model=HistoryResponse,
@@ -505,7 +516,7 @@ def create_app(
         return {"interval_seconds": inspector.interval, "samples": inspector.history()}
 
     @app.get(
-        "/api/v1/optimizers/{name}/weights/{weight}",
+        "/api/v1/optimizers/{name:path}/weights/{weight}",
         dependencies=reads,
         tags=["inspection"],
         responses={
@@ -563,7 +574,7 @@ def create_app(
         return await run_in_threadpool(create)
 
     @app.post(
-        "/api/v1/optimizers/{name}/apply",
+        "/api/v1/optimizers/{name:path}/apply",
         response_model=ApplyResponse,
         dependencies=writes,
         responses=ERRORS,
@@ -608,7 +619,7 @@ def create_app(
         return {"step": result.step, "iterations": result.iterations}
 
     @app.post(
-        "/api/v1/optimizers/{name}/reserve-step",
+        "/api/v1/optimizers/{name:path}/reserve-step",
         response_model=StepResponse,
         dependencies=writes,
         responses=ERRORS,
@@ -624,7 +635,7 @@ def create_app(
         return {"step": service.reserve_step(name, request.variables, push_id)}
 
     @app.put(
-        "/api/v1/optimizers/{name}/iterations",
+        "/api/v1/optimizers/{name:path}/iterations",
         response_model=OptimizerResponse,
         dependencies=writes,
         responses=ERRORS,
@@ -635,7 +646,7 @@ def create_app(
         return inspector.optimizer(name)
 
     @app.post(
-        "/api/v1/optimizers/{name}/slots",
+        "/api/v1/optimizers/{name:path}/slots",
         response_model=OptimizerResponse,
         dependencies=writes,
         responses=ERRORS,
@@ -655,7 +666,7 @@ def create_app(
         return inspector.optimizer(name)
 
     @app.post(
-        "/api/v1/optimizers/{name}/weights",
+        "/api/v1/optimizers/{name:path}/weights",
         response_model=OptimizerResponse,
         dependencies=writes,
         responses=ERRORS,
@@ -669,7 +680,7 @@ def create_app(
         return inspector.optimizer(name)
 
     @app.put(
-        "/api/v1/variables/{name}/value",
+        "/api/v1/variables/{name:path}/value",
         status_code=204,
         dependencies=writes,
         responses=ERRORS,
@@ -691,7 +702,7 @@ def create_app(
         return Response(status_code=204)
 
     @app.put(
-        "/api/v1/optimizers/{name}/weights/{weight}",
+        "/api/v1/optimizers/{name:path}/weights/{weight}",
         status_code=204,
         dependencies=writes,
         responses=ERRORS,
@@ -707,7 +718,7 @@ def create_app(
     @app.post(
         "/api/v1/checkpoint",
         response_model=CheckpointResponse,
-        dependencies=writes,
+        dependencies=admin,
         responses=ERRORS,
         tags=["writes"],
     )
@@ -720,6 +731,32 @@ def create_app(
             "bytes": info.nbytes,
             "seconds": info.seconds,
         }
+
+    # Generic routes last: a name may hold slashes, so these must not shadow
+    # the routes above (/value, /apply, ...) when methods are matched.
+
+    @app.get(
+        "/api/v1/variables/{name:path}",
+        response_model=VariableResponse,
+        dependencies=reads,
+        responses=READ_ERRORS,
+        tags=["inspection"],
+    )
+    def variable(name: str, stats: bool = True) -> dict:
+        return inspector.variable(name, stats)
+
+    @app.get(
+        "/api/v1/optimizers/{name:path}",
+        response_model=OptimizerResponse,
+        dependencies=reads,
+        responses=READ_ERRORS,
+        tags=["inspection"],
+    )
+    def optimizer(name: str, create_iterations: bool = False) -> dict:
+        """One optimizer (``create_iterations``: read it as Keras does, creating it)."""
+        if create_iterations:
+            service.iterations(name)
+        return inspector.optimizer(name)
 
     # Dashboard ------------------------------------------------------------------
 
@@ -755,6 +792,29 @@ def _npy(array: np.ndarray) -> StreamingResponse:
             yield bytes(view[start : start + codec.CHUNK_BYTES])
 
     return StreamingResponse(pieces(), media_type=codec.NPY)
+
+
+def _allowed(app: FastAPI, request: Request) -> str:
+    """Every method of the path that matched (Starlette names only the first
+    route's, and GET and POST of one path are separate routes here)."""
+    path = None
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is Match.NONE or not getattr(route, "methods", None):
+            continue
+        path = path or route.path
+        if route.path == path:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
+def _row_numbers(text: str) -> np.ndarray:
+    """``"3,17"`` as row numbers (the service checks them against the variable)."""
+    numbers = [int(r) for r in text.split(",")]
+    if any(n >= 1 << 62 for n in numbers):
+        raise InvalidArgumentError(f"row numbers must be below 2**62. Received: {text}")
+    return np.asarray(numbers, np.int64)
 
 
 def _list(header: dict, key: str) -> list:

@@ -701,9 +701,13 @@ class ParameterService:
 
         ``progress(shard)`` is called after each shard's bytes are on disk.
         """
-        root = Path(root or self.settings.checkpoint_dir or "")
-        if not str(root):
-            raise FailedPreconditionError("no checkpoint folder is configured")
+        root = root or self.settings.checkpoint_dir
+        if root is None:
+            raise FailedPreconditionError(
+                "no checkpoint folder is configured (start the server with "
+                "--checkpoint-dir)"
+            )
+        root = Path(root)
         with self._checkpoint_lock:
             started = time.perf_counter()
             existing = checkpoint.checkpoints(root)
@@ -738,8 +742,8 @@ class ParameterService:
         Works with any shard count: saved row ranges are read straight into the
         new placement's arrays. Returns None when there is no checkpoint.
         """
-        root = Path(root or self.settings.checkpoint_dir or "")
-        path = checkpoint.latest(root) if str(root) else None
+        root = root or self.settings.checkpoint_dir
+        path = checkpoint.latest(Path(root)) if root is not None else None
         if path is None:
             return None
         if self.store.records() or self.optimizers():

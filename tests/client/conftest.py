@@ -25,14 +25,28 @@ def three_servers(tmp_path_factory):
         server.kill()
 
 
-@pytest.fixture(params=["one-server", "three-servers-split"])
+LAYOUTS = [
+    "grpc-one-server",
+    "grpc-three-servers-split",
+    "http-one-server",
+    "http-three-servers-split",
+]
+
+
+@pytest.fixture(params=LAYOUTS)
 def cluster(request, one_server, three_servers, monkeypatch):
-    """A connected cluster: one server, or three with every variable split by
+    """A connected cluster, over each transport (the same contract suite runs
+    on grpc:// and http://): one server, or three with every variable split by
     rows (the split threshold lowered to one byte for the test)."""
-    if request.param == "one-server":
+    scheme, _, layout = request.param.partition("-")
+    if layout == "one-server":
         servers = one_server
     else:
         servers = three_servers
         monkeypatch.setattr(cluster_module, "SPLIT_BYTES", 1)
-    with connect(addresses(servers)) as connected:
+    if scheme == "grpc":
+        address = addresses(servers)
+    else:
+        address = ",".join(s.http_address for s in servers)
+    with connect(address) as connected:
         yield connected

@@ -51,6 +51,17 @@ def test_answered_pushes_survive_a_restore(make_service, tmp_path):
     assert snapshot(restored) == before
 
 
+def test_without_a_folder_nothing_is_written_anywhere(
+    make_service, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    service = make_service(shards=1)
+    with pytest.raises(FailedPreconditionError, match="no checkpoint folder"):
+        service.checkpoint()
+    assert service.restore() is None
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_no_checkpoint_restores_nothing(make_service, tmp_path):
     assert make_service().restore(tmp_path) is None
     assert make_service().restore(tmp_path / "missing") is None

@@ -1,0 +1,376 @@
+"""``http://`` and ``https://``: the same operations as gRPC, over the REST API.
+
+For workers that cannot use gRPC. Tensors travel as raw bytes
+(``application/x-adamax-ps`` framed bodies out, ``.npy`` back), never as
+number lists; one keep-alive connection pool per server, shared by threads.
+Retries and errors follow the gRPC transport's rules.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import numpy as np
+
+from adamax_ps.client import errors
+from adamax_ps.client.transports import (
+    ApplyOptions,
+    OptimizerInfo,
+    PushId,
+    RetryPolicy,
+    ServerInfo,
+    VariableInfo,
+    VariableSpec,
+    View,
+    WireGradient,
+)
+from adamax_ps.proto import codec
+
+VIEW_HEADER = "x-adamax-ps-view"
+API = "/api/v1"
+
+
+class HttpTransport:
+    """One server over HTTP(S)."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        verify: Any = True,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.address = address
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(
+            base_url=address,
+            headers=headers,
+            verify=verify,
+            timeout=httpx.Timeout(timeout),
+        )
+        self.retry = retry or RetryPolicy()
+
+    # Plumbing ---------------------------------------------------------------------
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        view: View | None = None,
+        json: Any = None,
+        framed: tuple[dict, Sequence[np.ndarray]] | None = None,
+        params: dict | None = None,
+    ) -> httpx.Response:
+        """One request with retries on unreachable servers; errors mapped."""
+        headers = {}
+        if view is not None:
+            headers[VIEW_HEADER] = f"{view[0]}/{view[1]}"
+        content = None
+        if framed is not None:
+            headers["content-type"] = codec.FRAMED
+            content = b"".join(codec.frame(*framed))
+        delays = self.retry.delays()
+        while True:
+            try:
+                response = self.http.request(
+                    method,
+                    API + path,
+                    json=json,
+                    content=content,
+                    params=params,
+                    headers=headers,
+                )
+            except (
+                httpx.ConnectError,
+                httpx.RemoteProtocolError,
+                httpx.ReadError,
+                httpx.WriteError,
+                httpx.PoolTimeout,
+            ) as e:
+                delay = next(delays, None)
+                if delay is None:
+                    raise errors.TransportError(f"{self.address}: {e}") from None
+                time.sleep(delay)
+                continue
+            except httpx.TimeoutException as e:
+                raise errors.TransportError(f"{self.address}: timed out: {e}") from None
+            if response.status_code == 503:
+                delay = next(delays, None)
+                if delay is not None:
+                    time.sleep(delay)
+                    continue
+            if response.status_code >= 400:
+                raise self._error(response)
+            return response
+
+    def _error(self, response: httpx.Response) -> errors.ParameterServerError:
+        try:
+            payload = response.json()
+            name, message = payload.get("error", ""), payload.get("message", "")
+        except ValueError:
+            name, message = "", response.text
+        domain = errors.BY_NAME.get(name)
+        if domain is not None:
+            return domain(message)
+        by_status: dict[int, type[errors.ParameterServerError]] = {
+            400: errors.InvalidArgumentError,
+            401: errors.UnauthenticatedError,
+            404: errors.NotFoundError,
+            409: errors.FailedPreconditionError,
+            413: errors.MessageTooLargeError,
+            422: errors.InvalidArgumentError,
+            500: errors.ServerInternalError,
+            504: errors.SyncTimeoutError,
+        }
+        cls = by_status.get(response.status_code, errors.TransportError)
+        return cls(f"{self.address}: {response.status_code} {name}: {message}")
+
+    def close(self) -> None:
+        self.http.close()
+
+    # Operations ---------------------------------------------------------------------
+
+    def server_info(self) -> ServerInfo:
+        r = self._send("GET", "/server").json()
+        return ServerInfo(
+            self.address,
+            r["version"],
+            r["server_index"],
+            r["num_servers"],
+            r["shards"],
+            r["replicas"],
+            r["replicas_to_aggregate"],
+            r["ready"],
+        )
+
+    def create_variables(
+        self, view: View, specs: list[VariableSpec]
+    ) -> list[VariableInfo]:
+        described, arrays = [], []
+        for s in specs:
+            spec = {
+                "name": s.name,
+                "global_shape": list(s.global_shape),
+                "dtype": np.dtype(s.dtype).name,
+                "row_offset": s.row_offset,
+                "rows": s.rows,
+                "initializer": s.initializer,
+                "seed": s.seed,
+            }
+            if s.initial_value is not None:
+                spec["initial_value"] = codec.describe(s.initial_value)
+                arrays.append(s.initial_value)
+            described.append(spec)
+        answer = self._send(
+            "POST", "/variables", view=view, framed=({"variables": described}, arrays)
+        ).json()
+        return [_variable_info(v) for v in answer]
+
+    def list_variables(self) -> list[VariableInfo]:
+        answer = self._send("GET", "/variables", params={"stats": "false"}).json()
+        return [_variable_info(v) for v in answer]
+
+    def create_optimizer(self, view: View, config: dict) -> OptimizerInfo:
+        return _optimizer_info(
+            self._send("POST", "/optimizers", view=view, json={"config": config}).json()
+        )
+
+    def get_optimizer(
+        self, name: str, create_iterations: bool = False
+    ) -> OptimizerInfo:
+        params = {"create_iterations": "true"} if create_iterations else None
+        return _optimizer_info(
+            self._send("GET", f"/optimizers/{_q(name)}", params=params).json()
+        )
+
+    def reserve_step(
+        self, view: View, optimizer: str, variables: Sequence[str], push_id: PushId
+    ) -> int:
+        body = {
+            "variables": list(variables),
+            "push_id": {"client": push_id.client, "sequence": push_id.sequence},
+        }
+        return self._send(
+            "POST", f"/optimizers/{_q(optimizer)}/reserve-step", view=view, json=body
+        ).json()["step"]
+
+    def apply(
+        self,
+        view: View,
+        optimizer: str,
+        gradients: list[WireGradient],
+        push_id: PushId,
+        options: ApplyOptions,
+    ) -> tuple[int, int]:
+        described, arrays = [], []
+        for g in gradients:
+            item: dict[str, Any] = {
+                "variable": g.variable,
+                "values": codec.describe(g.values),
+            }
+            if g.indices is not None:
+                item["indices"] = codec.describe(g.indices)
+                arrays.append(g.indices)
+            arrays.append(g.values)
+            described.append(item)
+        header = {
+            "gradients": described,
+            "push_id": {"client": push_id.client, "sequence": push_id.sequence},
+            "step": options.step,
+            "aggregated": options.aggregated,
+            "call_variables": list(options.call_variables),
+            "clipped": options.clipped,
+        }
+        answer = self._send(
+            "POST",
+            f"/optimizers/{_q(optimizer)}/apply",
+            view=view,
+            framed=(header, arrays),
+        ).json()
+        return answer["step"], answer["iterations"]
+
+    def read(
+        self,
+        variable: str = "",
+        *,
+        optimizer: str = "",
+        slot: str = "",
+        rows: np.ndarray | None = None,
+        weight: str = "",
+    ) -> np.ndarray:
+        if weight:
+            return _npy(
+                self._send("GET", f"/optimizers/{_q(optimizer)}/weights/{_q(weight)}")
+            )
+        params = {k: v for k, v in (("optimizer", optimizer), ("slot", slot)) if v}
+        if rows is not None:
+            rows = np.asarray(rows, np.int64)
+            return _npy(
+                self._send(
+                    "POST",
+                    f"/variables/{_q(variable)}/rows",
+                    params=params,
+                    framed=({"rows": codec.describe(rows)}, [rows]),
+                )
+            )
+        params["format"] = "npy"
+        return _npy(
+            self._send("GET", f"/variables/{_q(variable)}/value", params=params)
+        )
+
+    def assign(
+        self,
+        view: View,
+        value: np.ndarray,
+        *,
+        variable: str = "",
+        optimizer: str = "",
+        slot: str = "",
+        weight: str = "",
+    ) -> None:
+        value = np.asarray(value)
+        framed = ({"value": codec.describe(value)}, [value])
+        if weight:
+            self._send(
+                "PUT",
+                f"/optimizers/{_q(optimizer)}/weights/{_q(weight)}",
+                view=view,
+                framed=framed,
+            )
+            return
+        params = {k: v for k, v in (("optimizer", optimizer), ("slot", slot)) if v}
+        self._send(
+            "PUT",
+            f"/variables/{_q(variable)}/value",
+            view=view,
+            framed=framed,
+            params=params,
+        )
+
+    def set_iterations(self, view: View, optimizer: str, iterations: int) -> None:
+        self._send(
+            "PUT",
+            f"/optimizers/{_q(optimizer)}/iterations",
+            view=view,
+            json={"iterations": iterations},
+        )
+
+    def add_slot(
+        self, view: View, optimizer: str, variable: str, slot: str, initializer: str
+    ) -> None:
+        self._send(
+            "POST",
+            f"/optimizers/{_q(optimizer)}/slots",
+            view=view,
+            json={"variable": variable, "slot": slot, "initializer": initializer},
+        )
+
+    def add_weight(
+        self,
+        view: View,
+        optimizer: str,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        initializer: str,
+    ) -> np.ndarray:
+        self._send(
+            "POST",
+            f"/optimizers/{_q(optimizer)}/weights",
+            view=view,
+            json={
+                "name": name,
+                "shape": list(shape),
+                "dtype": np.dtype(dtype).name,
+                "initializer": initializer,
+            },
+        )
+        return self.read(optimizer=optimizer, weight=name)
+
+    def checkpoint(self) -> dict[str, Any]:
+        r = self._send("POST", "/checkpoint", view=None).json()
+        return {
+            "path": r["path"],
+            "sequence": r["sequence"],
+            "bytes": r["bytes"],
+            "seconds": r["seconds"],
+        }
+
+
+def _q(name: str) -> str:
+    """A name in a URL path (slashes kept: the routes take them)."""
+    return quote(name, safe="/")
+
+
+def _npy(response: httpx.Response) -> np.ndarray:
+    return codec.read_npy(response.content)
+
+
+def _variable_info(v: dict) -> VariableInfo:
+    return VariableInfo(
+        v["name"],
+        tuple(v["shape"]),
+        np.dtype(v["dtype"]),
+        tuple(v["global_shape"]),
+        v["row_offset"],
+        v.get("created", False),
+    )
+
+
+def _optimizer_info(r: dict) -> OptimizerInfo:
+    return OptimizerInfo(
+        name=r["name"],
+        config=r["config"],
+        iterations=r["iterations"],
+        weights=[(w["kind"], w["variable"], w["name"]) for w in r["weights"]],
+        slot_names=list(r["slot_names"]),
+        created=r.get("created", False),
+        pushes=r["pushes"],
+    )
