@@ -271,6 +271,12 @@ def measure(quick: bool) -> dict:
                 if tune == "1":
                     results["small"] = run_child("small", address, str(calls), tune)
                     results["sparse"] = run_child("sparse", address, str(seconds), tune)
+                    http = server.http_address
+                    results["http_dense"] = run_child("dense", http, str(rounds), tune)
+                    results["http_small"] = run_child("small", http, str(calls), tune)
+                    results["http_sparse"] = run_child(
+                        "sparse", http, str(seconds), tune
+                    )
             finally:
                 server.stop()
     return results
@@ -289,8 +295,9 @@ def markdown(r: dict) -> str:
     rows = [
         ("raw TCP, 2 processes (floor)", r["tcp"]),
         ("bare gRPC, 1 MB raw chunks, no decode (floor)", floor["stream"]),
-        ("adamax-ps dense push applied, malloc tuned", r["dense_tuned"]),
-        ("adamax-ps dense push applied, default malloc", r["dense_untuned"]),
+        ("adamax-ps dense push applied, grpc://, malloc tuned", r["dense_tuned"]),
+        ("adamax-ps dense push applied, grpc://, default malloc", r["dense_untuned"]),
+        ("adamax-ps dense push applied, http://, malloc tuned", r["http_dense"]),
     ]
     for name, row in rows:
         lines.append(
@@ -304,14 +311,18 @@ def markdown(r: dict) -> str:
         "|---|---:|---:|---:|",
         f"| bare gRPC unary echo (floor) | {bare['p50_ms']:.3f} | "
         f"{bare['p99_ms']:.3f} | {bare['calls_per_s']:,.0f} |",
-        f"| adamax-ps push (256 float32) | {small['p50_ms']:.3f} | "
+        f"| adamax-ps push (256 float32), grpc:// | {small['p50_ms']:.3f} | "
         f"{small['p99_ms']:.3f} | {small['calls_per_s']:,.0f} |",
+        f"| adamax-ps push (256 float32), http:// | {r['http_small']['p50_ms']:.3f} | "
+        f"{r['http_small']['p99_ms']:.3f} | {r['http_small']['calls_per_s']:,.0f} |",
         "",
         "| sparse, 8192 Zipf rows x 64 floats into 1e6 rows, 4 threads | pushes/s | "
         "M input rows/s |",
         "|---|---:|---:|",
-        f"| adamax-ps | {r['sparse']['pushes_per_s']:.0f} | "
+        f"| adamax-ps, grpc:// | {r['sparse']['pushes_per_s']:.0f} | "
         f"{r['sparse']['rows_per_s'] / 1e6:.2f} |",
+        f"| adamax-ps, http:// | {r['http_sparse']['pushes_per_s']:.0f} | "
+        f"{r['http_sparse']['rows_per_s'] / 1e6:.2f} |",
     ]
     return "\n".join(lines) + "\n"
 

@@ -74,8 +74,10 @@ class HttpTransport:
             headers[VIEW_HEADER] = f"{view[0]}/{view[1]}"
         content = None
         if framed is not None:
+            pieces = codec.frame(*framed)  # sent as they are: no joined copy
             headers["content-type"] = codec.FRAMED
-            content = b"".join(codec.frame(*framed))
+            headers["content-length"] = str(sum(len(p) for p in pieces))
+            content = pieces
         delays = self.retry.delays()
         while True:
             try:
@@ -83,7 +85,7 @@ class HttpTransport:
                     method,
                     API + path,
                     json=json,
-                    content=content,
+                    content=iter(content) if content is not None else None,
                     params=params,
                     headers=headers,
                 )

@@ -10,6 +10,7 @@ JSON body ``{"error", "message"}`` with the status of its class.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -40,6 +41,7 @@ from adamax_ps.server.service import ParameterService
 STATIC = Path(__file__).resolve().parent / "static"
 VIEW_HEADER = "x-adamax-ps-view"
 DEFAULT_JSON_LIMIT = 100_000
+INLINE_BYTES = 64 << 10  # pushes this small are applied on the event loop
 
 
 class Strict(BaseModel):
@@ -261,10 +263,12 @@ def create_app(
     app.state.inspector = inspector
     settings = service.settings
 
-    def read_access(request: Request) -> None:
+    # Dependencies are async: they never block, and a sync one would cost a
+    # thread-pool hop on every request.
+    async def read_access(request: Request) -> None:
         tokens.check(request.headers.get("authorization"), mutating=False)
 
-    def write_access(request: Request) -> None:
+    async def write_access(request: Request) -> None:
         tokens.check(request.headers.get("authorization"), mutating=True)
         view = request.headers.get(VIEW_HEADER)
         if view is None:
@@ -282,7 +286,7 @@ def create_app(
             ) from None
         service.check_view(index, count)
 
-    def admin_access(request: Request) -> None:
+    async def admin_access(request: Request) -> None:
         tokens.check(request.headers.get("authorization"), mutating=True)
 
     reads = [Depends(read_access)]
@@ -290,20 +294,29 @@ def create_app(
     admin = [Depends(admin_access)]
 
     async def body(request: Request) -> bytearray:
-        """The request body, refused beyond the size limit before it is read."""
+        """The request body, refused beyond the size limit before it is read
+        (into one buffer of the declared length when there is one)."""
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_request_bytes:
+        declared = int(length) if length is not None and length.isdigit() else None
+        if declared is not None and declared > max_request_bytes:
             raise TooLargeError(
                 f"the request has {length} bytes, over the limit of {max_request_bytes}"
             )
-        data = bytearray()
+        data = bytearray(declared or 0)
+        filled = 0
         async for chunk in request.stream():
-            data += chunk
-            if len(data) > max_request_bytes:
+            end = filled + len(chunk)
+            if end > max_request_bytes:
                 raise TooLargeError(
                     f"the request exceeds the limit of {max_request_bytes} bytes"
                 )
-        service.metrics.received_bytes.labels("http").inc(len(data))
+            if end <= len(data):
+                data[filled:end] = chunk
+            else:
+                data[filled:] = chunk
+            filled = end
+        del data[filled:]
+        service.metrics.received_bytes.labels("http").inc(filled)
         return data
 
     # Errors ------------------------------------------------------------------------
@@ -606,7 +619,7 @@ def create_app(
                 if indices is None
                 else SparseGradient(variable, indices, values)
             )
-        result = await run_in_threadpool(
+        apply = functools.partial(
             service.apply,
             name,
             gradients,
@@ -616,6 +629,10 @@ def create_app(
             call_variables=_strings(header.get("call_variables")) or None,
             clipped=_flag(header, "clipped"),
         )
+        if service.sync is None and len(data) <= INLINE_BYTES:
+            result = apply()  # short and never waits: spare the thread-pool hop
+        else:
+            result = await run_in_threadpool(apply)
         return {"step": result.step, "iterations": result.iterations}
 
     @app.post(
