@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,7 +42,7 @@ class ServerConfig(BaseModel):
     replicas_to_aggregate: int | None = Field(None, ge=1)
     sync_average: bool = False
     sync_timeout: float = Field(60.0, gt=0)
-    server_index: int = Field(0, ge=0)
+    server_index: int = Field(0, ge=0)  # "auto" on the command line: see below
     num_servers: int = Field(1, ge=1)
     nonfinite: NonFinitePolicy = NonFinitePolicy.REJECT
     max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=1 << 20)
@@ -114,7 +116,8 @@ _HELP = {
     "replicas (the rest are backup workers)",
     "sync_average": "synchronous mode: average the replicas' gradients (default: sum)",
     "sync_timeout": "synchronous mode: seconds a replica waits for the others",
-    "server_index": "this server's place in the cluster (0-based)",
+    "server_index": "this server's place in the cluster (0-based), or 'auto' to "
+    "read it from the hostname (ps-3 is 3, as in a StatefulSet)",
     "num_servers": "servers in the cluster",
     "nonfinite": "NaN/Inf gradients: 'reject' or 'allow'",
     "max_request_bytes": "largest push or assignment accepted, in bytes",
@@ -142,6 +145,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, default=None, help=help_text)
 
 
+def index_from_hostname(hostname: str | None = None) -> int:
+    """A StatefulSet pod's ordinal: ``ps-3`` is server 3."""
+    hostname = hostname or socket.gethostname()
+    match = re.search(r"-(\d+)$", hostname.split(".")[0])
+    if match is None:
+        raise ValueError(
+            f"--server-index auto needs a hostname ending in -<number> (a "
+            f"StatefulSet pod such as ps-0). This host is {hostname!r}"
+        )
+    return int(match.group(1))
+
+
 def from_arguments(args: argparse.Namespace) -> ServerConfig:
     """Flags, else environment variables, else defaults; validated."""
     values: dict[str, Any] = {}
@@ -151,6 +166,11 @@ def from_arguments(args: argparse.Namespace) -> ServerConfig:
             value = os.environ.get(ENV_PREFIX + name.upper())
             if value is not None and field.annotation is bool:
                 value = value.strip().lower() in ("1", "true", "yes", "on")
+        if name == "server_index" and value == "auto":
+            try:
+                value = index_from_hostname()
+            except ValueError as e:
+                raise SystemExit(f"adamax-ps: {e}") from None
         if value is not None:
             values[name] = value
     try:

@@ -388,3 +388,12 @@ def test_transport_errors_after_the_server_is_gone(servers):
     with pytest.raises(errors.TransportError, match="UNAVAILABLE"):
         w.numpy()
     cluster.close()
+
+
+def test_server_index_from_the_hostname():
+    from adamax_ps.server.config import index_from_hostname
+
+    assert index_from_hostname("ps-3") == 3
+    assert index_from_hostname("ps-12.ps.default.svc.cluster.local") == 12
+    with pytest.raises(ValueError, match="hostname ending in -<number>"):
+        index_from_hostname("laptop")
