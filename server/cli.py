@@ -1,48 +1,58 @@
-"""The ``adamax-ps`` command line."""
+"""The ``adamax-ps`` command line: serve, cluster, demo, inspect, checkpoint.
+
+Every option can also be set by an environment variable, ``ADAMAX_PS_`` plus
+the option's name in capitals (``--steps`` is ``ADAMAX_PS_STEPS``); a flag
+wins over the environment.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-import numpy as np
+from adamax_ps.server import config
 
-from adamax_ps.server import adamax, config
-from adamax_ps.server.demo import DemoProblem, batches, gradients, predict
-from adamax_ps.server.hyperparams import AdamaxConfig
+ENV = config.ENV_PREFIX
 
 
-def run_demo(steps: int, batch_size: int, learning_rate: float) -> int:
-    """Train the demo model in this process with the Adamax kernels.
+def _env(name: str, default: Any = None, kind: type = str) -> Any:
+    value = os.environ.get(ENV + name.upper().replace("-", "_"))
+    if value is None:
+        return default
+    if kind is bool:
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    try:
+        return kind(value)
+    except ValueError:
+        raise SystemExit(
+            f"adamax-ps: {ENV}{name.upper()}={value!r} is not a {kind.__name__}"
+        ) from None
 
-    Prints the loss as it falls and the held-out error against the baseline.
-    """
-    problem = DemoProblem.generate()
-    rng = np.random.default_rng(1)
-    config = AdamaxConfig.from_keras(learning_rate=learning_rate)
-    embedding = np.zeros((problem.users, problem.embedding_dim), np.float32)
-    kernel = np.zeros(problem.dense_dim, np.float32)
-    slots = [np.zeros_like(embedding), np.zeros_like(embedding)]
-    kernel_slots = [np.zeros_like(kernel), np.zeros_like(kernel)]
-    stream = batches(problem.train, batch_size, rng)
-    for iterations in range(steps):
-        batch = next(stream)
-        loss, row_grads, kernel_grad = gradients(embedding[batch.ids], kernel, batch)
-        step = config.step_scalars(iterations, np.float32)
-        adamax.sparse_update(embedding, *slots, batch.ids, row_grads, step)
-        adamax.dense_update(kernel, *kernel_slots, kernel_grad, step)
-        if iterations % max(1, steps // 10) == 0 or iterations == steps - 1:
-            print(f"step {iterations + 1:5d}/{steps}  loss {loss:8.4f}", flush=True)
-    test = problem.test
-    mse = float(
-        np.mean(
-            (predict(embedding[test.ids], kernel, test.features) - test.targets) ** 2
+
+def _option(
+    parser: argparse.ArgumentParser, name: str, kind: type, default: Any, help_text: str
+) -> None:
+    env = ENV + name.upper().replace("-", "_")
+    if kind is bool:
+        parser.add_argument(
+            f"--{name}",
+            action="store_true",
+            default=_env(name, default, bool),
+            help=f"{help_text} [env {env}]",
         )
-    )
-    baseline = float(np.mean((test.targets - problem.train.targets.mean()) ** 2))
-    print(f"held-out MSE {mse:.4f}  (predicting the mean: {baseline:.4f})")
-    return 0 if mse < baseline else 1
+    else:
+        parser.add_argument(
+            f"--{name}",
+            type=kind,
+            default=_env(name, default, kind),
+            help=f"{help_text} [env {env}, default {default}]",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,17 +60,99 @@ def build_parser() -> argparse.ArgumentParser:
         prog="adamax-ps", description="A parameter server for the Adamax optimizer."
     )
     commands = parser.add_subparsers(dest="command", required=True)
+
     serve = commands.add_parser(
         "serve",
         help="run one server process (gRPC and HTTP)",
-        description="Run one parameter server process. Every option can also be "
-        "set by its ADAMAX_PS_* environment variable.",
+        description="Run one parameter server process.",
     )
     config.add_arguments(serve)
-    demo = commands.add_parser("demo", help="train the embedded demo model")
-    demo.add_argument("--steps", type=int, default=3000, help="training steps")
-    demo.add_argument("--batch-size", type=int, default=256)
-    demo.add_argument("--learning-rate", type=float, default=0.01)
+
+    cluster = commands.add_parser(
+        "cluster",
+        help="run N local server processes as one cluster",
+        description="Run N local servers of one cluster, their output prefixed "
+        "with their names; Ctrl-C (or SIGTERM) stops them all after each writes "
+        "a final checkpoint. Options after -- go to every `adamax-ps serve`.",
+    )
+    _option(cluster, "servers", int, 2, "number of servers")
+    _option(cluster, "host", str, "127.0.0.1", "address the servers listen on")
+    _option(
+        cluster,
+        "grpc-port",
+        int,
+        50051,
+        "gRPC port of server 0 (server i: +i; 0 picks free ports)",
+    )
+    _option(
+        cluster,
+        "http-port",
+        int,
+        8080,
+        "HTTP port of server 0 (server i: +i; 0 picks free ports)",
+    )
+    _option(
+        cluster,
+        "checkpoint-dir",
+        Path,
+        Path("adamax-ps-checkpoints"),
+        "folder for the servers' checkpoints (server i in server-i/)",
+    )
+    cluster.add_argument(
+        "serve_options",
+        nargs=argparse.REMAINDER,
+        help="-- then options for every server",
+    )
+
+    demo = commands.add_parser(
+        "demo",
+        help="train the embedded demo model on a local cluster",
+        description="Start a local cluster and train a small recommendation model "
+        "(an embedding table with sparse pushes and a dense layer) with worker "
+        "processes, printing progress, the dashboard URL and the held-out error. "
+        "With --address, run only the workers against running servers.",
+    )
+    _option(demo, "servers", int, 2, "servers to start")
+    _option(demo, "workers", int, 4, "worker processes")
+    _option(demo, "steps", int, 400, "training steps per worker")
+    _option(demo, "batch-size", int, 128, "examples per step")
+    _option(
+        demo,
+        "sync",
+        bool,
+        False,
+        "synchronous training (servers wait for every worker each step)",
+    )
+    _option(
+        demo,
+        "checkpoint-dir",
+        Path,
+        None,
+        "servers' folder (default: a new temporary folder)",
+    )
+    _option(
+        demo,
+        "address",
+        str,
+        None,
+        "train against these running servers instead (grpc://a:50051,grpc://b:50051)",
+    )
+    _option(demo, "token", str, None, "bearer token for the servers")
+
+    for name, help_text in (
+        ("inspect", "show what servers hold"),
+        ("checkpoint", "ask servers to write a checkpoint now"),
+    ):
+        command = commands.add_parser(name, help=help_text, description=help_text + ".")
+        command.add_argument(
+            "url",
+            nargs="?",
+            default=_env("url"),
+            help=f"http://host:port of each server, comma-separated [env {ENV}URL]",
+        )
+        _option(command, "token", str, None, "bearer token")
+        if name == "inspect":
+            _option(command, "json", bool, False, "print JSON for scripts")
     return parser
 
 
@@ -70,9 +162,135 @@ def main(argv: Sequence[str] | None = None) -> int:
         from adamax_ps.server.serve import run  # imports grpc, uvicorn: only here
 
         return run(config.from_arguments(args))
+    if args.command == "cluster":
+        return run_cluster(args)
     if args.command == "demo":
-        return run_demo(args.steps, args.batch_size, args.learning_rate)
-    return 2
+        from adamax_ps.server import demo
+
+        if args.workers < 1 or args.steps < 1 or args.servers < 1:
+            raise SystemExit(
+                "adamax-ps demo: --servers, --workers and --steps must be at least 1"
+            )
+        return demo.run(
+            args.servers,
+            args.workers,
+            args.steps,
+            args.batch_size,
+            args.sync,
+            args.checkpoint_dir,
+            args.address,
+            args.token,
+        )
+    urls = _urls(args.url)
+    if args.command == "inspect":
+        from adamax_ps.server.inspect_cli import inspect
+
+        return inspect(urls, args.token, args.json)
+    return checkpoint(urls, args.token)
+
+
+def _urls(text: str | None) -> list[str]:
+    urls = [u.strip().rstrip("/") for u in (text or "").split(",") if u.strip()]
+    if not urls:
+        raise SystemExit(
+            f"adamax-ps: give the servers' HTTP address (http://host:port) "
+            f"or set {ENV}URL"
+        )
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise SystemExit(
+                f"adamax-ps: {url!r} is not an http:// or https:// address"
+            )
+    return urls
+
+
+def checkpoint(urls: list[str], token: str | None) -> int:
+    import httpx
+
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    failed = 0
+    for url in urls:
+        try:
+            response = httpx.post(
+                url + "/api/v1/checkpoint", headers=headers, timeout=600
+            )
+        except httpx.HTTPError as e:
+            print(f"{url}: cannot reach the server: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        if response.status_code != 200:
+            print(
+                f"{url}: {response.json().get('message', response.text)}",
+                file=sys.stderr,
+            )
+            failed += 1
+            continue
+        answer = response.json()
+        print(
+            f"{url}: checkpoint {answer['sequence']} at {answer['path']} "
+            f"({answer['bytes'] / 1e6:.1f} MB in {answer['seconds']:.2f} s)"
+        )
+    return 1 if failed else 0
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    """N servers as one cluster, until Ctrl-C or SIGTERM."""
+    from adamax_ps.server.launcher import LocalServer, addresses
+
+    if args.servers < 1:
+        raise SystemExit("adamax-ps cluster: --servers must be at least 1")
+    extra = [a for a in args.serve_options if a != "--"]
+    lock = threading.Lock()
+
+    def relay(name: str):
+        def write(line: str) -> None:
+            with lock:
+                print(
+                    f"[{name}] {line}",
+                    end="" if line.endswith("\n") else "\n",
+                    flush=True,
+                )
+
+        return write
+
+    servers = []
+    try:
+        for index in range(args.servers):
+            grpc = args.grpc_port + index if args.grpc_port else 0
+            http = args.http_port + index if args.http_port else 0
+            server_args = [
+                "--grpc-port",
+                str(grpc),
+                "--http-port",
+                str(http),
+                "--server-index",
+                str(index),
+                "--num-servers",
+                str(args.servers),
+                "--checkpoint-dir",
+                str(args.checkpoint_dir / f"server-{index}"),
+                *extra,
+            ]
+            servers.append(
+                LocalServer(
+                    server_args, host=args.host, on_line=relay(f"ps-{index}")
+                ).start()
+            )
+    except BaseException:
+        for server in servers:
+            server.kill()
+        raise
+    print(f"cluster ready: ADAMAX_PS_ADDRESS={addresses(servers)}", flush=True)
+    for index, server in enumerate(servers):
+        print(f"ps-{index} dashboard: {server.http_address}/", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.is_set() and all(s.process.poll() is None for s in servers):
+        stop.wait(1.0)
+    codes = [server.stop() for server in servers]
+    print(f"cluster stopped (exit codes {codes})", flush=True)
+    return 0 if all(code == 0 for code in codes) else 1
 
 
 if __name__ == "__main__":

@@ -73,6 +73,18 @@ class ServerConfig(BaseModel):
             raise ValueError("--checkpoint-every needs --checkpoint-dir")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
+        folder = self.checkpoint_dir
+        if (
+            folder is not None
+            and folder.exists()
+            and (
+                not folder.is_dir()
+                or not os.access(folder, os.R_OK | os.W_OK | os.X_OK)
+            )
+        ):
+            raise ValueError(
+                f"--checkpoint-dir {folder} is not a readable, writable folder"
+            )
         for name in ("token_file", "tls_cert", "tls_key"):
             path = getattr(self, name)
             if path is not None and not path.is_file():

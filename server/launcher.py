@@ -33,6 +33,8 @@ class LocalServer:
         host: str = "127.0.0.1",
         on_line: Callable[[str], None] | None = None,
     ) -> None:
+        """``log``: a file for the server's stderr; without one, ``on_line``
+        receives every line the server prints, stdout and stderr alike."""
         self.args = list(args)
         self.log = log
         self.host = host
@@ -53,7 +55,12 @@ class LocalServer:
     def start(self, env: dict[str, str] | None = None) -> LocalServer:
         """Start and wait until it serves (``RuntimeError`` if it cannot)."""
         self.lines = queue.Queue()  # a restart reads only its own output
-        stderr = open(self.log, "ab") if self.log else None  # noqa: SIM115
+        if self.log is not None:
+            stderr = open(self.log, "ab")  # noqa: SIM115 - closed below
+        elif self.on_line is not None:
+            stderr = subprocess.PIPE
+        else:
+            stderr = None
         command = [
             sys.executable,
             "-m",
@@ -70,9 +77,11 @@ class LocalServer:
             text=True,
             env={**os.environ, **(env or {})},
         )
-        if stderr is not None:
+        if self.log is not None:
             stderr.close()
         threading.Thread(target=self._read, daemon=True).start()
+        if stderr is subprocess.PIPE:
+            threading.Thread(target=self._relay, daemon=True).start()
         while True:
             try:
                 line = self.lines.get(timeout=START_TIMEOUT)
@@ -95,6 +104,10 @@ class LocalServer:
             if self.on_line is not None:
                 self.on_line(line)
         self.lines.put(None)
+
+    def _relay(self) -> None:
+        for line in self.process.stderr:
+            self.on_line(line)
 
     def _log_text(self) -> str:
         return self.log.read_text() if self.log and self.log.exists() else ""
