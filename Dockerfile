@@ -23,7 +23,8 @@ ENV PATH=/opt/adamax-ps/bin:$PATH \
     PYTHONFAULTHANDLER=1 \
     NUMBA_CACHE_DIR=/var/cache/adamax-ps/numba \
     ADAMAX_PS_CHECKPOINT_DIR=/var/lib/adamax-ps
-RUN useradd --system --no-log-init --uid "${UID}" --user-group \
+RUN groupadd --gid "${UID}" adamax \
+    && useradd --no-log-init --uid "${UID}" --gid adamax \
         --home-dir /var/cache/adamax-ps --no-create-home --shell /usr/sbin/nologin adamax \
     && mkdir -p /var/lib/adamax-ps /var/cache/adamax-ps/numba \
     && chown -R adamax:adamax /var/lib/adamax-ps /var/cache/adamax-ps

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from adamax_ps.proto import codec
 from adamax_ps.proto.v1 import parameter_server_pb2 as pb
 from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
-from adamax_ps.server.errors import FailedPreconditionError, ParameterServerError
+from adamax_ps.server.errors import ParameterServerError
 from adamax_ps.server.gradients import DenseGradient, SparseGradient
 from adamax_ps.server.optimizers import OptimizerState
 from adamax_ps.server.pushes import PushId
@@ -169,11 +169,6 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     @_domain_errors
     def ReserveStep(self, request, context):
         self._check_view(request.view)
-        if self.index != 0:
-            raise FailedPreconditionError(
-                f"steps are reserved at server 0 of the cluster; this is server "
-                f"{self.index}"
-            )
         step = self.service.reserve_step(
             request.optimizer, list(request.variables), _push_id(request)
         )
@@ -287,14 +282,11 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     @_domain_errors
     def AddSlot(self, request, context):
         self._check_view(request.view)
-        holds = self.service.store.get(request.variable) is not None
         self.service.add_slot(
             request.optimizer,
             request.variable,
             request.slot,
             request.initializer or "zeros",
-            create=holds,
-            record=self.index == 0,
         )
         return self._optimizer_state(request.optimizer)
 

@@ -644,8 +644,6 @@ def create_app(
     )
     def reserve_step(name: str, request: ReserveStepRequest) -> dict:
         """Coordinator (server 0): take the step of one apply_gradients call."""
-        if settings.server_index != 0:
-            raise FailedPreconditionError("steps are reserved at server 0")
         push_id = None
         if request.push_id is not None:
             push_id = PushId(request.push_id.client, request.push_id.sequence)
@@ -671,15 +669,7 @@ def create_app(
     )
     def add_slot(name: str, request: AddSlotRequest) -> dict:
         """Keras add_slot: arrays where the variable lives, order at server 0."""
-        holds = service.store.get(request.variable) is not None
-        service.add_slot(
-            name,
-            request.variable,
-            request.slot,
-            request.initializer,
-            create=holds,
-            record=settings.server_index == 0,
-        )
+        service.add_slot(name, request.variable, request.slot, request.initializer)
         return inspector.optimizer(name)
 
     @app.post(

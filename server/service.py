@@ -419,18 +419,20 @@ class ParameterService:
         variable: str,
         slot: str,
         initializer: str = "zeros",
-        *,
-        create: bool = True,
-        record: bool = True,
     ) -> bool:
         """Keras ``add_slot``: a slot of a variable, if it does not exist yet.
 
-        ``create`` makes the arrays (the servers holding the variable);
-        ``record`` appends it to ``weights`` and the slot names (the
-        coordinator of a cluster). A single server does both.
+        A server holding (rows of) the variable makes the slot's arrays; the
+        coordinator of a cluster (server 0) appends it to ``weights`` and the
+        slot names, whether it holds the variable or not. A single server does
+        both. Returns whether anything was added.
         """
         check_name("slot", slot)
         state = self.optimizer(optimizer)
+        create = self.store.get(variable) is not None
+        record = self.settings.server_index == 0
+        if not create and self.settings.num_servers == 1:
+            self.variable(variable)  # raises VariableNotFoundError
         added = False
         if create:
             variable_record = self.variable(variable)
@@ -546,6 +548,11 @@ class ParameterService:
         """Coordinator of a cluster: take the step of one ``apply_gradients``
         call (its servers then apply with it) and record its variables'
         ``weights`` order. Exactly once per push id, like a push."""
+        if self.settings.server_index != 0:
+            raise FailedPreconditionError(
+                "steps are reserved at server 0 of the cluster; this is server "
+                f"{self.settings.server_index}"
+            )
         state = self.optimizer(optimizer)
         if push_id is not None:
             answer = self.ledger.begin(push_id)
