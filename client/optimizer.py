@@ -31,7 +31,7 @@ from adamax_ps.client.variables import (
     RemoteVariable,
     RemoteWeight,
 )
-from adamax_ps.proto import keras
+from adamax_ps.proto import keras, slices
 
 log = logging.getLogger("adamax_ps.client")
 HYPER_PARAMETERS = (
@@ -165,6 +165,11 @@ class Adamax:
                 raw = keras.clip_gradients([w[1] for w in wire], **self._clip)
                 wire = [(n, g, i) for (n, _, i), g in zip(wire, raw, strict=True)]
                 clipped = True
+        if not sync:
+            # After clipping, Keras sums duplicate rows: do it here, exactly as
+            # the server would, and send each row once. (In synchronous mode the
+            # server sums the replicas' raw rows, so they travel as they are.)
+            wire = [_compact(*w) for w in wire]
         try:
             _, iterations = self._cluster.push(
                 self._name,
@@ -415,6 +420,16 @@ def _wire(gradient: Any, var: RemoteVariable) -> tuple[str, np.ndarray, Any]:
         )
     _check_dtype(values, var)
     return var.name, np.asarray(values, order="C"), None
+
+
+def _compact(name: str, values: np.ndarray, indices: np.ndarray | None):
+    """A sparse gradient with its duplicate rows summed (dense ones as they are)."""
+    if indices is None or len(indices) == 0:
+        return name, values, indices
+    rows, summed = slices.deduplicate(indices, values.reshape(len(indices), -1))
+    if len(rows) == len(indices):
+        return name, values, indices
+    return name, summed.reshape(len(rows), *values.shape[1:]), rows
 
 
 def _array(value: Any) -> np.ndarray:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from adamax_ps.proto.keras import clip_gradients
+from adamax_ps.proto.slices import deduplicate
 from adamax_ps.server import kernels
 
 __all__ = [
@@ -199,24 +200,6 @@ def _dense_half(w, m, v, g, step: StepScalars) -> None:
     magnitude = np.abs(g)
     np.copyto(v, np.where(decayed < magnitude, magnitude, decayed))
     w -= step.lr_hat * (m / (v + step.epsilon))
-
-
-def deduplicate(
-    indices: np.ndarray, values: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sum the values of repeated indices, in order of first appearance.
-
-    ``values`` is ``[len(indices), row_size]``. Returns ``(rows, summed)`` with
-    unique int64 ``rows``: what Keras does before a sparse update
-    (``tf.unique`` then ``unsorted_segment_sum``), with the same rounding.
-    """
-    rows, position = kernels.first_appearance(np.ascontiguousarray(indices))
-    values = np.ascontiguousarray(values)
-    if values.dtype == np.float16:
-        summed = np.zeros((rows.shape[0], values.shape[1]), values.dtype)
-        np.add.at(summed, position, values)  # unbuffered: one add at a time, in order
-        return rows, summed
-    return rows, kernels.segment_sum(values, position, rows.shape[0])
 
 
 def sparse_rows_update(
