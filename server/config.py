@@ -37,7 +37,7 @@ class ServerConfig(BaseModel):
     checkpoint_dir: Path | None = None
     checkpoint_every: float | None = Field(None, gt=0)
     keep_checkpoints: int = Field(2, ge=1)
-    durability: Literal["checkpoint"] = "checkpoint"
+    durability: Literal["checkpoint", "wal"] = "checkpoint"
     replicas: int = Field(0, ge=0)
     replicas_to_aggregate: int | None = Field(None, ge=1)
     sync_average: bool = False
@@ -71,6 +71,10 @@ class ServerConfig(BaseModel):
             )
         if self.checkpoint_every and not self.checkpoint_dir:
             raise ValueError("--checkpoint-every needs --checkpoint-dir")
+        if self.durability == "wal" and not self.checkpoint_dir:
+            raise ValueError(
+                "--durability wal needs --checkpoint-dir (the log lives there)"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
         folder = self.checkpoint_dir
@@ -110,6 +114,7 @@ class ServerConfig(BaseModel):
             keep_checkpoints=self.keep_checkpoints,
             server_index=self.server_index,
             num_servers=self.num_servers,
+            durability=self.durability,
         )
 
 
@@ -122,7 +127,8 @@ _HELP = {
     "checkpoint_every": "seconds between periodic checkpoints",
     "keep_checkpoints": "checkpoints kept on disk",
     "durability": "what an acknowledged push survives: 'checkpoint' (state since the "
-    "last checkpoint may be lost on a crash)",
+    "last checkpoint may be lost on a crash) or 'wal' (a push is answered once it "
+    "is in a write-ahead log on disk: it survives SIGKILL and power cuts)",
     "replicas": "synchronous mode: replicas pushing each step (0: asynchronous)",
     "replicas_to_aggregate": "synchronous mode: apply a step after this many "
     "replicas (the rest are backup workers)",

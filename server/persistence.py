@@ -21,27 +21,28 @@ import numpy as np
 
 from adamax_ps.server.checkpoint import CheckpointReader, CheckpointWriter
 from adamax_ps.server.optimizers import OptimizerState
-from adamax_ps.server.pushes import PushLedger
 from adamax_ps.server.store import ShardedStore, VariableRecord
+
+Metadata = tuple[list[tuple[dict[str, Any], dict[str, np.ndarray]]], dict[str, Any]]
 
 
 def write_cut(
     store: ShardedStore,
-    optimizers: list[OptimizerState],
-    ledger: PushLedger,
+    snapshot: Callable[[], Metadata],
     writer: CheckpointWriter,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, Any], int]:
-    """Write the state as one consistent cut; returns (manifest, bytes of arrays)."""
+    """Write the state as one consistent cut; returns (manifest, bytes of arrays).
+
+    ``snapshot()`` is called with every shard locked and returns the
+    optimizers (JSON and extra weights) and the remembered pushes, taken under
+    their own locks (the service also rotates its write-ahead log there).
+    """
     entries: list[dict[str, Any]] = []
     nbytes = 0
     with store.all_locked() as release:
         records = store.records()
-        saved = []
-        for state in optimizers:
-            with state.lock:
-                saved.append((state.to_json(), dict(state.extra_weights)))
-        remembered = ledger.snapshot()
+        saved, remembered = snapshot()
         extra = writer.open("extra.bin")
         for data, weights in saved:
             for name, array in weights.items():

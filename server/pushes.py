@@ -109,6 +109,12 @@ class PushLedger:
                     return None
             event.wait()
 
+    def answered(self, push_id: PushId) -> bool:
+        """Whether the push's answer is remembered."""
+        with self._lock:
+            client = self._clients.get(push_id.client)
+            return client is not None and push_id.sequence in client.answers
+
     def complete(self, push_id: PushId, answer: ApplyResult) -> None:
         """Remember the answer of an owned push and release its duplicates."""
         with self._lock:

@@ -88,6 +88,8 @@ class ServerProcess:
     def start(self) -> None:
         config = self.config
         restored = self.service.restore() if config.checkpoint_dir else None
+        if self.service.replayed:
+            log.info("replayed %d write-ahead log records", self.service.replayed)
         if restored is not None:
             log.info(
                 "restored %s (%d bytes in %.2f s)",

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from adamax_ps.server import adamax, checkpoint, persistence
+from adamax_ps.server import adamax, checkpoint, journal, persistence
 from adamax_ps.server.errors import (
     CheckpointError,
     FailedPreconditionError,
@@ -59,6 +59,7 @@ from adamax_ps.server.gradients import (
 )
 from adamax_ps.server.hyperparams import AdamaxConfig
 from adamax_ps.server.initializers import Initializer, parse_initializer
+from adamax_ps.server.journal import Journal
 from adamax_ps.server.metrics import Metrics
 from adamax_ps.server.optimizers import OptimizerState, WeightRef
 from adamax_ps.server.pushes import ApplyResult, PushId, PushLedger
@@ -102,6 +103,7 @@ class ServiceSettings:
     ledger_max_clients: int = 4096
     server_index: int = 0
     num_servers: int = 1
+    durability: str = "checkpoint"  # or "wal": see journal.py
 
 
 class ParameterService:
@@ -119,8 +121,20 @@ class ParameterService:
         self._checkpoint_lock = threading.Lock()
         self._checkpoint_sequence = 0
         self.last_checkpoint: CheckpointInfo | None = None
+        self.replayed = 0  # write-ahead log records replayed at restore
         self.metrics = Metrics()
         self.metrics.watch(self)
+        if self.settings.durability not in ("checkpoint", "wal"):
+            raise ValueError(
+                f"durability is 'checkpoint' or 'wal'. Received: "
+                f"{self.settings.durability!r}"
+            )
+        wal_folder = None
+        if self.settings.durability == "wal":
+            if self.settings.checkpoint_dir is None:
+                raise ValueError("durability 'wal' needs a checkpoint folder")
+            wal_folder = Path(self.settings.checkpoint_dir) / "wal"
+        self.journal = Journal(wal_folder)
         self._stop_periodic: threading.Event | None = None
         self._periodic: threading.Thread | None = None
 
@@ -190,9 +204,25 @@ class ParameterService:
             global_shape,
             row_offset,
         )
-        stored = self.store.add(record, fill)
+        logged = [0]
+
+        def log() -> None:
+            header = {
+                "name": name,
+                "shape": list(shape),
+                "dtype": dtype.name,
+                "initializer": description if initial_value is None else "zeros",
+                "seed": seed,
+                "global_shape": list(global_shape),
+                "row_offset": row_offset,
+            }
+            initial = [initial_value] if initial_value is not None else []
+            logged[0] = self.journal.write("variable", header, initial)
+
+        stored = self.store.add(record, fill, log)
         if stored is not record:
             return self._attach(stored, shape, dtype), False
+        self.journal.wait(logged[0])
         return record, True
 
     @staticmethod
@@ -254,6 +284,12 @@ class ParameterService:
             for part in self.store.parts(record):
                 target = part.value if key is None else part.slots[key]
                 target[...] = value[part.lo : part.hi] if record.shape else value
+            logged = self.journal.write(
+                "assign",
+                {"variable": name, "optimizer": optimizer, "slot": slot},
+                [value],
+            )
+        self.journal.wait(logged)
 
     def weight(self, optimizer: str, name: str) -> np.ndarray:
         """A copy of an optimizer's extra weight (``add_weight``)."""
@@ -276,6 +312,10 @@ class ParameterService:
                     f"Received: {value.shape}"
                 )
             target[...] = value
+            logged = self.journal.write(
+                "assign_weight", {"optimizer": optimizer, "name": name}, [target]
+            )
+        self.journal.wait(logged)
 
     def _slot_key(self, record, optimizer, slot) -> tuple[str, str] | None:
         if optimizer is None and slot is None:
@@ -309,7 +349,14 @@ class ParameterService:
             state = self._optimizers.get(config.name)
             if state is None:
                 state = self._optimizers[config.name] = OptimizerState(config)
-                return state, True
+                logged = self.journal.write(
+                    "optimizer", {"config": config.get_config()}
+                )
+            else:
+                logged = None
+        if logged is not None:
+            self.journal.wait(logged)
+            return state, True
         if state.config.get_config() != config.get_config():
             raise OptimizerExistsError(
                 f"optimizer {config.name!r} exists with another config: "
@@ -434,6 +481,13 @@ class ParameterService:
         if not create and self.settings.num_servers == 1:
             self.variable(variable)  # raises VariableNotFoundError
         added = False
+        logged = 0
+        header = {
+            "optimizer": optimizer,
+            "variable": variable,
+            "slot": slot,
+            "initializer": initializer,
+        }
         if create:
             variable_record = self.variable(variable)
             fill = Initializer(initializer, variable_record.global_shape, 0).fill
@@ -445,6 +499,8 @@ class ParameterService:
                         part.slots[(state.name, slot)] = array
                     state.slotted.setdefault(variable, set()).add(slot)
                     added = True
+                    if not record:
+                        logged = self.journal.write("slot", header)
         if record:
             ref = WeightRef("slot", variable, slot)
             with state.lock:
@@ -454,6 +510,9 @@ class ParameterService:
                 if slot not in state.slot_names:
                     state.slot_names.append(slot)
                     state.slot_initializers[slot] = initializer
+                if added:  # replaying add_slot is idempotent: one record covers both
+                    logged = self.journal.write("slot", header)
+        self.journal.wait(logged)
         return added
 
     def add_weight(
@@ -470,11 +529,24 @@ class ParameterService:
         shape, dtype, _ = shape_and_dtype(shape, dtype, None)
         value = np.empty(shape, dtype)
         Initializer(initializer, shape, 0).fill(value)
+        logged = 0
         with state.lock:
             if name not in state.extra_weights:
                 state.extra_weights[name] = value
                 state.weights.append(WeightRef("weight", name=name))
-            return state.extra_weights[name].copy()
+                logged = self.journal.write(
+                    "weight",
+                    {
+                        "optimizer": optimizer,
+                        "name": name,
+                        "shape": list(shape),
+                        "dtype": dtype.name,
+                        "initializer": initializer,
+                    },
+                )
+            current = state.extra_weights[name].copy()
+        self.journal.wait(logged)
+        return current
 
     # Pushes ---------------------------------------------------------------------
 
@@ -526,6 +598,7 @@ class ParameterService:
         if push_id is not None:
             answer = self.ledger.begin(push_id)
             if answer is not None:
+                self.journal.settle()  # never repeat an answer not yet on disk
                 return answer
         try:
             pairs = self._validate(gradients)
@@ -543,11 +616,17 @@ class ParameterService:
             raise
 
     def reserve_step(
-        self, optimizer: str, variables: Sequence[str], push_id: PushId | None = None
+        self,
+        optimizer: str,
+        variables: Sequence[str],
+        push_id: PushId | None = None,
+        *,
+        step: int | None = None,
     ) -> int:
         """Coordinator of a cluster: take the step of one ``apply_gradients``
         call (its servers then apply with it) and record its variables'
-        ``weights`` order. Exactly once per push id, like a push."""
+        ``weights`` order. Exactly once per push id, like a push. (``step``:
+        the step taken, when the write-ahead log replays this call.)"""
         if self.settings.server_index != 0:
             raise FailedPreconditionError(
                 "steps are reserved at server 0 of the cluster; this is server "
@@ -557,16 +636,27 @@ class ParameterService:
         if push_id is not None:
             answer = self.ledger.begin(push_id)
             if answer is not None:
+                self.journal.settle()
                 return answer.step
         with state.lock:
-            step = state.iterations
+            step = state.iterations if step is None else step
             state.create_iterations()
             state.hypers_created = True
             state.record_call(list(variables))
-            state.iterations = step + 1
+            state.iterations = max(state.iterations, step + 1)
             result = ApplyResult(state.name, step, step + 1)
+            logged = self.journal.write(
+                "reserve",
+                {
+                    "optimizer": state.name,
+                    "variables": list(variables),
+                    "step": step,
+                    "push_id": [push_id.client, push_id.sequence] if push_id else None,
+                },
+            )
             if push_id is not None:
                 self.ledger.complete(push_id, result)
+        self.journal.wait(logged)
         return step
 
     def set_iterations(self, optimizer: str, iterations: int) -> None:
@@ -579,6 +669,10 @@ class ParameterService:
         with state.lock:
             state.create_iterations()
             state.iterations = iterations
+            logged = self.journal.write(
+                "iterations", {"optimizer": optimizer, "iterations": iterations}
+            )
+        self.journal.wait(logged)
 
     def _apply_sync(self, state, pairs, push_id, step, aggregate, names) -> ApplyResult:
         if step is None:
@@ -675,6 +769,10 @@ class ParameterService:
                 for part in self.store.parts(self.variable(name)):
                     part.slots[(state.name, "m")] = np.zeros_like(part.value)
                     part.slots[(state.name, "v")] = np.zeros_like(part.value)
+            header, arrays = journal.push_record(pairs, push_ids, step, call_variables)
+            logged = self.journal.write(
+                "push", {"optimizer": state.name, **header}, arrays
+            )
             scalars = {
                 dtype: state.config.step_scalars(step, dtype)
                 for dtype in {p.record.dtype for p in pairs}
@@ -688,6 +786,7 @@ class ParameterService:
             for push_id in push_ids:
                 if push_id is not None:
                     self.ledger.complete(push_id, result)
+        self.journal.wait(logged)  # acknowledged only once on disk (wal mode)
         return result
 
     # Statistics -------------------------------------------------------------------
@@ -715,6 +814,10 @@ class ParameterService:
                 "--checkpoint-dir)"
             )
         root = Path(root)
+        if self.journal.enabled and root != Path(self.settings.checkpoint_dir):
+            raise FailedPreconditionError(
+                "with --durability wal, checkpoints go to the server's own folder"
+            )
         with self._checkpoint_lock:
             started = time.perf_counter()
             existing = checkpoint.checkpoints(root)
@@ -724,10 +827,20 @@ class ParameterService:
             writer = checkpoint.CheckpointWriter(
                 root, sequence, self.settings.keep_checkpoints
             )
+            segment = [0]
+
+            def snapshot() -> persistence.Metadata:
+                metadata = self._snapshot_metadata()
+                if self.journal.log is not None:
+                    with self.journal.log.lock:
+                        segment[0] = self.journal.rotate()
+                return metadata
+
             try:
                 manifest, nbytes = persistence.write_cut(
-                    self.store, self.optimizers(), self.ledger, writer, progress
+                    self.store, snapshot, writer, progress
                 )
+                manifest["wal_segment"] = segment[0]
                 path = writer.commit(manifest)
             except BaseException as e:
                 writer.abort()
@@ -736,25 +849,60 @@ class ParameterService:
                 raise
             self._checkpoint_sequence = sequence
             info = CheckpointInfo(
-                path, sequence, nbytes, time.perf_counter() - started, time.time()
+                path,
+                sequence,
+                nbytes,
+                time.perf_counter() - started,
+                time.time(),
+                segment[0],
             )
             writer.prune()
+            self.journal.prune(before=segment[0])
             self.metrics.checkpoint_seconds.observe(info.seconds)
             self.last_checkpoint = info
             return info
 
+    def _snapshot_metadata(self) -> persistence.Metadata:
+        """Optimizers and remembered pushes at a cut: every optimizer's lock is
+        held at once (after the shard locks, before the log's) so no change to
+        one lands between the snapshot and the log's rotation."""
+        with self._optimizers_lock:
+            states = sorted(self._optimizers.values(), key=lambda state: state.name)
+            for state in states:
+                state.lock.acquire()
+            try:
+                saved = [
+                    (
+                        state.to_json(),
+                        {k: v.copy() for k, v in state.extra_weights.items()},
+                    )
+                    for state in states
+                ]
+                return saved, self.ledger.snapshot()
+            finally:
+                for state in reversed(states):
+                    state.lock.release()
+
     def restore(self, root: Path | None = None) -> CheckpointInfo | None:
-        """Load the newest checkpoint under ``root`` into this (empty) service.
+        """Load the newest checkpoint under ``root`` into this (empty) service,
+        then (``--durability wal``) replay the write-ahead log after it.
 
         Works with any shard count: saved row ranges are read straight into the
         new placement's arrays. Returns None when there is no checkpoint.
         """
+        if self.store.records() or self.optimizers():
+            raise FailedPreconditionError("restore needs an empty service")
+        info = self._load_checkpoint(root)
+        if self.journal.enabled:
+            since = info.wal_segment if info is not None else 0
+            self.replayed = self.journal.replay(self, since)
+        return info
+
+    def _load_checkpoint(self, root: Path | None) -> CheckpointInfo | None:
         root = root or self.settings.checkpoint_dir
         path = checkpoint.latest(Path(root)) if root is not None else None
         if path is None:
             return None
-        if self.store.records() or self.optimizers():
-            raise FailedPreconditionError("restore needs an empty service")
         started = time.perf_counter()
         reader = checkpoint.CheckpointReader(path)
         manifest = reader.manifest
@@ -772,6 +920,7 @@ class ParameterService:
             nbytes,
             time.perf_counter() - started,
             manifest["created"],
+            manifest.get("wal_segment", 0),
         )
         self.last_checkpoint = info
         return info
@@ -808,6 +957,7 @@ class ParameterService:
         if self._stop_periodic is not None:
             self._stop_periodic.set()
             self._periodic.join()
+        self.journal.close()
         self.store.close()
 
 
@@ -818,6 +968,7 @@ class CheckpointInfo:
     nbytes: int
     seconds: float
     created: float
+    wal_segment: int = 0  # the first log segment after this checkpoint
 
 
 class _ShardTask:

@@ -136,12 +136,16 @@ class ShardedStore:
             return list(self._variables.values())
 
     def add(
-        self, record: VariableRecord, fill: Callable[[np.ndarray, int], None]
+        self,
+        record: VariableRecord,
+        fill: Callable[[np.ndarray, int], None],
+        on_added: Callable[[], None] | None = None,
     ) -> VariableRecord:
         """Create the variable's parts (filled by ``fill(array, lo)``) and register it.
 
         If a variable of that name was registered meanwhile, nothing is created
         and the existing record is returned (the caller checks compatibility).
+        ``on_added()`` runs under the variable's shard locks once it is added.
         """
         arrays = []
         for shard, lo, hi in record.parts:
@@ -157,6 +161,8 @@ class ShardedStore:
                 self._variables[record.name] = record
             for part in arrays:
                 self.shards[part.shard].parts[record.name] = part
+            if on_added is not None:
+                on_added()
         return record
 
     def parts(self, record: VariableRecord) -> list[Part]:

@@ -331,7 +331,8 @@ def test_synchronous_replicas_across_servers(servers, monkeypatch):
     ("args", "message"),
     [
         (["--server-index", "3", "--num-servers", "2"], "must be below --num-servers"),
-        (["--durability", "wal"], "--durability"),
+        (["--durability", "wal"], "--durability wal needs --checkpoint-dir"),
+        (["--durability", "paper"], "--durability"),
         (["--grpc-port", "70000"], "--grpc-port"),
         (["--checkpoint-every", "5"], "needs --checkpoint-dir"),
         (["--shards", "zero"], "--shards"),

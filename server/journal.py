@@ -1,0 +1,188 @@
+"""What each state change writes to the write-ahead log, and how it is replayed.
+
+The service calls ``Journal.write`` inside the locks of the change it makes
+(shard locks, then the optimizer's lock, then the log's), so a checkpoint's cut
+(which holds them all while it rotates the log) sees every change either with
+its record in the old segment, or neither the change nor the record. Replaying
+a record calls the same service method with the values the original call
+ended up with (a push's step, a variable's seed), so the state comes back bit
+for bit. Without ``--durability wal`` the journal writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from adamax_ps.server import wal as wal_files
+from adamax_ps.server.errors import CheckpointError
+from adamax_ps.server.gradients import PreparedGradient
+from adamax_ps.server.pushes import PushId
+
+if TYPE_CHECKING:
+    from adamax_ps.server.service import ParameterService
+
+
+class Journal:
+    """The service's write-ahead log, or nothing (``--durability checkpoint``)."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self.log: wal_files.WriteAheadLog | None = None
+        self.replaying = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.folder is not None
+
+    def replay(self, service: ParameterService, since: int) -> int:
+        """Apply the records of segments ``since`` and up; then append to the
+        newest. Returns how many records were replayed."""
+        count = 0
+        self.replaying = True
+        try:
+            for header, arrays in wal_files.read(self.folder, since):
+                replay(service, header, arrays)
+                count += 1
+        finally:
+            self.replaying = False
+        found = [n for n, _ in wal_files.segments(self.folder)]
+        self.log = wal_files.WriteAheadLog(self.folder, max([*found, since]))
+        return count
+
+    def rotate(self) -> int:
+        """At a checkpoint's cut (log lock held): start a segment; its number."""
+        return self.log.rotate() if self.log is not None else 0
+
+    def prune(self, before: int) -> None:
+        if self.log is not None:
+            self.log.prune(before)
+
+    def write(
+        self, kind: str, header: dict[str, Any], arrays: Sequence[np.ndarray] = ()
+    ) -> int:
+        """Append a record (call under the change's locks); 0 when not logging."""
+        if not self.enabled or self.replaying:
+            return 0
+        if self.log is None:
+            raise CheckpointError(
+                "with --durability wal the service must be restored (its log "
+                "replayed) before it changes"
+            )
+        return self.log.append(kind, header, arrays)
+
+    def wait(self, number: int) -> None:
+        """Block until record ``number`` is on disk (call without locks held)."""
+        if number and self.log is not None:
+            self.log.wait(number)
+
+    def settle(self) -> None:
+        """Wait for everything appended so far (before repeating an answer)."""
+        if self.log is not None:
+            self.log.wait(self.log._appended)
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+
+
+# Records -------------------------------------------------------------------------
+
+
+def push_record(
+    pairs: Sequence[PreparedGradient],
+    push_ids,
+    step: int,
+    call_variables: Sequence[str],
+) -> tuple[dict, list[np.ndarray]]:
+    """A push as applied: prepared gradients (clipped, duplicates summed)."""
+    gradients, arrays = [], []
+    for pair in pairs:
+        if pair.dense is not None:
+            gradients.append({"variable": pair.record.name, "dense": True})
+            arrays.append(pair.dense)
+        else:
+            gradients.append({"variable": pair.record.name, "dense": False})
+            arrays += [pair.rows, pair.summed]
+    header = {
+        "gradients": gradients,
+        "push_ids": [[p.client, p.sequence] for p in push_ids if p is not None],
+        "step": step,
+        "call_variables": list(call_variables),
+    }
+    return header, arrays
+
+
+def replay(service: ParameterService, header: dict, arrays: list[np.ndarray]) -> None:
+    """Apply one record to ``service`` (whose journal is in replay mode)."""
+    kind = header["kind"]
+    if kind == "push":
+        _replay_push(service, header, arrays)
+    elif kind == "variable":
+        service.create_variable(
+            header["name"],
+            shape=header["shape"],
+            dtype=header["dtype"],
+            initial_value=arrays[0] if arrays else None,
+            initializer=header["initializer"],
+            seed=header["seed"],
+            global_shape=header["global_shape"],
+            row_offset=header["row_offset"],
+        )
+    elif kind == "optimizer":
+        service.create_optimizer(header["config"])
+    elif kind == "reserve":
+        push_id = PushId(*header["push_id"]) if header["push_id"] else None
+        service.reserve_step(
+            header["optimizer"], header["variables"], push_id, step=header["step"]
+        )
+    elif kind == "assign":
+        service.assign(
+            header["variable"],
+            arrays[0],
+            optimizer=header["optimizer"],
+            slot=header["slot"],
+        )
+    elif kind == "assign_weight":
+        service.assign_weight(header["optimizer"], header["name"], arrays[0])
+    elif kind == "iterations":
+        service.set_iterations(header["optimizer"], header["iterations"])
+    elif kind == "slot":
+        service.add_slot(
+            header["optimizer"],
+            header["variable"],
+            header["slot"],
+            header["initializer"],
+        )
+    elif kind == "weight":
+        service.add_weight(
+            header["optimizer"],
+            header["name"],
+            tuple(header["shape"]),
+            header["dtype"],
+            header["initializer"],
+        )
+    else:
+        raise CheckpointError(f"unknown write-ahead log record {kind!r}")
+
+
+def _replay_push(service: ParameterService, header: dict, arrays: list) -> None:
+    push_ids = [PushId(c, s) for c, s in header["push_ids"]]
+    if push_ids and all(service.ledger.answered(p) for p in push_ids):
+        return  # already in the checkpoint: never apply twice
+    values = iter(arrays)
+    pairs = []
+    for item in header["gradients"]:
+        record = service.variable(item["variable"])
+        if item["dense"]:
+            pairs.append(PreparedGradient(record, dense=next(values)))
+        else:
+            rows = next(values)
+            pairs.append(PreparedGradient(record, rows=rows, summed=next(values)))
+    state = service.optimizer(header["optimizer"])
+    service._apply_pairs(
+        state, pairs, push_ids, header["step"], False, header["call_variables"]
+    )
