@@ -23,6 +23,7 @@ import uvicorn
 from adamax_ps.proto.malloc import tune_malloc
 from adamax_ps.server import adamax
 from adamax_ps.server.config import ServerConfig
+from adamax_ps.server.errors import CheckpointError
 from adamax_ps.server.grpc_servicer import (
     SERVICE_NAME,
     GrpcServer,
@@ -87,7 +88,10 @@ class ServerProcess:
 
     def start(self) -> None:
         config = self.config
-        restored = self.service.restore() if config.checkpoint_dir else None
+        try:
+            restored = self.service.restore() if config.checkpoint_dir else None
+        except CheckpointError as e:
+            raise SystemExit(f"adamax-ps: cannot restore: {e}") from None
         if self.service.replayed:
             log.info("replayed %d write-ahead log records", self.service.replayed)
         if restored is not None:

@@ -168,3 +168,77 @@ def test_clients_see_a_clear_error_when_the_server_stays_down(tmp_path):
     with pytest.raises(errors.TransportError, match="UNAVAILABLE"):
         push(opt, emb, dense, 0)
     cluster.close()
+
+
+@pytest.mark.parametrize(
+    "damage", ["checkpoint-bytes", "manifest-version", "log-middle"]
+)
+def test_a_damaged_folder_stops_the_server_with_a_clear_error(tmp_path, damage):
+    import json
+    import subprocess
+    import zlib
+
+    from helpers.servers import SCRIPT
+
+    folder = tmp_path / "ps"
+    server = Server(
+        [
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "0",
+            "--durability",
+            "wal",
+            "--checkpoint-dir",
+            str(folder),
+        ],
+        tmp_path / "ps.log",
+    ).start()
+    with connect(server.grpc_address) as cluster:
+        opt, emb, dense = model(cluster)
+        for step in range(5):
+            push(opt, emb, dense, step)
+        cluster.checkpoint()
+        for step in range(5, 10):
+            push(opt, emb, dense, step)
+    server.kill()
+    (checkpoint,) = sorted(folder.glob("ckpt-*"))
+    if damage == "checkpoint-bytes":
+        shard = max(checkpoint.glob("shard-*.bin"), key=lambda p: p.stat().st_size)
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        shard.write_bytes(bytes(data))
+        expected = "fail their checksum"
+    elif damage == "manifest-version":
+        manifest = json.loads((checkpoint / "manifest.json").read_text())
+        manifest["version"] = 7
+        text = json.dumps(manifest).encode()
+        (checkpoint / "manifest.json").write_bytes(text)
+        (checkpoint / "manifest.json.crc32").write_text(f"{zlib.crc32(text)}\n")
+        expected = "format version 7"
+    else:
+        (log,) = sorted((folder / "wal").glob("wal-*.log"))[-1:]
+        data = bytearray(log.read_bytes())
+        data[20] ^= 0xFF
+        log.write_bytes(bytes(data))
+        expected = "the log is corrupt"
+    result = subprocess.run(
+        [
+            SCRIPT,
+            "serve",
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "0",
+            "--durability",
+            "wal",
+            "--checkpoint-dir",
+            str(folder),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "adamax-ps: cannot restore:" in result.stderr and expected in result.stderr
+    assert "Traceback" not in result.stderr
