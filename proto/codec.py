@@ -158,9 +158,36 @@ class DataChunk:
         return False
 
 
-def chunk_parser(message_type):
-    """A deserializer: data-only chunks without a copy, others by protobuf."""
+class Malformed:
+    """What a request that cannot be parsed turns into, so the handler can
+    answer INVALID_ARGUMENT (gRPC itself would answer INTERNAL)."""
 
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+    def HasField(self, name: str) -> bool:  # noqa: N802 - the protobuf method name
+        return False
+
+
+def safe_parser(parse):
+    """``parse`` returning ``Malformed`` instead of raising."""
+
+    def parse_or_flag(raw: bytes):
+        try:
+            return parse(raw)
+        except Exception as e:
+            return Malformed(f"the request is not a valid protobuf message: {e}")
+
+    return parse_or_flag
+
+
+def chunk_parser(message_type):
+    """A deserializer: data-only chunks without a copy, others by protobuf;
+    unparseable ones become ``Malformed``."""
+
+    @safe_parser
     def parse(raw: bytes):
         if raw and raw[0] == _DATA_TAG:
             length, shift, i = 0, 0, 1

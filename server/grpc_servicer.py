@@ -42,6 +42,8 @@ def _domain_errors(method: Callable) -> Callable:
     @functools.wraps(method)
     def wrapper(self, request, context):
         try:
+            if isinstance(request, codec.Malformed):
+                raise codec.CodecError(request.error)
             return method(self, request, context)
         except ParameterServerError as e:
             context.set_trailing_metadata(((ERROR_KEY, type(e).__name__),))
@@ -67,6 +69,8 @@ def _streaming_errors(method: Callable) -> Callable:
     @functools.wraps(method)
     def wrapper(self, request, context):
         try:
+            if isinstance(request, codec.Malformed):
+                raise codec.CodecError(request.error)
             yield from method(self, request, context)
         except ParameterServerError as e:
             context.set_trailing_metadata(((ERROR_KEY, type(e).__name__),))
@@ -189,7 +193,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
 
     @_domain_errors
     def ApplyGradientsStream(self, request_iterator, context):
-        chunks = iter(request_iterator)
+        chunks = _parsed(request_iterator)
         first = next(chunks, None)
         if first is None or not first.HasField("header"):
             raise codec.CodecError("a streamed push starts with its header")
@@ -250,7 +254,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
 
     @_domain_errors
     def Assign(self, request_iterator, context):
-        chunks = iter(request_iterator)
+        chunks = _parsed(request_iterator)
         first = next(chunks, None)
         if first is None or not first.HasField("header"):
             raise codec.CodecError("a streamed assignment starts with its header")
@@ -311,6 +315,14 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             bytes=info.nbytes,
             seconds=info.seconds,
         )
+
+
+def _parsed(chunks):
+    """Stream messages, a malformed one raising ``CodecError``."""
+    for chunk in chunks:
+        if isinstance(chunk, codec.Malformed):
+            raise codec.CodecError(chunk.error)
+        yield chunk
 
 
 def _gradient(variable: str, values: np.ndarray, indices: np.ndarray | None):
@@ -390,8 +402,10 @@ class GrpcServer:
 
 
 class _ChunkParsing:
-    """Registers the generated handlers, with the streamed chunks' bytes parsed
-    without protobuf (``codec.chunk_parser``): one copy fewer per chunk."""
+    """Registers the generated handlers with our deserializers: streamed
+    chunks' bytes parsed without protobuf (``codec.chunk_parser``: one copy
+    fewer per chunk), and a message that does not parse handed to the handler
+    as ``codec.Malformed`` (answered INVALID_ARGUMENT, not INTERNAL)."""
 
     STREAMS: ClassVar[dict] = {
         "ApplyGradientsStream": pb.ApplyChunk,
@@ -405,13 +419,26 @@ class _ChunkParsing:
         """Superseded by ``add_registered_method_handlers`` below."""
 
     def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
-        for name, message in self.STREAMS.items():
-            handler = handlers[name]
-            handlers[name] = grpc.stream_unary_rpc_method_handler(
-                handler.stream_unary,
-                request_deserializer=codec.chunk_parser(message),
-                response_serializer=handler.response_serializer,
+        for name, handler in list(handlers.items()):
+            options = {"response_serializer": handler.response_serializer}
+            if name in self.STREAMS:
+                handlers[name] = grpc.stream_unary_rpc_method_handler(
+                    handler.stream_unary,
+                    request_deserializer=codec.chunk_parser(self.STREAMS[name]),
+                    **options,
+                )
+                continue
+            options["request_deserializer"] = codec.safe_parser(
+                handler.request_deserializer
             )
+            if handler.response_streaming:
+                handlers[name] = grpc.unary_stream_rpc_method_handler(
+                    handler.unary_stream, **options
+                )
+            else:
+                handlers[name] = grpc.unary_unary_rpc_method_handler(
+                    handler.unary_unary, **options
+                )
         generic = grpc.method_handlers_generic_handler(service, handlers)
         self.server.add_generic_rpc_handlers((generic,))
         self.server.add_registered_method_handlers(service, handlers)

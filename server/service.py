@@ -24,6 +24,8 @@ A rejected push leaves every variable, slot and counter bit for bit as it was.
 
 from __future__ import annotations
 
+import math
+import os
 import secrets
 import threading
 import time
@@ -104,6 +106,7 @@ class ServiceSettings:
     server_index: int = 0
     num_servers: int = 1
     durability: str = "checkpoint"  # or "wal": see journal.py
+    max_variable_bytes: int | None = None  # default: the machine's memory
 
 
 class ParameterService:
@@ -172,6 +175,7 @@ class ParameterService:
         check_name("variable", name)
         shape, dtype, initial_value = shape_and_dtype(shape, dtype, initial_value)
         global_shape = check_slice(shape, global_shape, row_offset)
+        self._check_size(f"variable {name!r}", shape, dtype)
         existing = self.store.get(name)
         if existing is not None:
             return self._attach(existing, shape, dtype), False
@@ -219,11 +223,27 @@ class ParameterService:
             initial = [initial_value] if initial_value is not None else []
             logged[0] = self.journal.write("variable", header, initial)
 
-        stored = self.store.add(record, fill, log)
+        try:
+            stored = self.store.add(record, fill, log)
+        except (MemoryError, ValueError) as e:
+            raise InvalidArgumentError(
+                f"variable {name!r} of shape {shape} ({dtype}) cannot be allocated: {e}"
+            ) from None
         if stored is not record:
             return self._attach(stored, shape, dtype), False
         self.journal.wait(logged[0])
         return record, True
+
+    def _check_size(self, what: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        """Refuse what could never fit: memory is overcommitted, so a huge array
+        would be granted, then kill the server while it is filled."""
+        limit = self.settings.max_variable_bytes or physical_memory()
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes > limit:
+            raise InvalidArgumentError(
+                f"{what} of shape {shape} ({dtype}) needs {nbytes} bytes, more than "
+                f"this server can hold ({limit} bytes)"
+            )
 
     @staticmethod
     def _attach(record: VariableRecord, shape: tuple[int, ...], dtype: np.dtype):
@@ -527,7 +547,13 @@ class ParameterService:
         check_name("weight", name)
         state = self.optimizer(optimizer)
         shape, dtype, _ = shape_and_dtype(shape, dtype, None)
-        value = np.empty(shape, dtype)
+        self._check_size(f"weight {name!r}", shape, dtype)
+        try:
+            value = np.empty(shape, dtype)
+        except (MemoryError, ValueError) as e:
+            raise InvalidArgumentError(
+                f"weight {name!r} of shape {shape} cannot be allocated: {e}"
+            ) from None
         Initializer(initializer, shape, 0).fill(value)
         logged = 0
         with state.lock:
@@ -577,6 +603,10 @@ class ParameterService:
         the optimizer's clipping is not applied again.
         """
         started = time.perf_counter()
+        if step is not None and (not isinstance(step, int) or step < 0):
+            raise InvalidArgumentError(
+                f"a step is a non-negative integer. Received: {step}"
+            )
         try:
             result = self._apply(
                 optimizer, gradients, push_id, step, aggregate, call_variables, clipped
@@ -969,6 +999,11 @@ class CheckpointInfo:
     seconds: float
     created: float
     wal_segment: int = 0  # the first log segment after this checkpoint
+
+
+def physical_memory() -> int:
+    """The machine's memory in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class _ShardTask:

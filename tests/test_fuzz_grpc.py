@@ -1,0 +1,383 @@
+"""Hostile gRPC input: random bytes into every RPC, truncated and mutated valid
+messages, and well-formed requests carrying bad tensors. Never a crash or a
+hang, never INTERNAL; a refused request leaves the state bit for bit as it was."""
+
+from __future__ import annotations
+
+import hashlib
+
+import grpc
+import numpy as np
+import pytest
+from helpers.servers import Server
+
+from adamax_ps.client import Adamax, IndexedSlices, connect
+from adamax_ps.proto import codec
+from adamax_ps.proto.v1 import parameter_server_pb2 as pb
+
+SERVICE = "/adamax_ps.v1.ParameterServer/"
+UNARY = [
+    "GetServerInfo",
+    "CreateVariables",
+    "ListVariables",
+    "CreateOptimizer",
+    "GetOptimizer",
+    "ReserveStep",
+    "ApplyGradients",
+    "SetIterations",
+    "AddSlot",
+    "AddWeight",
+    "Checkpoint",
+]
+CLIENT_STREAMS = ["ApplyGradientsStream", "Assign"]
+SERVER_STREAMS = ["Read"]
+REFUSALS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.OUT_OF_RANGE,
+}
+F32 = np.float32
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fuzz")
+    server = Server(
+        [
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "0",
+            "--shards",
+            "2",
+            "--max-request-bytes",
+            str(4 << 20),
+        ],
+        folder / "server.log",
+    ).start()
+    with connect(server.grpc_address) as cluster:
+        opt = Adamax(cluster=cluster)
+        emb = cluster.variable("emb", shape=(50, 4), initializer="glorot_uniform")
+        w = cluster.variable("w", shape=(6,), dtype="float64", initializer="ones")
+        opt.apply_gradients(
+            [(IndexedSlices(np.ones((3, 4), F32), [1, 1, 7]), emb), (np.ones(6), w)]
+        )
+    yield server
+    assert server.process.poll() is None, "the server died during the fuzz run"
+    server.kill()
+
+
+@pytest.fixture(scope="module")
+def channel(server):
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    yield channel
+    channel.close()
+
+
+def fingerprint(channel) -> str:
+    """Everything a push or a creation could change, hashed."""
+    digest = hashlib.sha256()
+    read = channel.unary_stream(
+        SERVICE + "Read",
+        request_serializer=pb.ReadRequest.SerializeToString,
+        response_deserializer=pb.TensorChunk.FromString,
+    )
+    listing = channel.unary_unary(
+        SERVICE + "ListVariables",
+        request_serializer=pb.ListVariablesRequest.SerializeToString,
+        response_deserializer=pb.ListVariablesResponse.FromString,
+    )
+    optimizer = channel.unary_unary(
+        SERVICE + "GetOptimizer",
+        request_serializer=pb.OptimizerRequest.SerializeToString,
+        response_deserializer=pb.OptimizerState.FromString,
+    )
+    for variable in listing(pb.ListVariablesRequest(), timeout=10).variables:
+        digest.update(variable.SerializeToString())
+        for slot in ("", "m", "v"):
+            request = pb.ReadRequest(
+                variable=variable.name, optimizer="Adamax" if slot else "", slot=slot
+            )
+            try:
+                for chunk in read(request, timeout=10):
+                    digest.update(chunk.SerializeToString())
+            except grpc.RpcError as e:
+                digest.update(str(e.code()).encode())
+    state = optimizer(pb.OptimizerRequest(optimizer="Adamax"), timeout=10)
+    digest.update(state.SerializeToString())
+    return digest.hexdigest()
+
+
+def call(channel, method: str, payload):
+    """Send raw bytes (or a list of raw messages for a stream); the status code
+    (OK included) and the details."""
+    try:
+        if method in UNARY:
+            channel.unary_unary(SERVICE + method)(payload, timeout=15)
+        elif method in CLIENT_STREAMS:
+            channel.stream_unary(SERVICE + method)(iter(payload), timeout=15)
+        else:
+            list(channel.unary_stream(SERVICE + method)(payload, timeout=15))
+        return grpc.StatusCode.OK, ""
+    except grpc.RpcError as e:
+        return e.code(), e.details()
+
+
+def check(channel, method, payload, before: str) -> str:
+    code, details = call(channel, method, payload)
+    assert code not in (
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNAVAILABLE,
+    ), (method, code, details)
+    after = fingerprint(channel)
+    if code != grpc.StatusCode.OK:
+        assert code in REFUSALS, (method, code, details)
+        assert details, (method, code)
+        assert after == before, f"{method} was refused ({code}) but changed the state"
+    return after
+
+
+def test_random_bytes_into_every_rpc(server, channel):
+    rng = np.random.default_rng(1)
+    before = fingerprint(channel)
+    for method in UNARY + CLIENT_STREAMS + SERVER_STREAMS:
+        for _ in range(25):
+            size = int(rng.choice([0, 1, 7, 64, 1000]))
+            raw = rng.bytes(size)
+            payload = (
+                [raw, rng.bytes(int(rng.integers(0, 100)))]
+                if (method in CLIENT_STREAMS)
+                else raw
+            )
+            before = check(channel, method, payload, before)
+
+
+def valid_messages() -> dict[str, bytes]:
+    view = pb.ClusterView(server_index=0, num_servers=1)
+    g = codec.encode(np.ones(6))
+    return {
+        "ApplyGradients": pb.ApplyRequest(
+            view=view,
+            optimizer="Adamax",
+            push_id=pb.PushId(client="fz", sequence=1),
+            gradients=[
+                pb.Gradient(
+                    variable="emb",
+                    values=codec.encode(np.ones((2, 4), F32)),
+                    indices=codec.encode(np.array([3, 9])),
+                ),
+                pb.Gradient(variable="w", values=g),
+            ],
+        ).SerializeToString(),
+        "CreateVariables": pb.CreateVariablesRequest(
+            view=view,
+            variables=[
+                pb.VariableSpec(
+                    name="new",
+                    global_shape=[3, 2],
+                    dtype=pb.FLOAT32,
+                    rows=3,
+                    initializer_json='"glorot_uniform"',
+                )
+            ],
+        ).SerializeToString(),
+        "SetIterations": pb.SetIterationsRequest(
+            view=view, optimizer="Adamax", iterations=1
+        ).SerializeToString(),
+        "Read": pb.ReadRequest(
+            variable="emb", rows=codec.encode(np.array([1, 2]))
+        ).SerializeToString(),
+    }
+
+
+def test_truncated_and_mutated_messages(server, channel):
+    rng = np.random.default_rng(2)
+    before = fingerprint(channel)
+    for method, message in valid_messages().items():
+        for _ in range(40):
+            data = bytearray(message)
+            if rng.random() < 0.5:
+                data = data[: int(rng.integers(0, len(data)))]
+            else:
+                for _ in range(int(rng.integers(1, 4))):
+                    data[int(rng.integers(0, len(data)))] ^= int(rng.integers(1, 256))
+            before = check(channel, method, bytes(data), before)
+
+
+def hostile_pushes() -> list[tuple[str, object]]:
+    view = pb.ClusterView(server_index=0, num_servers=1)
+
+    def apply(*gradients, **fields):
+        return pb.ApplyRequest(
+            view=view, optimizer="Adamax", gradients=list(gradients), **fields
+        ).SerializeToString()
+
+    def sparse(indices, values, variable="emb"):
+        return pb.Gradient(
+            variable=variable,
+            values=codec.encode(values),
+            indices=codec.encode(indices),
+        )
+
+    ones = np.ones((1, 4), F32)
+    huge_header = pb.Tensor(shape=[1 << 40, 1 << 20], dtype=pb.FLOAT32)
+    lying = pb.ApplyChunk(
+        header=pb.ApplyRequest(
+            view=view,
+            optimizer="Adamax",
+            gradients=[
+                pb.Gradient(variable="w", values=pb.Tensor(shape=[6], dtype=pb.FLOAT64))
+            ],
+        )
+    )
+    return [
+        (
+            "ApplyGradients",
+            apply(pb.Gradient(variable="w", values=codec.encode(np.ones(6, F32)))),
+        ),
+        (
+            "ApplyGradients",
+            apply(pb.Gradient(variable="w", values=codec.encode(np.ones(5)))),
+        ),
+        (
+            "ApplyGradients",
+            apply(
+                pb.Gradient(
+                    variable="w", values=codec.encode(np.array([1, np.nan, 1, 1, 1, 1]))
+                )
+            ),
+        ),
+        (
+            "ApplyGradients",
+            apply(
+                pb.Gradient(
+                    variable="w", values=codec.encode(np.array([np.inf, 1, 1, 1, 1, 1]))
+                )
+            ),
+        ),
+        ("ApplyGradients", apply(sparse(np.array([-1]), ones))),
+        ("ApplyGradients", apply(sparse(np.array([50]), ones))),
+        ("ApplyGradients", apply(sparse(np.array([1 << 62]), ones))),
+        ("ApplyGradients", apply(sparse(np.array([1.5]), ones))),
+        ("ApplyGradients", apply(sparse(np.array([1, 2]), ones))),
+        (
+            "ApplyGradients",
+            apply(
+                pb.Gradient(
+                    variable="w",
+                    values=pb.Tensor(shape=[6], dtype=pb.FLOAT64, data=b"short"),
+                )
+            ),
+        ),
+        ("ApplyGradients", apply(pb.Gradient(variable="w", values=huge_header))),
+        (
+            "ApplyGradients",
+            apply(
+                pb.Gradient(
+                    variable="w", values=pb.Tensor(shape=[-6], dtype=pb.FLOAT64)
+                )
+            ),
+        ),
+        (
+            "ApplyGradients",
+            apply(pb.Gradient(variable="w", values=codec.encode(np.ones(6))), step=-5),
+        ),
+        (
+            "ApplyGradientsStream",
+            [
+                pb.ApplyChunk(
+                    header=pb.ApplyRequest(
+                        view=view,
+                        optimizer="Adamax",
+                        gradients=[pb.Gradient(variable="w", values=huge_header)],
+                    )
+                ).SerializeToString(),
+                b"\x12\x03abc",
+            ],
+        ),
+        ("ApplyGradientsStream", [lying.SerializeToString(), b"\x12\x04abcd"]),
+        (
+            "ApplyGradientsStream",
+            [lying.SerializeToString(), codec.data_chunk(np.ones(7).tobytes())],
+        ),
+        ("ApplyGradientsStream", [codec.data_chunk(b"no header first")]),
+        (
+            "Assign",
+            [
+                pb.AssignChunk(
+                    header=pb.AssignRequest(
+                        view=view,
+                        variable="w",
+                        value=pb.Tensor(shape=[7], dtype=pb.FLOAT64),
+                    )
+                ).SerializeToString(),
+                codec.data_chunk(np.ones(7).tobytes()),
+            ],
+        ),
+        (
+            "Read",
+            pb.ReadRequest(
+                variable="emb", rows=codec.encode(np.array([99]))
+            ).SerializeToString(),
+        ),
+        (
+            "CreateVariables",
+            pb.CreateVariablesRequest(
+                view=view,
+                variables=[
+                    pb.VariableSpec(
+                        name="big",
+                        global_shape=[1 << 40, 1 << 20],
+                        dtype=pb.FLOAT64,
+                        rows=1 << 40,
+                    )
+                ],
+            ).SerializeToString(),
+        ),
+        (
+            "CreateVariables",
+            pb.CreateVariablesRequest(
+                view=view,
+                variables=[
+                    pb.VariableSpec(name="x", global_shape=[4], dtype=pb.INT32, rows=4)
+                ],
+            ).SerializeToString(),
+        ),
+        (
+            "CreateOptimizer",
+            pb.CreateOptimizerRequest(
+                view=view, config_json='{"learning_rate": "fast"}'
+            ).SerializeToString(),
+        ),
+        (
+            "CreateOptimizer",
+            pb.CreateOptimizerRequest(
+                view=view, config_json="[1, 2"
+            ).SerializeToString(),
+        ),
+        (
+            "AddWeight",
+            pb.AddWeightRequest(
+                view=view,
+                optimizer="Adamax",
+                name="huge",
+                shape=[1 << 40],
+                dtype=pb.FLOAT64,
+            ).SerializeToString(),
+        ),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(hostile_pushes())))
+def test_hostile_but_well_formed_requests_are_refused(server, channel, index):
+    method, payload = hostile_pushes()[index]
+    before = fingerprint(channel)
+    code, details = call(channel, method, payload)
+    assert code in REFUSALS, (method, code, details)
+    assert details
+    assert fingerprint(channel) == before
