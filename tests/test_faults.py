@@ -242,3 +242,26 @@ def test_a_damaged_folder_stops_the_server_with_a_clear_error(tmp_path, damage):
     assert result.returncode != 0
     assert "adamax-ps: cannot restore:" in result.stderr and expected in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_lost_answers_are_retried_and_every_push_applies_once(tmp_path):
+    """A third of the answers are lost on the way back; the client retries with
+    the same push ids; the server answers from memory, never applying twice."""
+    from helpers.proxy import LossyProxy
+
+    server = Server(
+        ["--grpc-port", "0", "--http-port", "0"], tmp_path / "ps.log"
+    ).start()
+    proxy = LossyProxy(("127.0.0.1", server.grpc_port), drop=0.3, seed=4)
+    try:
+        with connect(f"grpc://127.0.0.1:{proxy.port}", retry=PATIENT) as cluster:
+            opt, emb, dense = model(cluster)
+            for step in range(40):
+                push(opt, emb, dense, step)
+        assert proxy.cut >= 5, "the proxy lost too few answers to test anything"
+        after = state(server.grpc_address)
+    finally:
+        proxy.close()
+        server.kill()
+    assert after[3] == 40
+    assert_same(after, reference(tmp_path, 40))
