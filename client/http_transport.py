@@ -99,6 +99,7 @@ class HttpTransport:
                 delay = next(delays, None)
                 if delay is None:
                     raise errors.TransportError(f"{self.address}: {e}") from None
+                self.retry.retrying(self.address, type(e).__name__)
                 time.sleep(delay)
                 continue
             except httpx.TimeoutException as e:
@@ -106,6 +107,7 @@ class HttpTransport:
             if response.status_code == 503:
                 delay = next(delays, None)
                 if delay is not None:
+                    self.retry.retrying(self.address, "503")
                     time.sleep(delay)
                     continue
             if response.status_code >= 400:

@@ -32,12 +32,21 @@ View = tuple[int, int]  # (server index, number of servers)
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounded retries with exponential backoff for unreachable servers."""
+    """Bounded retries with exponential backoff for unreachable servers.
+
+    ``on_retry(address, reason)``, if given, is called before each retry (to
+    log or count them).
+    """
 
     attempts: int = 8
     initial_backoff: float = 0.05
     max_backoff: float = 2.0
     multiplier: float = 2.0
+    on_retry: Callable[[str, str], None] | None = None
+
+    def retrying(self, address: str, reason: str) -> None:
+        if self.on_retry is not None:
+            self.on_retry(address, reason)
 
     def delays(self) -> Iterator[float]:
         delay = self.initial_backoff
@@ -238,6 +247,7 @@ class GrpcTransport:
                 ):
                     delay = next(delays, None)
                     if delay is not None:
+                        self.retry.retrying(self.address, code.name)
                         time.sleep(delay)
                         continue
                 raise self._error(e) from None

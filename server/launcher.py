@@ -32,13 +32,19 @@ class LocalServer:
         *,
         host: str = "127.0.0.1",
         on_line: Callable[[str], None] | None = None,
+        prefix: Sequence[str] = (),
+        reach: str | None = None,
     ) -> None:
         """``log``: a file for the server's stderr; without one, ``on_line``
-        receives every line the server prints, stdout and stderr alike."""
+        receives every line the server prints, stdout and stderr alike.
+        ``prefix`` goes before the command (``ip netns exec NS``); ``reach`` is
+        the host clients use when it is not ``host`` (a server on 0.0.0.0)."""
         self.args = list(args)
         self.log = log
         self.host = host
         self.on_line = on_line
+        self.prefix = list(prefix)
+        self.reach = reach or host
         self.process: subprocess.Popen | None = None
         self.grpc_port = 0
         self.http_port = 0
@@ -46,11 +52,11 @@ class LocalServer:
 
     @property
     def grpc_address(self) -> str:
-        return f"grpc://{self.host}:{self.grpc_port}"
+        return f"grpc://{self.reach}:{self.grpc_port}"
 
     @property
     def http_address(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
+        return f"http://{self.reach}:{self.http_port}"
 
     def start(self, env: dict[str, str] | None = None) -> LocalServer:
         """Start and wait until it serves (``RuntimeError`` if it cannot)."""
@@ -62,6 +68,7 @@ class LocalServer:
         else:
             stderr = None
         command = [
+            *self.prefix,
             sys.executable,
             "-m",
             "adamax_ps.server.cli",
