@@ -257,11 +257,18 @@ def test_deploy_passes_yamllint():
 # --------------------------------------------------------------------- compose
 
 
-def test_compose_file_validates(tmp_path):
+def compose_config(tmp_path: Path) -> list[str]:
     require("docker-compose")
-    command = ["docker-compose", "--project-directory", str(tmp_path), "-f"]
-    run([*command, str(COMPOSE), "config", "-q"])
-    # A control: a misspelt key is refused.
+    return ["docker-compose", "--project-directory", str(tmp_path), "-f"]
+
+
+def test_compose_file_validates(tmp_path):
+    run([*compose_config(tmp_path), str(COMPOSE), "config", "-q"])
+
+
+def test_compose_validation_rejects_a_misspelt_key(tmp_path):
+    """A control: the validator would catch a misspelt key."""
+    command = compose_config(tmp_path)
     broken = tmp_path / "broken.yml"
     broken.write_text(COMPOSE.read_text().replace("depends_on:", "depends_onn:"))
     result = subprocess.run(
@@ -342,12 +349,12 @@ def start_server(podman, image, name, volume, token, *extra) -> tuple[int, int]:
         env=podman,
     )
     try:
-        containers.wait_ready([f"http://127.0.0.1:{http_port}/readyz"])
-    except TimeoutError as e:
-        logs = subprocess.run(
-            ["podman", "logs", name], env=podman, capture_output=True, text=True
+        containers.wait_ready(
+            [f"http://127.0.0.1:{http_port}/readyz"],
+            alive=containers.running([name], podman),
         )
-        raise AssertionError(f"{e}\n{logs.stdout}{logs.stderr}") from None
+    except (TimeoutError, RuntimeError) as e:
+        raise AssertionError(f"{e}\n{containers.logs(name, podman)}") from None
     return grpc_port, http_port
 
 
@@ -355,8 +362,7 @@ def stop(podman, name) -> tuple[int, str]:
     """SIGTERM (the image's stop signal), then the exit code and the logs."""
     run(["podman", "stop", "--time", "60", name], env=podman, timeout=120)
     state = containers.inspect(name, podman)["State"]
-    logs = run(["podman", "logs", name], env=podman)
-    return state["ExitCode"], logs.stdout + logs.stderr
+    return state["ExitCode"], containers.logs(name, podman)
 
 
 @pytest.mark.slow
@@ -375,6 +381,23 @@ def test_image_serves_pushes_and_checkpoints_on_sigterm(podman, image):
             "10001\n"
         )
         run(["podman", "healthcheck", "run", names[0]], env=podman)  # the HEALTHCHECK
+        # The kernels compiled at build time load from the cache, as this user.
+        debug = run(
+            [
+                "podman",
+                "run",
+                "--rm",
+                "--env",
+                "NUMBA_DEBUG_CACHE=1",
+                "--entrypoint",
+                "python",
+                image,
+                "-c",
+                "import adamax_ps.server.kernels",
+            ],
+            env=podman,
+        ).stdout
+        assert "[cache] data loaded" in debug and "[cache] data saved" not in debug
         with connect(f"grpc://127.0.0.1:{grpc_port}", token=token) as cluster:
             w = cluster.variable("w", initial_value=np.ones((4, 2), np.float32))
             opt = Adamax(learning_rate=0.1, cluster=cluster)
@@ -417,6 +440,24 @@ def test_image_serves_pushes_and_checkpoints_on_sigterm(podman, image):
         )
 
 
+def compose_container(project: str, service: str, env: dict[str, str]) -> str:
+    """The id of a compose service's one container."""
+    (container,) = run(
+        [
+            "podman",
+            "ps",
+            "--all",
+            "--quiet",
+            "--filter",
+            f"label=io.podman.compose.project={project}",
+            "--filter",
+            f"label=com.docker.compose.service={service}",
+        ],
+        env=env,
+    ).stdout.split()
+    return container
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_compose_brings_up_two_servers_and_trains_the_demo(podman, image):
@@ -434,35 +475,31 @@ def test_compose_brings_up_two_servers_and_trains_the_demo(podman, image):
     compose = [tool("podman-compose"), "-p", project, "-f", str(COMPOSE)]
     try:
         run([*compose, "up", "-d", "ps-0", "ps-1"], env=env, timeout=300)
-        containers.wait_ready(
-            f"http://127.0.0.1:{ports[p]}/readyz"
-            for p in ("PS0_HTTP_PORT", "PS1_HTTP_PORT")
-        )
+        servers = [compose_container(project, name, env) for name in ("ps-0", "ps-1")]
+        try:
+            containers.wait_ready(
+                (
+                    f"http://127.0.0.1:{ports[p]}/readyz"
+                    for p in ("PS0_HTTP_PORT", "PS1_HTTP_PORT")
+                ),
+                alive=containers.running(servers, env),
+            )
+        except (TimeoutError, RuntimeError) as e:
+            logs = "\n".join(containers.logs(c, env) for c in servers)
+            raise AssertionError(f"{e}\n{logs}") from None
+
         # The workers as the compose file runs them, to completion.
         demo = run(
             [*compose, "run", "--rm", "--no-deps", "workers"], env=env, timeout=900
         )
         assert "held-out MSE" in demo.stdout, demo.stdout[-2000:]
 
+        # SIGTERM: each server drains and writes its final checkpoint.
         run([*compose, "stop", "ps-0", "ps-1"], env=env, timeout=300)
-        for name in ("ps-0", "ps-1"):
-            (container,) = run(
-                [
-                    "podman",
-                    "ps",
-                    "--all",
-                    "--quiet",
-                    "--filter",
-                    f"label=io.podman.compose.project={project}",
-                    "--filter",
-                    f"label=com.docker.compose.service={name}",
-                ],
-                env=env,
-            ).stdout.split()
-            state = containers.inspect(container, env)["State"]
-            logs = run(["podman", "logs", container], env=env)
-            assert state["ExitCode"] == 0, logs.stdout + logs.stderr
-            assert "adamax-ps final checkpoint" in logs.stdout
+        for container in servers:
+            logs = containers.logs(container, env)
+            assert containers.inspect(container, env)["State"]["ExitCode"] == 0, logs
+            assert "adamax-ps final checkpoint" in logs
     finally:
         subprocess.run(
             [*compose, "down", "--volumes", "--timeout", "10"],

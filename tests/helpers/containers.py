@@ -20,7 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -192,15 +192,36 @@ def ensure_base_image(env: dict[str, str]) -> float:
     return time.monotonic() - started
 
 
+def make_wheelhouse() -> None:
+    """``WHEELHOUSE`` holds exactly this tree's wheels and its dependencies'.
+
+    Unchanged wheels keep their files (and times), and the project's wheel is
+    made with fixed timestamps, so the build's layer cache holds while
+    nothing changed.
+    """
+    WHEELHOUSE.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=WHEELHOUSE.parent) as tmp:
+        run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "-w", tmp, str(ROOT)],
+            env={**os.environ, "SOURCE_DATE_EPOCH": "315532800"},
+            timeout=900,
+        )
+        WHEELHOUSE.mkdir(exist_ok=True)
+        fresh = {path.name: path for path in Path(tmp).iterdir()}
+        for old in WHEELHOUSE.iterdir():
+            if old.name not in fresh:
+                old.unlink()
+        for name, path in fresh.items():
+            kept = WHEELHOUSE / name
+            if not (kept.is_file() and kept.read_bytes() == path.read_bytes()):
+                path.replace(kept)
+
+
 def build_image(env: dict[str, str], tag: str = IMAGE) -> dict[str, float]:
     """The wheelhouse on the host, then the real Dockerfile; seconds per part."""
     times = {"base": ensure_base_image(env)}
     started = time.monotonic()
-    shutil.rmtree(WHEELHOUSE, ignore_errors=True)  # exactly this tree's wheels
-    run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(WHEELHOUSE), str(ROOT)],
-        timeout=900,
-    )
+    make_wheelhouse()
     times["wheelhouse"] = time.monotonic() - started
     started = time.monotonic()
     run(
@@ -230,11 +251,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_ready(urls: Iterable[str], timeout: float = 120) -> None:
-    """Poll each ``/readyz`` until it answers 200: bounded by count and time."""
+def wait_ready(
+    urls: Iterable[str],
+    timeout: float = 120,
+    alive: Callable[[], bool] | None = None,
+) -> None:
+    """Poll each ``/readyz`` until it answers 200, bounded in time; stop early
+    (``RuntimeError``) once ``alive`` says the servers have exited."""
     pending = list(urls)
     deadline = time.monotonic() + timeout
     while pending:
+        if alive is not None and not alive():
+            raise RuntimeError(f"exited before {pending[0]} was ready")
         url = pending[0]
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
@@ -251,3 +279,16 @@ def wait_ready(urls: Iterable[str], timeout: float = 120) -> None:
 def inspect(name: str, env: dict[str, str], kind: str = "container") -> dict:
     (info,) = json.loads(run(["podman", kind, "inspect", name], env=env).stdout)
     return info
+
+
+def running(names: Iterable[str], env: dict[str, str]) -> Callable[[], bool]:
+    """True while every named container runs."""
+    names = list(names)
+    return lambda: all(inspect(name, env)["State"]["Running"] for name in names)
+
+
+def logs(name: str, env: dict[str, str]) -> str:
+    result = subprocess.run(
+        ["podman", "logs", name], env=env, capture_output=True, text=True, timeout=60
+    )
+    return result.stdout + result.stderr
