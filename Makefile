@@ -37,10 +37,17 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/adamax-ps demo
 
+# The peers (TensorFlow, tf_keras, Keras 3, torch) and matplotlib come from the
+# bench extra, which nothing else needs; report.py writes latest.* and the plots.
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/kernels.py --update-readme
 	$(BIN)/python bench/service.py --update-readme
 	$(BIN)/python bench/transport.py --update-readme
+	$(BIN)/python bench/peers.py
+	$(BIN)/python bench/training.py
+	$(BIN)/python bench/scaling.py
+	$(BIN)/python bench/report.py --update-readme
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,472 @@
+"""Scaling of adamax-ps on one machine: workers, tensor size, shards, servers.
+
+Real ``adamax-ps serve`` processes on loopback, pushed to by worker processes
+using the client (``Adamax.apply_gradients``, as training code does). Every
+cluster configuration is started once and kept; the measurements then run in
+rounds, each round visiting every point, so the machine's drift hits every
+point alike. Each point: pushes per second and p50/p99 latency over all
+workers' pushes, median of the rounds with the spread:
+
+- concurrent worker processes 1, 2, 4, 8, 16 against one server (default
+  shards): 8192-row Zipf sparse pushes into a 1,000,000 x 64 table and dense
+  pushes of 1M float32 (4 MB);
+- tensor size: dense pushes of 4 KB to 64 MB, 1 and 4 workers;
+- shards per server (``--shards`` 1, 2, 4) and servers (1, 2, 3; large
+  variables split by rows over them), 4 workers, sparse and dense 64 MB;
+- memory per parameter: the servers' resident bytes over the 12 bytes of
+  float32 state (value, ``m``, ``v``) per parameter they hold;
+- checkpoint write and restore speed against a plain file write and read of
+  the same size, and resident memory of the service, with bench/service.py's
+  functions.
+
+Usage: ``python bench/scaling.py [--json] [--quick] [--results DIR]``; writes
+``bench/results/scaling.md`` and ``scaling.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from measure import Child, machine, percentile, serve_commands, spread, versions
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TABLE = ("embedding", (1_000_000, 64))
+SPARSE_ROWS = 8192
+STATE_BYTES = 12  # float32 value, m and v per parameter
+
+
+@dataclass(frozen=True)
+class Push:
+    """What one worker pushes: dense ``size`` floats, or 8192 sparse rows."""
+
+    kind: str  # "dense" | "sparse"
+    size: int = 0
+
+    @property
+    def variable(self) -> str:
+        return TABLE[0] if self.kind == "sparse" else f"dense-{self.size}"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return TABLE[1] if self.kind == "sparse" else (self.size,)
+
+    @property
+    def payload(self) -> int:
+        """Bytes of gradient a push carries (sparse: rows before summing, + ids)."""
+        if self.kind == "sparse":
+            return SPARSE_ROWS * (TABLE[1][1] * 4 + 8)
+        return self.size * 4
+
+    @property
+    def label(self) -> str:
+        if self.kind == "sparse":
+            return f"sparse {SPARSE_ROWS} x {TABLE[1][1]} rows"
+        return f"dense {size_text(self.size * 4)}"
+
+
+def size_text(nbytes: int) -> str:
+    for unit, scale in (("MB", 1 << 20), ("KB", 1 << 10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:g} {unit}"
+    return f"{nbytes} B"
+
+
+# Worker processes. -----------------------------------------------------------------
+
+
+def worker_process(index: int) -> None:
+    from adamax_ps.client import Adamax, IndexedSlices, connect
+
+    clusters: dict[str, tuple] = {}
+    gradients: dict[tuple[str, int], object] = {}
+    current: list = []
+    rng = np.random.default_rng(index)
+
+    def gradient(push: Push):
+        key = (push.kind, push.size)
+        if key not in gradients:
+            if push.kind == "sparse":
+                rows, width = TABLE[1]
+                ranks = rng.zipf(1.2, size=SPARSE_ROWS * 4)
+                ranks = ranks[ranks <= rows][:SPARSE_ROWS] - 1
+                ids = rng.permutation(rows)[ranks].astype(np.int64)
+                values = rng.normal(0, 0.01, (SPARSE_ROWS, width)).astype(np.float32)
+                gradients[key] = IndexedSlices(values, ids, TABLE[1])
+            else:
+                gradients[key] = rng.normal(0, 0.01, push.size).astype(np.float32)
+        return gradients[key]
+
+    def prepare(addresses: str, kind: str, size: int) -> dict:
+        """Connect, attach and build the gradient: nothing of it is timed."""
+        if addresses not in clusters:
+            cluster = connect(addresses)
+            clusters[addresses] = (cluster, Adamax(cluster=cluster))
+        cluster, optimizer = clusters[addresses]
+        push = Push(kind, size)
+        variable = cluster.variable(push.variable, shape=push.shape)
+        current[:] = [optimizer, variable, gradient(push)]
+        return {"prepared": push.label}
+
+    def run(start: float, seconds: float) -> dict:
+        optimizer, variable, g = current
+        while time.monotonic() < start:  # every worker starts at the same instant
+            time.sleep(min(0.01, max(0.0, start - time.monotonic())))
+        stop = start + seconds
+        latencies = []
+        began = time.perf_counter()
+        while not latencies or time.monotonic() < stop:
+            t0 = time.perf_counter()
+            optimizer.apply_gradients([(g, variable)])
+            latencies.append(time.perf_counter() - t0)
+        return {"latencies": latencies, "elapsed": time.perf_counter() - began}
+
+    serve_commands({"prepare": prepare, "run": run})
+
+
+class Workers:
+    def __init__(self, count: int, folder: Path) -> None:
+        self.children = [
+            Child(__file__, "--worker", str(k), log=folder / f"worker-{k}.log")
+            for k in range(count)
+        ]
+        for child in self.children:
+            child.receive()
+
+    def measure(self, addresses: str, push: Push, count: int, seconds: float):
+        """``count`` workers push at once for ``seconds``: pushes/s, latencies."""
+        chosen = self.children[:count]
+        for child in chosen:
+            child.send("prepare", addresses=addresses, kind=push.kind, size=push.size)
+        for child in chosen:
+            child.receive()
+        start = time.monotonic() + 0.05
+        for child in chosen:
+            child.send("run", start=start, seconds=seconds)
+        replies = [child.receive() for child in chosen]
+        latencies = sorted(x for r in replies for x in r["latencies"])
+        rate = sum(len(r["latencies"]) / r["elapsed"] for r in replies)
+        return {
+            "pushes_per_s": rate,
+            "bytes_per_s": rate * push.payload,
+            "p50_ms": percentile(latencies, 0.50) * 1e3,
+            "p99_ms": percentile(latencies, 0.99) * 1e3,
+        }
+
+    def close(self) -> None:
+        for child in self.children:
+            child.close()
+
+
+# Clusters. ----------------------------------------------------------------------
+
+
+class Cluster:
+    """``servers`` adamax-ps processes with ``shards`` each, holding the variables
+    of ``pushes`` (each pushed once, so its slots exist)."""
+
+    def __init__(self, folder: Path, servers: int, shards: int, pushes) -> None:
+        from adamax_ps.client import Adamax, connect
+        from adamax_ps.server.launcher import addresses, start_cluster
+
+        folder.mkdir(parents=True)
+        self.processes = start_cluster(
+            servers, folder, "--shards", str(shards), checkpoints=False
+        )
+        self.addresses = addresses(self.processes)
+        self.servers, self.shards = servers, shards
+        self.params = 0
+        with connect(self.addresses) as client:
+            optimizer = Adamax(cluster=client)
+            for push in {p.variable: p for p in pushes}.values():
+                variable = client.variable(
+                    push.variable, shape=push.shape, initializer="random_normal"
+                )
+                optimizer.apply_gradients(
+                    [(np.zeros(push.shape, np.float32), variable)]
+                )
+                self.params += int(np.prod(push.shape))
+
+    def resident_bytes(self) -> int:
+        total = 0
+        for server in self.processes:
+            with open(f"/proc/{server.process.pid}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE
+        return total
+
+    def close(self) -> None:
+        for server in self.processes:
+            server.stop()
+
+
+# The run. ------------------------------------------------------------------------
+
+
+def plan(quick: bool) -> dict:
+    if quick:
+        return {
+            "workers": [1, 2],
+            "sizes": [1 << 10, 1 << 20],
+            "size_workers": [1],
+            "shards": [2],
+            "servers": [1, 2],
+            "cluster_workers": 2,
+            "memory_gb": [0.128],
+        }
+    return {
+        "workers": [1, 2, 4, 8, 16],
+        "sizes": [1 << 10, 1 << 14, 1 << 18, 1 << 20, 1 << 22, 1 << 24],
+        "size_workers": [1, 4],
+        "shards": [1, 2, 4],
+        "servers": [1, 2, 3],
+        "cluster_workers": 4,
+        "memory_gb": [0.25, 1.0],
+    }
+
+
+def points(p: dict) -> list[tuple[str, tuple, Push, int]]:
+    """Every measurement of a round: (sweep, cluster key, push, workers)."""
+    base = (1, 2)  # one server, two shards: the default on this machine
+    wide = [Push("sparse"), Push("dense", 1 << 24)]
+    found = []
+    for push in (Push("sparse"), Push("dense", 1 << 20)):
+        found += [("workers", base, push, n) for n in p["workers"]]
+    for n in p["size_workers"]:
+        found += [("size", base, Push("dense", s), n) for s in p["sizes"]]
+    for push in wide:
+        found += [("shards", (1, k), push, p["cluster_workers"]) for k in p["shards"]]
+        found += [("servers", (n, 2), push, p["cluster_workers"]) for n in p["servers"]]
+    return found
+
+
+def run(p: dict, rounds: int, seconds: float, folder: Path) -> dict:
+    todo = points(p)
+    clusters: dict[tuple, Cluster] = {}
+    workers = None
+    try:
+        for key in dict.fromkeys(key for _, key, _, _ in todo):
+            pushes = [push for _, k, push, _ in todo if k == key]
+            clusters[key] = Cluster(folder / f"cluster-{key[0]}-{key[1]}", *key, pushes)
+        workers = Workers(max(n for *_, n in todo), folder)
+        print(f"scaling: {len(clusters)} clusters, {len(todo)} points", file=sys.stderr)
+        samples: dict[tuple, list[dict]] = {}
+        for r in range(rounds):
+            for sweep, key, push, n in todo if r % 2 == 0 else reversed(todo):
+                address = clusters[key].addresses
+                measured = workers.measure(address, push, n, seconds)
+                samples.setdefault((sweep, key, push, n), []).append(measured)
+            print(f"scaling: round {r + 1}/{rounds} done", file=sys.stderr)
+        memory = {
+            f"{k[0]} server(s), {k[1]} shards": server_memory(c)
+            for k, c in clusters.items()
+        }
+    finally:
+        if workers is not None:
+            workers.close()
+        for cluster in clusters.values():
+            cluster.close()
+    return {"sweeps": collect(samples), "server_memory": memory}
+
+
+def server_memory(cluster: Cluster) -> dict:
+    resident = cluster.resident_bytes()
+    return {
+        "servers": cluster.servers,
+        "shards": cluster.shards,
+        "params": cluster.params,
+        "resident_bytes": resident,
+        "bytes_per_param": resident / cluster.params,
+        "over_state": resident / (STATE_BYTES * cluster.params),
+    }
+
+
+def collect(samples: dict) -> dict:
+    sweeps: dict = {}
+    for (sweep, key, push, n), runs in samples.items():
+        sweeps.setdefault(sweep, []).append(
+            {
+                "servers": key[0],
+                "shards": key[1],
+                "push": push.label,
+                "kind": push.kind,
+                "payload_bytes": push.payload,
+                "workers": n,
+                **{
+                    field: spread([run[field] for run in runs])
+                    for field in ("pushes_per_s", "bytes_per_s", "p50_ms", "p99_ms")
+                },
+                "rounds": [run["pushes_per_s"] for run in runs],
+            }
+        )
+    for rows in sweeps.values():  # per round, over the first point of its push
+        for row in rows:
+            first = next(r for r in rows if r["push"] == row["push"])
+            row["x_first"] = spread(
+                [a / b for a, b in zip(row["rounds"], first["rounds"], strict=True)]
+            )
+    return sweeps
+
+
+def checkpoints(sizes_gb: list[float]) -> list[dict]:
+    """bench/service.py's child: memory and checkpoint speed against a plain file."""
+    from service import memory_and_checkpoint
+
+    results = []
+    for gigabytes in sizes_gb:
+        m = memory_and_checkpoint(gigabytes, shards=4)
+        state = m["checkpoint_bytes"]
+        results.append(
+            {
+                "variables_gb": m["variables_bytes"] / 1e9,
+                "state_bytes": m["state_bytes"],
+                "over_state_service": m["rss_at_rest"] / m["state_bytes"],
+                "over_state_process": (m["rss_at_rest"] + m["rss_baseline"])
+                / m["state_bytes"],
+                "write_gb_per_s": state / m["checkpoint_seconds"] / 1e9,
+                "plain_write_gb_per_s": state / m["plain"]["write_seconds"] / 1e9,
+                "restore_gb_per_s": state / m["restore_seconds"] / 1e9,
+                "plain_read_gb_per_s": state / m["plain"]["read_seconds"] / 1e9,
+                "rounds": m["rounds"],
+                "raw": m,
+            }
+        )
+        print(f"scaling: checkpoint of {gigabytes} GB done", file=sys.stderr)
+    return results
+
+
+# Report. ---------------------------------------------------------------------------
+
+
+def markdown(results: dict, rounds: int, seconds: float) -> str:
+    lines = [
+        f"Scaling on one machine (loopback, real servers and worker processes; "
+        f"{rounds} interleaved rounds of {seconds:g} s per point, medians "
+        "[min-max]; `python bench/scaling.py`)",
+    ]
+    titles = {
+        "workers": ("concurrent workers, 1 server", "workers"),
+        "size": ("tensor size, 1 server", "workers"),
+        "shards": ("shards per server (--shards), 1 server", "shards"),
+        "servers": ("servers on one machine, 2 shards each", "servers"),
+    }
+    for sweep, rows in results["sweeps"].items():
+        title, column = titles[sweep]
+        first = rows[0][column]
+        lines += [
+            "",
+            f"| {title} | {column} | pushes/s | MB/s | p50 ms | p99 ms | "
+            f"x {first} {column} |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in rows:
+            rate = row["pushes_per_s"]
+            lines.append(
+                f"| {row['push']} | {row[column]} | {rate['median']:,.0f} "
+                f"[{rate['min']:,.0f}-{rate['max']:,.0f}] | "
+                f"{row['bytes_per_s']['median'] / 1e6:,.0f} | "
+                f"{row['p50_ms']['median']:.2f} | {row['p99_ms']['median']:.2f} | "
+                f"{row['x_first']['median']:.2f} |"
+            )
+    lines += [
+        "",
+        "| memory of the servers above (value + m + v = 12 B/param) | M params | "
+        "resident GB | bytes/param | x 12 B |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, m in results["server_memory"].items():
+        lines.append(
+            f"| {name} | {m['params'] / 1e6:.1f} | {m['resident_bytes'] / 1e9:.2f} | "
+            f"{m['bytes_per_param']:.2f} | {m['over_state']:.2f} |"
+        )
+    lines += [
+        "",
+        "| checkpoint (service, 4 shards; median of 3 interleaved) | state GB | "
+        "write GB/s | x plain write | restore GB/s | x plain read | resident / "
+        "state |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in results["checkpoints"]:
+        lines.append(
+            f"| {c['variables_gb']:.2f} GB of variables | {c['state_bytes'] / 1e9:.2f}"
+            f" | {c['write_gb_per_s']:.2f} | "
+            f"{c['write_gb_per_s'] / c['plain_write_gb_per_s']:.2f} | "
+            f"{c['restore_gb_per_s']:.2f} | "
+            f"{c['restore_gb_per_s'] / c['plain_read_gb_per_s']:.2f} | "
+            f"{c['over_state_service']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def headline(results: dict) -> dict:
+    workers = results["sweeps"]["workers"]
+    sparse = [r for r in workers if r["kind"] == "sparse"]
+    best = max(sparse, key=lambda r: r["pushes_per_s"]["median"])
+    first = results["checkpoints"][-1]
+    servers = [r for r in results["sweeps"]["servers"] if r["kind"] == "sparse"]
+    return {
+        "sparse_pushes_per_s_1_worker": sparse[0]["pushes_per_s"]["median"],
+        "sparse_pushes_per_s_best": best["pushes_per_s"]["median"],
+        "sparse_best_workers": best["workers"],
+        "sparse_p99_ms_1_worker": sparse[0]["p99_ms"]["median"],
+        "servers_sparse_x_1": servers[-1]["x_first"]["median"],
+        "resident_over_state": min(
+            m["over_state"] for m in results["server_memory"].values()
+        ),
+        "checkpoint_write_gb_per_s": first["write_gb_per_s"],
+        "checkpoint_restore_gb_per_s": first["restore_gb_per_s"],
+    }
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker_process(int(sys.argv[2]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="few points, short")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=1.5, help="per point")
+    parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="output folder")
+    args = parser.parse_args()
+    p = plan(args.quick)
+    if args.quick:
+        args.rounds, args.seconds = 1, 0.5
+    folder = Path(tempfile.mkdtemp(prefix="adamax-ps-scaling-"))
+    try:
+        results = run(p, args.rounds, args.seconds, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    results["checkpoints"] = checkpoints(p["memory_gb"])
+    head = headline(results)
+    table = markdown(results, args.rounds, args.seconds)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "scaling.md").write_text(table)
+    document = {
+        "headline": head,
+        "plan": p,
+        "rounds": args.rounds,
+        "seconds_per_point": args.seconds,
+        "machine": machine(),
+        "versions": versions("adamax-ps", "grpcio", "numpy", "numba"),
+        **results,
+    }
+    (args.results / "scaling.json").write_text(json.dumps(document, indent=1) + "\n")
+    if args.update_readme:
+        from report import build
+
+        build(args.results, update=True)
+    print(json.dumps(head) if args.json else table)
+
+
+if __name__ == "__main__":
+    main()
