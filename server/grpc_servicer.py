@@ -114,25 +114,29 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     @_domain_errors
     def CreateVariables(self, request, context):
         self._check_view(request.view)
-        infos = []
+        specs = []
         for spec in request.variables:
             initial = None
             if spec.HasField("initial_value"):
                 initial = codec.decode(spec.initial_value)
             global_shape = tuple(spec.global_shape)
             shape = (spec.rows, *global_shape[1:]) if global_shape else ()
-            record, created = self.service.create_variable(
-                spec.name,
-                shape=shape if initial is None else None,
-                dtype=codec.numpy_dtype(spec.dtype),
-                initial_value=initial,
-                initializer=_initializer(spec.initializer_json),
-                seed=spec.seed,
-                global_shape=global_shape,
-                row_offset=spec.row_offset,
+            specs.append(
+                {
+                    "name": spec.name,
+                    "shape": shape if initial is None else None,
+                    "dtype": codec.numpy_dtype(spec.dtype),
+                    "initial_value": initial,
+                    "initializer": _initializer(spec.initializer_json),
+                    "seed": spec.seed,
+                    "global_shape": global_shape,
+                    "row_offset": spec.row_offset,
+                }
             )
-            infos.append(_variable_info(record, created))
-        return pb.CreateVariablesResponse(variables=infos)
+        created = self.service.create_variables(specs)
+        return pb.CreateVariablesResponse(
+            variables=[_variable_info(*pair) for pair in created]
+        )
 
     @_domain_errors
     def ListVariables(self, request, context):

@@ -200,7 +200,7 @@ class ReserveStepRequest(Strict):
 
 
 class IterationsRequest(Strict):
-    iterations: int = Field(ge=0)
+    iterations: int = Field(ge=0, lt=1 << 63)
 
 
 class AddSlotRequest(Strict):
@@ -569,20 +569,20 @@ def create_app(
         {shape, dtype}}]}``; initial values' bytes follow."""
         header, data = codec.unframe(await body(request))
         specs = _list(header, "variables")
+        if not all(isinstance(spec, dict) for spec in specs):
+            raise InvalidArgumentError("each variable spec is a JSON object")
         described = [s["initial_value"] for s in specs if s.get("initial_value")]
         arrays = iter(codec.split_framed(described, data, max_request_bytes))
+        args = [
+            _variable_args(s, next(arrays) if s.get("initial_value") else None)
+            for s in specs
+        ]
 
         def create() -> list[dict]:
-            out = []
-            for spec in specs:
-                initial = next(arrays) if spec.get("initial_value") else None
-                record, created = service.create_variable(
-                    **_variable_args(spec, initial)
-                )
-                out.append(
-                    {**inspector.variable(record.name, stats=False), "created": created}
-                )
-            return out
+            return [
+                {**inspector.variable(record.name, stats=False), "created": created}
+                for record, created in service.create_variables(args)
+            ]
 
         return await run_in_threadpool(create)
 
@@ -868,9 +868,7 @@ def _push_id(value: Any) -> PushId | None:
     return PushId(value.get("client"), value.get("sequence"))
 
 
-def _variable_args(spec: Any, initial: np.ndarray | None) -> dict[str, Any]:
-    if not isinstance(spec, dict):
-        raise InvalidArgumentError("each variable spec is a JSON object")
+def _variable_args(spec: dict, initial: np.ndarray | None) -> dict[str, Any]:
     global_shape = spec.get("global_shape")
     rows = spec.get("rows")
     shape = None

@@ -172,15 +172,13 @@ class ParameterService:
         of a larger variable of ``global_shape``; initializers then draw those
         rows exactly as for the whole variable.
         """
-        check_name("variable", name)
-        shape, dtype, initial_value = shape_and_dtype(shape, dtype, initial_value)
-        global_shape = check_slice(shape, global_shape, row_offset)
-        self._check_size(f"variable {name!r}", shape, dtype)
+        shape, dtype, initial_value, global_shape = self._check_variable(
+            name, shape, dtype, initial_value, initializer, global_shape, row_offset
+        )
         existing = self.store.get(name)
         if existing is not None:
             return self._attach(existing, shape, dtype), False
         if initial_value is None:
-            parse_initializer(initializer)
             seed = secrets.randbits(63) if seed is None else int(seed)
             whole = Initializer(initializer, global_shape, seed)
 
@@ -244,6 +242,49 @@ class ParameterService:
                 f"{what} of shape {shape} ({dtype}) needs {nbytes} bytes, more than "
                 f"this server can hold ({limit} bytes)"
             )
+
+    def create_variables(
+        self, specs: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[VariableRecord, bool]]:
+        """``create_variable(**spec)`` for each spec, all or nothing: every spec
+        is checked (names, shapes, dtypes, initializers, sizes, clashes with
+        existing variables and with each other) before any is created."""
+        wanted: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        for spec in specs:
+            args = dict(spec)
+            name = args.pop("name", None)
+            args.pop("seed", None)
+            shape, dtype, _, _ = self._check_variable(
+                name,
+                args.get("shape"),
+                args.get("dtype"),
+                args.get("initial_value"),
+                args.get("initializer", "zeros"),
+                args.get("global_shape"),
+                args.get("row_offset", 0),
+            )
+            existing = self.store.get(name)
+            if existing is not None:
+                self._attach(existing, shape, dtype)
+            if wanted.setdefault(name, (shape, dtype)) != (shape, dtype):
+                raise VariableExistsError(
+                    f"variable {name!r} is asked for twice with different shapes "
+                    "or dtypes"
+                )
+        return [self.create_variable(**spec) for spec in specs]
+
+    def _check_variable(
+        self, name, shape, dtype, initial_value, initializer, global_shape, row_offset
+    ):
+        """The checked ``(shape, dtype, initial_value, global_shape)`` of a
+        variable to create; ``InvalidArgumentError`` naming what is wrong."""
+        check_name("variable", name)
+        shape, dtype, initial_value = shape_and_dtype(shape, dtype, initial_value)
+        global_shape = check_slice(shape, global_shape, row_offset)
+        self._check_size(f"variable {name!r}", shape, dtype)
+        if initial_value is None:
+            parse_initializer(initializer)
+        return shape, dtype, initial_value, global_shape
 
     @staticmethod
     def _attach(record: VariableRecord, shape: tuple[int, ...], dtype: np.dtype):
@@ -691,9 +732,10 @@ class ParameterService:
 
     def set_iterations(self, optimizer: str, iterations: int) -> None:
         """Set the counter (``set_weights`` on every server of a cluster)."""
-        if not isinstance(iterations, int) or iterations < 0:
+        if not isinstance(iterations, int) or not 0 <= iterations < 1 << 63:
             raise InvalidArgumentError(
-                f"iterations must be a non-negative integer. Received: {iterations!r}"
+                "iterations must be a non-negative 64-bit integer. "
+                f"Received: {iterations!r}"
             )
         state = self.optimizer(optimizer)
         with state.lock:

@@ -349,6 +349,24 @@ def hostile_pushes() -> list[tuple[str, object]]:
             ).SerializeToString(),
         ),
         (
+            "CreateVariables",  # all or nothing: the valid first one is not made
+            pb.CreateVariablesRequest(
+                view=view,
+                variables=[
+                    pb.VariableSpec(
+                        name="fine", global_shape=[4], dtype=pb.FLOAT32, rows=4
+                    ),
+                    pb.VariableSpec(name="x", global_shape=[4], dtype=pb.INT32, rows=4),
+                ],
+            ).SerializeToString(),
+        ),
+        (
+            "SetIterations",
+            pb.SetIterationsRequest(
+                view=view, optimizer="Adamax", iterations=-3
+            ).SerializeToString(),
+        ),
+        (
             "CreateOptimizer",
             pb.CreateOptimizerRequest(
                 view=view, config_json='{"learning_rate": "fast"}'

@@ -178,6 +178,16 @@ def start_servers(hosts: list[Host], folder: Path, *args: str) -> list[LocalServ
     return servers
 
 
+def kill_and_restart(server: LocalServer) -> None:
+    """SIGKILL the server process in its namespace; start it again on the same
+    ports from the same folder."""
+    server.process.kill()
+    server.process.wait(30)
+    server.args[server.args.index("--grpc-port") + 1] = str(server.grpc_port)
+    server.args[server.args.index("--http-port") + 1] = str(server.http_port)
+    server.start()
+
+
 def call(step: int):
     rng = np.random.default_rng(step)
     return (
@@ -234,18 +244,32 @@ def test_sigkill_and_restart_on_another_host(hosts, tmp_path):
             addresses(servers), retry=RetryPolicy(attempts=80, max_backoff=0.5)
         ) as cluster:
             train(cluster, range(30))
-            victim = servers[1]
-            victim.process.kill()  # SIGKILL of the server process in its namespace
-            victim.process.wait(30)
-            victim.args[victim.args.index("--grpc-port") + 1] = str(victim.grpc_port)
-            victim.args[victim.args.index("--http-port") + 1] = str(victim.http_port)
-            victim.start()
+            kill_and_restart(servers[1])
             train(cluster, range(30, 60))
         after = state(addresses(servers))
     finally:
         for server in servers:
             server.kill()
     assert after == reference(tmp_path, 3, 60)
+
+
+def test_checkpoint_mode_restarts_on_its_host_at_exactly_a_checkpoint(hosts, tmp_path):
+    """Without the log a SIGKILL loses what followed the last checkpoint; the
+    restarted state is exactly that checkpoint's, a prefix of the calls."""
+    (machine,) = hosts(1)
+    (server,) = start_servers([machine], tmp_path, "--checkpoint-every", "0.05")
+    try:
+        with connect(server.grpc_address) as cluster:
+            train(cluster, range(20))
+            cluster.checkpoint()
+            train(cluster, range(20, 60))  # periodic checkpoints race these
+        kill_and_restart(server)
+        after = state(server.grpc_address)
+    finally:
+        server.kill()
+    kept = after[3]
+    assert 20 <= kept <= 60
+    assert after == reference(tmp_path, 1, kept)
 
 
 def test_a_partitioned_server_is_waited_for_and_nothing_applies_twice(hosts, tmp_path):
