@@ -1,0 +1,251 @@
+"""The Adamax updates bench/peers.py compares, behind one small interface.
+
+Each dense implementation takes the start weights and its gradients (cycled)
+and offers ``step(k)`` (apply gradient k) and ``weights()``; the sparse ones
+take a table, index batches and row values. The peers get Keras's
+hyper-parameters (torch's own defaults differ) and gradients already in their
+own tensor type, so conversion is never timed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from kernels import split2
+from measure import quiet_tensorflow
+
+from adamax_ps.server import adamax, kernels
+from adamax_ps.server.hyperparams import AdamaxConfig
+
+CONFIG = AdamaxConfig.from_keras()
+
+
+class Libraries:
+    """TensorFlow, tf_keras, Keras 3 and torch, imported with thread limits."""
+
+    def __init__(self, threads: int) -> None:
+        quiet_tensorflow()
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        import keras
+        import tf_keras
+        import torch
+
+        torch.set_num_threads(threads)
+        torch.set_num_interop_threads(1)
+        self.tf, self.tf_keras, self.keras, self.torch = tf, tf_keras, keras, torch
+        self.threads = threads
+
+
+def compiled_apply(tf, optimizer, var):
+    """``optimizer.apply_gradients([(g, var)])`` as one ``tf.function``."""
+
+    @tf.function
+    def apply(gradient) -> None:
+        optimizer.apply_gradients([(gradient, var)])
+
+    return apply
+
+
+# Dense implementations: ``step(k)`` applies gradient k (cycled), ``weights()``. ---
+
+
+class Ours:
+    def __init__(self, w0, gradients, threads: int = 1) -> None:
+        self.w, self.m, self.v = w0.copy(), np.zeros_like(w0), np.zeros_like(w0)
+        self.gradients = gradients
+        self.t = 0
+        self.threads = threads
+
+    def step(self, k: int) -> None:
+        g = self.gradients[k % len(self.gradients)]
+        scalars = CONFIG.step_scalars(self.t, np.float32)
+        self.t += 1
+        if self.threads == 1:
+            adamax.dense_update(self.w, self.m, self.v, g, scalars)
+            return
+        split2(
+            lambda w, m, v, g_: kernels.dense_adamax(
+                w,
+                m,
+                v,
+                g_,
+                scalars.one_minus_beta_1,
+                scalars.beta_2,
+                scalars.lr_hat,
+                scalars.epsilon,
+            ),
+            self.w,
+            self.m,
+            self.v,
+            g,
+        )()
+
+    def weights(self) -> np.ndarray:
+        return self.w
+
+
+class TfKerasLegacy:
+    def __init__(self, lib: Libraries, w0, gradients) -> None:
+        tf = lib.tf
+        self.var = tf.Variable(w0)
+        self.gradients = [tf.constant(g) for g in gradients]
+        optimizer = lib.tf_keras.optimizers.legacy.Adamax()
+        self.apply = compiled_apply(tf, optimizer, self.var)
+
+    def step(self, k: int) -> None:
+        self.apply(self.gradients[k % len(self.gradients)])
+
+    def weights(self) -> np.ndarray:
+        return self.var.numpy()
+
+
+class RawAdaMax:
+    """``ResourceApplyAdaMax`` called eagerly with the Keras 2 scalars."""
+
+    def __init__(self, lib: Libraries, w0, gradients) -> None:
+        tf = lib.tf
+        self.tf = tf
+        self.var = tf.Variable(w0)
+        self.m = tf.Variable(np.zeros_like(w0))
+        self.v = tf.Variable(np.zeros_like(w0))
+        self.gradients = [tf.constant(g) for g in gradients]
+        self.t = 0
+
+    def step(self, k: int) -> None:
+        scalars = CONFIG.step_scalars(self.t, np.float32)
+        self.t += 1
+        self.tf.raw_ops.ResourceApplyAdaMax(
+            var=self.var.handle,
+            m=self.m.handle,
+            v=self.v.handle,
+            beta1_power=adamax.c_pow(scalars.beta_1, np.float32(scalars.t)),
+            lr=scalars.lr_t,
+            beta1=scalars.beta_1,
+            beta2=scalars.beta_2,
+            epsilon=scalars.epsilon,
+            grad=self.gradients[k % len(self.gradients)],
+        )
+
+    def weights(self) -> np.ndarray:
+        return self.var.numpy()
+
+
+class Keras3:
+    def __init__(self, lib: Libraries, w0, gradients) -> None:
+        tf, keras = lib.tf, lib.keras
+        self.var = keras.Variable(w0)
+        self.gradients = [tf.constant(g) for g in gradients]
+        optimizer = keras.optimizers.Adamax()
+        optimizer.build([self.var])
+        self.apply = compiled_apply(tf, optimizer, self.var)
+
+    def step(self, k: int) -> None:
+        self.apply(self.gradients[k % len(self.gradients)])
+
+    def weights(self) -> np.ndarray:
+        return np.asarray(self.var.numpy())
+
+
+class Torch:
+    """torch.optim.Adamax with Keras's hyper-parameters (torch's own defaults
+    differ: lr 0.002, eps 1e-8; and torch adds eps inside the max)."""
+
+    def __init__(self, lib: Libraries, w0, gradients, foreach: bool) -> None:
+        torch = lib.torch
+        self.param = torch.nn.Parameter(torch.from_numpy(w0.copy()))
+        self.gradients = [torch.from_numpy(g) for g in gradients]
+        self.optimizer = torch.optim.Adamax(
+            [self.param], lr=1e-3, betas=(0.9, 0.999), eps=1e-7, foreach=foreach
+        )
+
+    def step(self, k: int) -> None:
+        self.param.grad = self.gradients[k % len(self.gradients)]
+        self.optimizer.step()
+
+    def weights(self) -> np.ndarray:
+        return self.param.detach().numpy()
+
+
+class Copy:
+    """The machine's copy bandwidth: ``numpy.copyto`` of one array (8 B/param)."""
+
+    def __init__(self, w0) -> None:
+        self.source, self.target = w0, np.empty_like(w0)
+
+    def step(self, k: int) -> None:
+        np.copyto(self.target, self.source)
+
+
+class Probe:
+    """Read 4 arrays and write 3, no arithmetic, split over ``threads``."""
+
+    def __init__(self, w0, threads: int) -> None:
+        arrays = [np.ones_like(w0) for _ in range(4)]
+        if threads == 1:
+            self.run = lambda: kernels.stream_4r3w(*arrays)
+        else:
+            self.run = split2(kernels.stream_4r3w, *arrays)
+
+    def step(self, k: int) -> None:
+        self.run()
+
+
+class SparseOurs:
+    def __init__(self, table, batches, values) -> None:
+        self.w, self.m, self.v = (
+            table.copy(),
+            np.zeros_like(table),
+            np.zeros_like(table),
+        )
+        self.batches, self.values = batches, values
+        self.t = 0
+
+    def step(self, k: int) -> None:
+        scalars = CONFIG.step_scalars(self.t, np.float32)
+        self.t += 1
+        indices = self.batches[k % len(self.batches)]
+        adamax.sparse_update(self.w, self.m, self.v, indices, self.values, scalars)
+
+    def weights(self) -> np.ndarray:
+        return self.w
+
+
+class SparseTf:
+    """tf_keras legacy or Keras 3 Adamax given ``tf.IndexedSlices``."""
+
+    def __init__(self, lib: Libraries, table, batches, values, legacy: bool) -> None:
+        tf = lib.tf
+        if legacy:
+            self.var = tf.Variable(table)
+            optimizer = lib.tf_keras.optimizers.legacy.Adamax()
+        else:
+            self.var = lib.keras.Variable(table)
+            optimizer = lib.keras.optimizers.Adamax()
+            optimizer.build([self.var])
+        shape = tf.constant(table.shape, tf.int64)
+        self.slices = [
+            tf.IndexedSlices(tf.constant(values), tf.constant(b), shape)
+            for b in batches
+        ]
+        self.apply = compiled_apply(tf, optimizer, self.var)
+
+    def step(self, k: int) -> None:
+        self.apply(self.slices[k % len(self.slices)])
+
+    def weights(self) -> np.ndarray:
+        return np.asarray(self.var.numpy())
+
+
+def torch_sparse_refusal(lib: Libraries) -> dict:
+    torch = lib.torch
+    param = torch.nn.Parameter(torch.zeros(10, 4))
+    param.grad = torch.sparse_coo_tensor(
+        torch.tensor([[1, 3]]), torch.ones(2, 4), (10, 4), check_invariants=True
+    )
+    try:
+        torch.optim.Adamax([param]).step()
+    except RuntimeError as error:
+        return {"supported": False, "error": str(error).splitlines()[0]}
+    return {"supported": True}
