@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/kernels.py --update-readme
 	$(BIN)/python bench/service.py --update-readme
 	$(BIN)/python bench/transport.py --update-readme
+	$(BIN)/python bench/durability.py --update-readme
 	$(BIN)/python bench/peers.py
 	$(BIN)/python bench/training.py
 	$(BIN)/python bench/scaling.py

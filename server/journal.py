@@ -82,7 +82,7 @@ class Journal:
     def settle(self) -> None:
         """Wait for everything appended so far (before repeating an answer)."""
         if self.log is not None:
-            self.log.wait(self.log._appended)
+            self.log.wait(self.log.appended)
 
     def close(self) -> None:
         if self.log is not None:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class _ServiceGauges(Collector):
     def __init__(self, service: ParameterService) -> None:
         self.service = service
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         service = self.service
         state = GaugeMetricFamily(
             "adamax_ps_state_bytes",
@@ -117,6 +117,16 @@ class _ServiceGauges(Collector):
         if service.last_checkpoint is not None:
             age.add_metric([], time.time() - service.last_checkpoint.created)
         yield age
+        log = service.journal.log
+        if log is not None:  # --durability wal
+            for name, documentation, value in (
+                ("records", "Records appended to the write-ahead log.", log.appended),
+                ("bytes", "Bytes written to the write-ahead log.", log.bytes_written),
+                ("syncs", "fsyncs of the write-ahead log (one per group).", log.syncs),
+            ):
+                counter = CounterMetricFamily(f"adamax_ps_wal_{name}", documentation)
+                counter.add_metric([], value)
+                yield counter
         if service.sync is not None:
             pending = GaugeMetricFamily(
                 "adamax_ps_sync_pending", "Synchronous pushes waiting for their step."

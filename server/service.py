@@ -125,8 +125,6 @@ class ParameterService:
         self._checkpoint_sequence = 0
         self.last_checkpoint: CheckpointInfo | None = None
         self.replayed = 0  # write-ahead log records replayed at restore
-        self.metrics = Metrics()
-        self.metrics.watch(self)
         if self.settings.durability not in ("checkpoint", "wal"):
             raise ValueError(
                 f"durability is 'checkpoint' or 'wal'. Received: "
@@ -140,6 +138,8 @@ class ParameterService:
         self.journal = Journal(wal_folder)
         self._stop_periodic: threading.Event | None = None
         self._periodic: threading.Thread | None = None
+        self.metrics = Metrics()
+        self.metrics.watch(self)  # last: it reads the fields above
 
     def check_view(self, server_index: int, num_servers: int) -> None:
         """Refuse a client whose idea of the cluster differs from this server's."""

@@ -68,6 +68,11 @@ class WriteAheadLog:
         self.syncs = 0
 
     @property
+    def appended(self) -> int:
+        """Records appended since this log was opened."""
+        return self._appended
+
+    @property
     def lock(self) -> threading.Condition:
         """Held across a checkpoint's cut so no record lands in the wrong segment."""
         return self._cond

@@ -107,6 +107,15 @@ def test_concurrent_pushes_share_fsyncs(make_service, tmp_path):
         thread.join()
     syncs = service.journal.log.syncs - before
     assert syncs < 200, f"{syncs} fsyncs for 200 pushes: no group commit"
+    metrics = {
+        sample.name: sample.value
+        for metric in service.metrics.registry.collect()
+        for sample in metric.samples
+    }
+    assert metrics["adamax_ps_wal_records_total"] == service.journal.log.appended
+    assert metrics["adamax_ps_wal_records_total"] >= 200
+    assert metrics["adamax_ps_wal_syncs_total"] == service.journal.log.syncs
+    assert metrics["adamax_ps_wal_bytes_total"] > 200 * 16 * 4 * 4
     assert snapshot(wal_service(make_service, tmp_path, shards=2)) == snapshot(service)
 
 
