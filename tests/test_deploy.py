@@ -307,6 +307,28 @@ def test_compose_servers_and_workers_agree():
 # ------------------------------------------------------------ the real image
 
 
+def test_the_debian_mirror_comes_from_the_apt_sources(tmp_path):
+    deb822 = tmp_path / "debian.sources"
+    deb822.write_text(
+        "Types: deb\nURIs: http://mirror.test/debian-security\n"
+        "Suites: bookworm-security\nComponents: main\n\n"
+        "Types: deb deb-src\n# a comment\nURIs: http://mirror.test/debian/\n"
+        "Suites: bookworm bookworm-updates\nComponents: main\n"
+    )
+    one_line = tmp_path / "sources.list"
+    one_line.write_text(
+        "# deb http://old.test/debian bookworm main\n"
+        "deb [signed-by=/k.gpg] http://other.test/debian bookworm main\n"
+    )
+    ignored = tmp_path / "extra.list.disabled"
+    ignored.write_text("deb http://ignored.test/debian bookworm main\n")
+    mirror = containers.debian_mirror
+    assert mirror([ignored, deb822, one_line]) == "http://mirror.test/debian"
+    assert mirror([one_line, deb822]) == "http://other.test/debian"
+    with pytest.raises(LookupError):
+        mirror([ignored])
+
+
 @pytest.fixture(scope="module")
 def podman(tmp_path_factory) -> dict[str, str]:
     require("podman", "runc", "debootstrap", root=True)

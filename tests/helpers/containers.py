@@ -28,7 +28,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 WHEELHOUSE = ROOT / "build" / "wheelhouse"  # the Dockerfile copies this folder
 BASE_IMAGE = "localhost/adamax-ps-base:bookworm"
-IMAGE = "localhost/adamax-ps:test"
+IMAGE = "localhost/adamax-ps:test"  # and :test-install, its first stage
 SUITE = "bookworm"
 
 CONTAINERS_CONF = """\
@@ -218,30 +218,56 @@ def make_wheelhouse() -> None:
 
 
 def build_image(env: dict[str, str], tag: str = IMAGE) -> dict[str, float]:
-    """The wheelhouse on the host, then the real Dockerfile; seconds per part."""
+    """The wheelhouse on the host, then the real Dockerfile; seconds per part.
+
+    The install stage is tagged too (``<tag>-install``), so that replacing
+    either tag leaves an image this function can remove: podman's storage
+    keeps one build of each, not one per change of the sources.
+    """
     times = {"base": ensure_base_image(env)}
     started = time.monotonic()
     make_wheelhouse()
     times["wheelhouse"] = time.monotonic() - started
     started = time.monotonic()
-    run(
-        [
-            "podman",
-            "build",
-            "--isolation=chroot",
-            # The OCI format would drop HEALTHCHECK.
-            "--format=docker",
-            "--build-arg",
-            f"BASE={BASE_IMAGE}",
-            "-t",
-            tag,
-            str(ROOT),
-        ],
-        env=env,
-        timeout=1200,
-    )
+    stages = {"install": f"{tag}-install", None: tag}
+    before = {name: image_id(name, env) for name in stages.values()}
+    for target, name in stages.items():
+        run(
+            [
+                "podman",
+                "build",
+                "--isolation=chroot",
+                # The OCI format would drop HEALTHCHECK.
+                "--format=docker",
+                "--build-arg",
+                f"BASE={BASE_IMAGE}",
+                *(["--target", target] if target else []),
+                "-t",
+                name,
+                str(ROOT),
+            ],
+            env=env,
+            timeout=1200,
+        )
+    for name, old in before.items():
+        if old and old != image_id(name, env):
+            # Fails harmlessly while a container still uses it.
+            subprocess.run(
+                ["podman", "rmi", old], env=env, capture_output=True, timeout=120
+            )
     times["build"] = time.monotonic() - started
     return times
+
+
+def image_id(name: str, env: dict[str, str]) -> str | None:
+    result = subprocess.run(
+        ["podman", "image", "inspect", "--format", "{{.Id}}", name],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result.stdout.strip() if result.returncode == 0 else None
 
 
 def free_port() -> int:
