@@ -107,9 +107,9 @@ class LocalServer:
 
     def _read(self) -> None:
         for line in self.process.stdout:
+            if self.on_line is not None:  # first: the ready line is shown
+                self.on_line(line)  # before start() returns
             self.lines.put(line)
-            if self.on_line is not None:
-                self.on_line(line)
         self.lines.put(None)
 
     def _relay(self) -> None:

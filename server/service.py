@@ -913,6 +913,8 @@ class ParameterService:
                     self.store, snapshot, writer, progress
                 )
                 manifest["wal_segment"] = segment[0]
+                manifest["server_index"] = self.settings.server_index
+                manifest["num_servers"] = self.settings.num_servers
                 path = writer.commit(manifest)
             except BaseException as e:
                 writer.abort()
@@ -978,6 +980,16 @@ class ParameterService:
         started = time.perf_counter()
         reader = checkpoint.CheckpointReader(path)
         manifest = reader.manifest
+        saved_as = (manifest.get("server_index", 0), manifest.get("num_servers", 1))
+        settings = self.settings
+        if saved_as != (settings.server_index, settings.num_servers):
+            raise CheckpointError(
+                f"checkpoint {path} was written by server {saved_as[0]} of "
+                f"{saved_as[1]}; this server is {settings.server_index} of "
+                f"{settings.num_servers}, and would hold other rows. Start it with "
+                f"--server-index {saved_as[0]} --num-servers {saved_as[1]}, or a "
+                "resized cluster from empty folders"
+            )
         try:
             optimizers, ledger, nbytes = persistence.load(self.store, reader)
         except (KeyError, TypeError, ValueError) as e:

@@ -75,6 +75,19 @@ def test_restore_needs_an_empty_service(make_service, tmp_path):
         source.restore(tmp_path)
 
 
+def test_a_checkpoint_restores_only_on_the_server_that_wrote_it(make_service, tmp_path):
+    """Server 1 of 2 holds other rows than server 0 of 2 or server 1 of 3: a
+    swapped or resized folder is refused, never silently misplaced."""
+    source = make_service(server_index=1, num_servers=2)
+    source.create_variable("w", shape=(4, 2), initializer="ones")
+    source.checkpoint(tmp_path)
+    for index, count in ((0, 2), (1, 3), (0, 1)):
+        with pytest.raises(CheckpointError, match="written by server 1 of 2"):
+            make_service(server_index=index, num_servers=count).restore(tmp_path)
+    restored = make_service(server_index=1, num_servers=2)
+    assert restored.restore(tmp_path).sequence == 1
+
+
 def test_checkpoints_are_renamed_into_place_and_pruned(make_service, tmp_path):
     service = make_service(shards=2, keep_checkpoints=2)
     build_state(service, pushes=1)
