@@ -9,8 +9,11 @@ own tensor type, so conversion is never timed.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+from itertools import pairwise
+
 import numpy as np
-from kernels import split2
 from measure import quiet_tensorflow
 
 from adamax_ps.server import adamax, kernels
@@ -28,6 +31,7 @@ class Libraries:
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
+        tf.get_logger().setLevel("ERROR")  # one tf.function per case: by design
         import keras
         import tf_keras
         import torch
@@ -48,6 +52,23 @@ def compiled_apply(tf, optimizer, var):
     return apply
 
 
+@cache
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads)
+
+
+def run_split(kernel, threads: int, *arrays: np.ndarray) -> None:
+    """``kernel`` on ``threads`` row blocks of the arrays at once (the kernels
+    release the GIL), as the store updates a split variable's shards."""
+    bounds = np.linspace(0, len(arrays[0]), threads + 1).astype(int)
+    futures = [
+        _pool(threads).submit(kernel, *(a[lo:hi] for a in arrays))
+        for lo, hi in pairwise(bounds)
+    ]
+    for future in futures:
+        future.result()
+
+
 # Dense implementations: ``step(k)`` applies gradient k (cycled), ``weights()``. ---
 
 
@@ -65,7 +86,7 @@ class Ours:
         if self.threads == 1:
             adamax.dense_update(self.w, self.m, self.v, g, scalars)
             return
-        split2(
+        run_split(
             lambda w, m, v, g_: kernels.dense_adamax(
                 w,
                 m,
@@ -76,11 +97,12 @@ class Ours:
                 scalars.lr_hat,
                 scalars.epsilon,
             ),
+            self.threads,
             self.w,
             self.m,
             self.v,
             g,
-        )()
+        )
 
     def weights(self) -> np.ndarray:
         return self.w
@@ -182,14 +204,14 @@ class Probe:
     """Read 4 arrays and write 3, no arithmetic, split over ``threads``."""
 
     def __init__(self, w0, threads: int) -> None:
-        arrays = [np.ones_like(w0) for _ in range(4)]
-        if threads == 1:
-            self.run = lambda: kernels.stream_4r3w(*arrays)
-        else:
-            self.run = split2(kernels.stream_4r3w, *arrays)
+        self.arrays = [np.ones_like(w0) for _ in range(4)]
+        self.threads = threads
 
     def step(self, k: int) -> None:
-        self.run()
+        if self.threads == 1:
+            kernels.stream_4r3w(*self.arrays)
+        else:
+            run_split(kernels.stream_4r3w, self.threads, *self.arrays)
 
 
 class SparseOurs:

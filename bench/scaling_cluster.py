@@ -112,12 +112,16 @@ def worker_process(index: int) -> None:
 
 class Workers:
     def __init__(self, count: int, folder: Path) -> None:
-        self.children = [
-            Child(__file__, "--worker", str(k), log=folder / f"worker-{k}.log")
-            for k in range(count)
-        ]
-        for child in self.children:
-            child.receive()
+        self.children: list[Child] = []
+        try:  # a worker that fails to start stops those already started
+            for k in range(count):
+                log = folder / f"worker-{k}.log"
+                self.children.append(Child(__file__, "--worker", str(k), log=log))
+            for child in self.children:
+                child.receive()
+        except BaseException:
+            self.close()
+            raise
 
     def measure(self, addresses: str, push: Push, count: int, seconds: float):
         """``count`` workers push at once for ``seconds``: pushes/s, latencies."""
