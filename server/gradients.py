@@ -18,19 +18,23 @@ from adamax_ps.server.store import VariableRecord
 
 @dataclass(frozen=True)
 class DenseGradient:
-    """A gradient for the whole variable."""
+    """A gradient for the whole variable. ``finite``: the transport has already
+    searched ``values`` for NaN and Inf as they arrived and found none."""
 
     variable: str
     values: np.ndarray
+    finite: bool = False
 
 
 @dataclass(frozen=True)
 class SparseGradient:
-    """An IndexedSlices gradient: ``values[k]`` is the gradient of ``indices[k]``."""
+    """An IndexedSlices gradient: ``values[k]`` is the gradient of ``indices[k]``.
+    ``finite`` as for ``DenseGradient``."""
 
     variable: str
     indices: np.ndarray
     values: np.ndarray
+    finite: bool = False
 
 
 Gradient = DenseGradient | SparseGradient

@@ -9,6 +9,7 @@ services are served beside ours.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from adamax_ps.server.optimizers import OptimizerState
 from adamax_ps.server.pushes import PushId
 from adamax_ps.server.service import ParameterService
 from adamax_ps.server.store import VariableRecord
+from adamax_ps.server.validation import NonFinitePolicy, StreamFiniteScan
 
 log = logging.getLogger("adamax_ps.grpc")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ParameterServer"].full_name
@@ -87,6 +89,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     def __init__(self, service: ParameterService, max_request_bytes: int) -> None:
         self.service = service
         self.max_request_bytes = max_request_bytes
+        self.buffers = codec.BufferPool()  # streamed requests' receive buffers
         settings = service.settings
         self.index, self.size = settings.server_index, settings.num_servers
         self.ready = False
@@ -208,20 +211,31 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             if g.HasField("indices"):
                 declared.append(g.indices)
             declared.append(g.values)
-        assembler = codec.StreamAssembler(declared, self.max_request_bytes)
+        assembler = codec.StreamAssembler(
+            declared, self.max_request_bytes, self.buffers
+        )
+        values_at = list(itertools.accumulate(len(d) for d in _stream_order(request)))
+        scan = None
+        if self.service.settings.nonfinite is not NonFinitePolicy.ALLOW:
+            positions = [end - 1 for end in values_at]  # each gradient's values
+            scan = StreamFiniteScan(assembler.buffer, assembler.layout, positions)
         if first.data:
             assembler.feed(first.data)
         for chunk in chunks:
             assembler.feed(chunk.data)
+            if scan is not None:
+                scan.advance(assembler.filled)
         received = assembler.arrays()
+        if scan is not None:
+            scan.advance(assembler.filled)
         self.service.metrics.received_bytes.labels("grpc").inc(
             sum(a.nbytes for a in received)
         )
-        arrays = iter(received)
         gradients = []
-        for g in request.gradients:
-            indices = next(arrays) if g.HasField("indices") else None
-            gradients.append(_gradient(g.variable, next(arrays), indices))
+        for g, end in zip(request.gradients, values_at, strict=True):
+            indices = received[end - 2] if g.HasField("indices") else None
+            finite = scan is not None and scan.finite(end - 1)
+            gradients.append(_gradient(g.variable, received[end - 1], indices, finite))
         return self._apply(request, gradients)
 
     def _apply(self, request: pb.ApplyRequest, gradients: list) -> pb.ApplyResponse:
@@ -264,7 +278,9 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             raise codec.CodecError("a streamed assignment starts with its header")
         request = first.header
         self._check_view(request.view)
-        assembler = codec.StreamAssembler([request.value], self.max_request_bytes)
+        assembler = codec.StreamAssembler(
+            [request.value], self.max_request_bytes, self.buffers
+        )
         if first.data:
             assembler.feed(first.data)
         for chunk in chunks:
@@ -329,10 +345,23 @@ def _parsed(chunks):
         yield chunk
 
 
-def _gradient(variable: str, values: np.ndarray, indices: np.ndarray | None):
+def _gradient(
+    variable: str,
+    values: np.ndarray,
+    indices: np.ndarray | None,
+    finite: bool = False,
+):
     if indices is None:
-        return DenseGradient(variable, values)
-    return SparseGradient(variable, indices, values)
+        return DenseGradient(variable, values, finite)
+    return SparseGradient(variable, indices, values, finite)
+
+
+def _stream_order(request: pb.ApplyRequest) -> list[tuple]:
+    """Each gradient's tensors in the order they travel: indices, then values."""
+    return [
+        ("indices", "values") if g.HasField("indices") else ("values",)
+        for g in request.gradients
+    ]
 
 
 def _push_id(request: Any) -> PushId | None:

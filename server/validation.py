@@ -160,7 +160,8 @@ def check_gradient(
                 f"gradient for {record.name!r} must have shape {record.shape}. "
                 f"Received: {values.shape}"
             )
-        _finite(record, values, policy)
+        if not gradient.finite:
+            _finite(record, values, policy)
         return PreparedGradient(record, dense=np.asarray(values, order="C"))
     if not isinstance(gradient, SparseGradient):
         raise InvalidArgumentError(f"not a gradient: {type(gradient).__name__}")
@@ -177,7 +178,8 @@ def check_gradient(
             f"sparse gradient values for {record.name!r} must have shape {expected} "
             f"(one row per index). Received: {values.shape}"
         )
-    _finite(record, values, policy)
+    if not gradient.finite:
+        _finite(record, values, policy)
     row_size = math.prod(record.shape[1:])
     values = np.ascontiguousarray(values).reshape(len(indices), row_size)
     return PreparedGradient(record, indices=indices, values=values)
@@ -206,3 +208,45 @@ def _finite(
             f"gradient for {record.name!r} has a non-finite value ({flat[where]}) at "
             f"flat index {where}; this server refuses NaN and Inf gradients"
         )
+
+
+class StreamFiniteScan:
+    """Searches a streamed push's float tensors for NaN and Inf as their bytes
+    arrive, so the search of a large push overlaps its transfer instead of
+    following it (gRPC keeps receiving while the handler scans).
+
+    ``layout`` is ``StreamAssembler.layout``; ``which`` the positions of the
+    gradient values to scan. After the stream, ``finite(k)`` is True only for a
+    tensor scanned whole and found finite; anything else is left to
+    ``check_gradient``, which names the variable and the value.
+    """
+
+    def __init__(self, buffer: np.ndarray, layout, which: Sequence[int]) -> None:
+        self.buffer = buffer
+        self.pending = {}  # position -> [start, end, dtype, next byte to scan]
+        for k in which:
+            start, size, dtype = layout[k]
+            if dtype.kind == "f" and start % dtype.itemsize == 0:
+                self.pending[k] = [start, start + size, dtype, start]
+        self.clean: set[int] = set()
+
+    def advance(self, filled: int) -> None:
+        """Scan every whole element of the first ``filled`` bytes not yet seen."""
+        for k, target in list(self.pending.items()):
+            start, end, dtype, scanned = target
+            upto = min(filled, end)
+            upto -= (upto - start) % dtype.itemsize
+            if upto > scanned:
+                values = self.buffer[scanned:upto].view(dtype)
+                if kernels.first_nonfinite(values) >= 0:
+                    del self.pending[k]  # check_gradient will report it
+                    continue
+                target[3] = upto
+            if target[3] == end:
+                del self.pending[k]
+                self.clean.add(k)
+            if filled < end:
+                break  # later tensors have not started arriving
+
+    def finite(self, k: int) -> bool:
+        return k in self.clean

@@ -224,6 +224,25 @@ def hostile_pushes() -> list[tuple[str, object]]:
             indices=codec.encode(indices),
         )
 
+    def streamed(gradients, cut: int) -> list[bytes]:
+        """A streamed push of ``(variable, indices or None, values)``, its
+        bytes cut into chunks of ``cut`` bytes."""
+        header = pb.ApplyRequest(view=view, optimizer="Adamax")
+        data = b""
+        for variable, indices, values in gradients:
+            g = header.gradients.add(variable=variable, values=codec.header(values))
+            if indices is not None:
+                g.indices.CopyFrom(codec.header(indices))
+                data += indices.tobytes()
+            data += values.tobytes()
+        chunks = [data[k : k + cut] for k in range(0, len(data), cut)]
+        return [pb.ApplyChunk(header=header).SerializeToString()] + [
+            codec.data_chunk(c) for c in chunks
+        ]
+
+    nan_tail = np.array([1, 1, 1, 1, 1, np.nan])
+    inf_row = np.ones((2, 4), F32)
+    inf_row[1, 3] = np.inf
     ones = np.ones((1, 4), F32)
     huge_header = pb.Tensor(shape=[1 << 40, 1 << 20], dtype=pb.FLOAT32)
     lying = pb.ApplyChunk(
@@ -306,6 +325,14 @@ def hostile_pushes() -> list[tuple[str, object]]:
             [lying.SerializeToString(), codec.data_chunk(np.ones(7).tobytes())],
         ),
         ("ApplyGradientsStream", [codec.data_chunk(b"no header first")]),
+        # NaN or Inf in a later chunk, elements split across chunks: the scan
+        # made while the stream arrives must still find them.
+        ("ApplyGradientsStream", streamed([("w", None, nan_tail)], 20)),
+        ("ApplyGradientsStream", streamed([("emb", np.array([1, 2]), inf_row)], 13)),
+        (
+            "ApplyGradientsStream",
+            streamed([("w", None, np.ones(6)), ("emb", np.array([3]), inf_row[1:])], 7),
+        ),
         (
             "Assign",
             [

@@ -73,6 +73,39 @@ def test_stream_assembler_checks_sizes_before_allocating():
         assembler.feed(b"x")
 
 
+def test_buffer_pool_reuses_a_buffer_only_once_nothing_views_it():
+    pool = codec.BufferPool(budget=1 << 20, min_bytes=1 << 10)
+    first = pool.take(4096)
+    first[:] = 1
+    address = first.__array_interface__["data"][0]
+    held = pool.take(4096)  # the first is still in use: another buffer
+    assert held.__array_interface__["data"][0] != address
+    del held
+    view = np.frombuffer(memoryview(first[:8]), np.uint8)
+    del first  # an array made from it still lives: it must not be handed out
+    again = pool.take(2048)
+    assert again.__array_interface__["data"][0] != address
+    assert view.tolist() == [1] * 8
+    del view, again
+    reused = pool.take(2048)  # now free, and big enough
+    assert reused.__array_interface__["data"][0] == address
+    assert len(reused) == 2048
+    small, huge = pool.take(16), pool.take(2 << 20)  # outside the pooled sizes
+    assert len(small) == 16 and len(huge) == 2 << 20
+    assert sum(b.nbytes for b in pool._buffers) <= 1 << 20
+
+
+def test_stream_assembler_exposes_its_layout():
+    parts = [
+        pb.Tensor(shape=[2], dtype=pb.INT64),
+        pb.Tensor(shape=[2, 3], dtype=pb.FLOAT32),
+    ]
+    assembler = codec.StreamAssembler(parts, 1 << 20, codec.BufferPool(min_bytes=0))
+    assert assembler.layout == [(0, 16, np.dtype("<i8")), (16, 24, np.dtype("<f4"))]
+    assembler.feed(b"\0" * 10)
+    assert assembler.filled == 10 and len(assembler.buffer) == 40
+
+
 def test_chunks_split_without_copying():
     array = np.arange(10, dtype=np.float32)
     pieces = list(codec.chunks([array], size=16))
