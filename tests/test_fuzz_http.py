@@ -13,9 +13,8 @@ import json
 import httpx
 import numpy as np
 import pytest
-from helpers.servers import Server
+from helpers.servers import start_fuzz_target
 
-from adamax_ps.client import Adamax, IndexedSlices, connect
 from adamax_ps.proto import codec
 
 F32 = np.float32
@@ -37,27 +36,7 @@ CONTENT_TYPES = [codec.FRAMED, "application/json", "application/octet-stream"]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("fuzz-http")
-    server = Server(
-        [
-            "--grpc-port",
-            "0",
-            "--http-port",
-            "0",
-            "--shards",
-            "2",
-            "--max-request-bytes",
-            str(4 << 20),
-        ],
-        folder / "server.log",
-    ).start()
-    with connect(server.grpc_address) as cluster:
-        opt = Adamax(cluster=cluster)
-        emb = cluster.variable("emb", shape=(50, 4), initializer="glorot_uniform")
-        w = cluster.variable("w", shape=(6,), dtype="float64", initializer="ones")
-        opt.apply_gradients(
-            [(IndexedSlices(np.ones((3, 4), F32), [1, 1, 7]), emb), (np.ones(6), w)]
-        )
+    server = start_fuzz_target(tmp_path_factory.mktemp("fuzz-http"))
     yield server
     assert server.process.poll() is None, "the server died during the fuzz run"
     server.kill()

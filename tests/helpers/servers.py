@@ -11,7 +11,7 @@ from adamax_ps.server.launcher import addresses
 
 SCRIPT = Path(sys.executable).parent / "adamax-ps"
 
-__all__ = ["SCRIPT", "Server", "addresses", "start_cluster"]
+__all__ = ["SCRIPT", "Server", "addresses", "start_cluster", "start_fuzz_target"]
 
 
 def start_cluster(
@@ -25,3 +25,27 @@ def start_cluster(
     return launcher.start_cluster(
         count, folder, "--shards", "2", *extra, checkpoints=checkpoints, env=env
     )
+
+
+def start_fuzz_target(folder: Path) -> Server:
+    """The server the fuzz tests attack: 2 shards, 4 MB request limit, and a
+    small model pushed once (``emb`` 50 x 4 float32 and ``w`` 6 float64, both
+    with slots, optimizer ``Adamax``)."""
+    import numpy as np
+
+    from adamax_ps.client import Adamax, IndexedSlices, connect
+
+    args = ["--grpc-port", "0", "--http-port", "0", "--shards", "2"]
+    args += ["--max-request-bytes", str(4 << 20)]
+    server = Server(args, folder / "server.log").start()
+    try:
+        with connect(server.grpc_address) as cluster:
+            opt = Adamax(cluster=cluster)
+            emb = cluster.variable("emb", shape=(50, 4), initializer="glorot_uniform")
+            w = cluster.variable("w", shape=(6,), dtype="float64", initializer="ones")
+            rows = IndexedSlices(np.ones((3, 4), np.float32), [1, 1, 7])
+            opt.apply_gradients([(rows, emb), (np.ones(6), w)])
+    except BaseException:
+        server.kill()
+        raise
+    return server
