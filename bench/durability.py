@@ -24,11 +24,11 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from measure import run_threads
 from readme import update_readme
 
 from adamax_ps.server.gradients import DenseGradient, SparseGradient
@@ -97,28 +97,12 @@ def push_rate(service, make_push, threads: int, seconds: float, label: str) -> d
     """Pushes/s, p50 latency and (wal) fsyncs with ``threads`` pushing at once."""
     log = service.journal.log
     syncs, written = (log.syncs, log.bytes_written) if log else (0, 0)
-    stop = threading.Event()
-    latencies: list[list[float]] = [[] for _ in range(threads)]
 
-    def worker(k: int) -> None:
-        sequence = 0
-        while not stop.is_set():
-            gradients = make_push(k, sequence)
-            start = time.perf_counter()
-            service.apply("Adamax", gradients, PushId(f"{label}-{k}", sequence))
-            latencies[k].append(time.perf_counter() - start)
-            sequence += 1
+    def push(k: int, sequence: int):
+        gradients, push_id = make_push(k, sequence), PushId(f"{label}-{k}", sequence)
+        return lambda: service.apply("Adamax", gradients, push_id)
 
-    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
-    started = time.perf_counter()
-    for thread in pool:
-        thread.start()
-    stop.wait(seconds)
-    stop.set()
-    for thread in pool:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    every = sorted(x for per in latencies for x in per)
+    every, elapsed = run_threads(threads, seconds, push)
     result = {
         "pushes_per_s": len(every) / elapsed,
         "p50_ms": every[len(every) // 2] * 1e3,
@@ -190,23 +174,10 @@ def grpc_rate(address: str, seconds: float, threads: int = 8) -> float:
         w = cluster.variable("w", shape=(256,), initializer="ones")
         g = np.full(256, 0.01, np.float32)
         opt.apply_gradients([(g, w)])
-        stop = threading.Event()
-        counts = [0] * threads
-
-        def worker(k: int) -> None:
-            while not stop.is_set():
-                opt.apply_gradients([(g, w)])
-                counts[k] += 1
-
-        pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
-        start = time.perf_counter()
-        for thread in pool:
-            thread.start()
-        stop.wait(seconds)
-        stop.set()
-        for thread in pool:
-            thread.join()
-        return sum(counts) / (time.perf_counter() - start)
+        every, elapsed = run_threads(
+            threads, seconds, lambda k, i: lambda: opt.apply_gradients([(g, w)])
+        )
+        return len(every) / elapsed
 
 
 def markdown(results: dict) -> str:

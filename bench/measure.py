@@ -9,7 +9,9 @@ import socket
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 # Thread counts the peers are given unless a script says otherwise: the
@@ -35,6 +37,36 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float:
         return float("nan")
     index = min(len(sorted_values) - 1, int(len(sorted_values) * fraction))
     return float(sorted_values[index])
+
+
+def run_threads(
+    threads: int, seconds: float, job: Callable[[int, int], Callable[[], object]]
+) -> tuple[list[float], float]:
+    """``threads`` threads at once for ``seconds``, each running
+    ``job(thread, sequence)()`` over and over (only the call of what ``job``
+    returns is timed): every call's latency in seconds (sorted), and the
+    elapsed time."""
+    stop = threading.Event()
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+
+    def worker(k: int) -> None:
+        sequence = 0
+        while not stop.is_set():
+            run = job(k, sequence)
+            start = time.perf_counter()
+            run()
+            latencies[k].append(time.perf_counter() - start)
+            sequence += 1
+
+    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    started = time.perf_counter()
+    for thread in pool:
+        thread.start()
+    stop.wait(seconds)
+    stop.set()
+    for thread in pool:
+        thread.join()
+    return sorted(x for per in latencies for x in per), time.perf_counter() - started
 
 
 def free_port() -> int:

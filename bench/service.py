@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from measure import run_threads
 from readme import update_readme
 
 from adamax_ps.server.gradients import DenseGradient, SparseGradient
@@ -58,30 +59,13 @@ def push_rate(
     service: ParameterService, make_push, threads: int, seconds: float, label: str
 ):
     """Pushes per second and p50/p99 latency with ``threads`` pushing at once."""
-    stop = threading.Event()
-    latencies: list[list[float]] = [[] for _ in range(threads)]
 
-    def worker(k: int) -> None:
-        sequence = 0
-        while not stop.is_set():
-            gradients = make_push(k, sequence)
-            start = time.perf_counter()
-            service.apply(
-                "Adamax", gradients, PushId(f"{label}-{threads}-{k}", sequence)
-            )
-            latencies[k].append(time.perf_counter() - start)
-            sequence += 1
+    def push(k: int, sequence: int):
+        gradients = make_push(k, sequence)
+        push_id = PushId(f"{label}-{threads}-{k}", sequence)
+        return lambda: service.apply("Adamax", gradients, push_id)
 
-    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
-    started = time.perf_counter()
-    for thread in pool:
-        thread.start()
-    stop.wait(seconds)
-    stop.set()
-    for thread in pool:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    every = sorted(x for per in latencies for x in per)
+    every, elapsed = run_threads(threads, seconds, push)
     return {
         "pushes_per_s": len(every) / elapsed,
         "p50_ms": every[len(every) // 2] * 1e3,
