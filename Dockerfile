@@ -38,7 +38,7 @@ RUN python -c "import adamax_ps.server.kernels"
 VOLUME ["/var/lib/adamax-ps"]
 EXPOSE 50051 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('ADAMAX_PS_HTTP_PORT', '8080') + '/healthz', timeout=4)"]
+    CMD ["adamax-ps", "health"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["adamax-ps"]
 CMD ["serve"]

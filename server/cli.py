@@ -1,4 +1,5 @@
-"""The ``adamax-ps`` command line: serve, cluster, demo, inspect, checkpoint.
+"""The ``adamax-ps`` command line: serve, cluster, demo, inspect, checkpoint,
+health.
 
 Every option can also be set by an environment variable, ``ADAMAX_PS_`` plus
 the option's name in capitals (``--steps`` is ``ADAMAX_PS_STEPS``); a flag
@@ -16,9 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from adamax_ps.server import config
-
-ENV = config.ENV_PREFIX
+# config.ENV_PREFIX, spelled here so that a probe (``health``) imports nothing
+# of the server: it runs every few seconds in a container.
+ENV = "ADAMAX_PS_"
 
 
 def _env(name: str, default: Any = None, kind: type = str) -> Any:
@@ -55,11 +56,16 @@ def _option(
         )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only_health: bool = False) -> argparse.ArgumentParser:
+    """The whole command line; ``only_health``: just the probe (fast to load)."""
     parser = argparse.ArgumentParser(
         prog="adamax-ps", description="A parameter server for the Adamax optimizer."
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    if only_health:
+        _add_health(commands)
+        return parser
+    from adamax_ps.server import config
 
     serve = commands.add_parser(
         "serve",
@@ -153,12 +159,43 @@ def build_parser() -> argparse.ArgumentParser:
         _option(command, "token", str, None, "bearer token")
         if name == "inspect":
             _option(command, "json", bool, False, "print JSON for scripts")
+    _add_health(commands)
     return parser
 
 
+def _add_health(commands) -> None:
+    health = commands.add_parser(
+        "health",
+        help="probe a server: exit 0 when it is up (or ready)",
+        description="Ask a server's /healthz (or /readyz with --ready) and exit 0 "
+        "if it answers 200, 1 otherwise: a container HEALTHCHECK or exec probe. "
+        "Without a URL it probes this machine's server as `adamax-ps serve` would "
+        f"listen from the same environment ({ENV}HTTP_PORT, https when "
+        f"{ENV}TLS_CERT is set).",
+    )
+    health.add_argument(
+        "url",
+        nargs="?",
+        default=_env("url"),
+        help=f"http(s)://host:port of the server [env {ENV}URL]",
+    )
+    _option(health, "ready", bool, False, "ask /readyz: restored and warm")
+    _option(
+        health,
+        "tls-ca",
+        Path,
+        None,
+        "CA certificate (PEM) to verify an https server with (default: the "
+        "system's; not verified on a loopback address)",
+    )
+    _option(health, "timeout", float, 4.0, "seconds to wait for the answer")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(only_health=argv[:1] == ["health"]).parse_args(argv)
     if args.command == "serve":
+        from adamax_ps.server import config
         from adamax_ps.server.serve import run  # imports grpc, uvicorn: only here
 
         return run(config.from_arguments(args))
@@ -181,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.address,
             args.token,
         )
+    if args.command == "health":
+        return health(args.url or _local_url(), args.ready, args.tls_ca, args.timeout)
     urls = _urls(args.url)
     if args.command == "inspect":
         from adamax_ps.server.inspect_cli import inspect
@@ -295,3 +334,50 @@ def run_cluster(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _local_url() -> str:
+    """The address ``adamax-ps serve`` would listen on, from the environment."""
+    port = _env("http-port", 8080, int)
+    scheme = "https" if _env("tls-cert") else "http"
+    return f"{scheme}://127.0.0.1:{port}"
+
+
+def health(url: str, ready: bool, tls_ca: Path | None, timeout: float) -> int:
+    """Exit status 0 when ``url``'s /healthz (``ready``: /readyz) answers 200.
+
+    On a loopback address without ``tls_ca`` the certificate is not verified:
+    the probe sends no secret, and a server's own certificate rarely names
+    127.0.0.1.
+    """
+    import ipaddress
+    import ssl
+    from urllib.parse import urlsplit
+
+    import httpx
+
+    urls = _urls(url)
+    if len(urls) != 1:
+        raise SystemExit("adamax-ps health: give one server's address")
+    (url,) = urls
+    host = urlsplit(url).hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    verify: bool | ssl.SSLContext = True
+    if tls_ca is not None:
+        verify = ssl.create_default_context(cafile=str(tls_ca))
+    elif loopback:
+        verify = False
+    path = "/readyz" if ready else "/healthz"
+    try:
+        response = httpx.get(url + path, timeout=timeout, verify=verify)
+    except (httpx.HTTPError, OSError) as e:
+        print(f"{url}{path}: cannot reach the server: {e}", file=sys.stderr)
+        return 1
+    if response.status_code != 200:
+        print(f"{url}{path}: {response.status_code} {response.text}", file=sys.stderr)
+        return 1
+    print(f"{url}{path}: {response.json().get('status', 'ok')}")
+    return 0

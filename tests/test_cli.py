@@ -29,11 +29,43 @@ def run(*args: str, env: dict | None = None, timeout: float = 300):
 
 
 @pytest.mark.parametrize(
-    "command", ["serve", "cluster", "demo", "inspect", "checkpoint"]
+    "command", ["serve", "cluster", "demo", "inspect", "checkpoint", "health"]
 )
 def test_every_command_has_help(command):
     result = run(command, "--help")
     assert result.returncode == 0 and "ADAMAX_PS_" in result.stdout
+
+
+def test_health_probes_a_server_without_loading_the_server(tmp_path):
+    (server,) = start_cluster(1, tmp_path, checkpoints=False)
+    try:
+        up = run("health", server.http_address)
+        assert up.returncode == 0 and "/healthz: ok" in up.stdout, up.stderr
+        ready = run("health", "--ready", env={"ADAMAX_PS_URL": server.http_address})
+        assert ready.returncode == 0 and "/readyz: ready" in ready.stdout
+        local = run("health", env={"ADAMAX_PS_HTTP_PORT": str(server.http_port)})
+        assert local.returncode == 0, local.stderr  # the container's own probe
+    finally:
+        server.stop()
+    gone = run("health", server.http_address, "--timeout", "2")
+    assert gone.returncode == 1 and "cannot reach the server" in gone.stderr
+    probe = (
+        "import sys; from adamax_ps.server import cli\n"
+        f"code = cli.main(['health', '{server.http_address}'])\n"
+        "heavy = [m for m in ('numba', 'grpc', 'adamax_ps.server.service') "
+        "if m in sys.modules]\n"
+        "print(code, heavy)"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
+    )
+    assert loaded.stdout.strip() == "1 []", loaded.stderr
+
+
+def test_the_cli_spells_the_environment_prefix_as_the_settings_do():
+    from adamax_ps.server import cli, config
+
+    assert cli.ENV == config.ENV_PREFIX
 
 
 def test_unknown_command_is_a_usage_error():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import os
 import subprocess
 
 import grpc
@@ -119,8 +120,37 @@ def test_tls_on_both_transports(tmp_path):
             )
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"https://127.0.0.1:{server.http_port}/healthz")  # untrusted CA
+        check_health_probe(tmp_path, server.http_port, cert_path, ca_path)
     finally:
         server.kill()
+
+
+def check_health_probe(tmp_path, port: int, cert_path, ca_path) -> None:
+    """``adamax-ps health`` as the image's HEALTHCHECK runs it beside a TLS
+    server (https from the server's settings, loopback not verified), and
+    verifying against a CA when given one."""
+    url = f"https://127.0.0.1:{port}"
+    environment = {
+        "ADAMAX_PS_TLS_CERT": str(cert_path),
+        "ADAMAX_PS_HTTP_PORT": str(port),
+    }
+    probes = [
+        ((), environment, 0),
+        ((url, "--tls-ca", str(ca_path)), {}, 0),
+        ((url.replace("https", "http"),), {}, 1),
+    ]
+    stranger = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(stranger)
+    probes.append(((url, "--tls-ca", str(stranger)), {}, 1))
+    for args, env, expected in probes:
+        result = subprocess.run(
+            [SCRIPT, "health", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **env},
+        )
+        assert result.returncode == expected, (args, result.stdout, result.stderr)
 
 
 def test_tokens_are_compared_in_constant_time(monkeypatch):
