@@ -11,6 +11,8 @@ for bit. Without ``--durability wal`` the journal writes nothing.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +27,8 @@ from adamax_ps.server.pushes import PushId
 if TYPE_CHECKING:
     from adamax_ps.server.service import ParameterService
 
+OWNER_FILE = "server.json"
+
 
 class Journal:
     """The service's write-ahead log, or nothing (``--durability checkpoint``)."""
@@ -37,6 +41,28 @@ class Journal:
     @property
     def enabled(self) -> bool:
         return self.folder is not None
+
+    def claim(self, server_index: int, num_servers: int) -> tuple[int, int]:
+        """The (server index, cluster size) this log belongs to: recorded in
+        ``server.json`` (atomically) on first use, read back afterwards."""
+        path = self.folder / OWNER_FILE
+        try:
+            owner = json.loads(path.read_text())
+            return int(owner["server_index"]), int(owner["num_servers"])
+        except FileNotFoundError:
+            pass
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{path} is damaged: {e!r}") from None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"server_index": server_index, "num_servers": num_servers})
+        partial = path.with_suffix(".json.partial")
+        with open(partial, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+        wal_files.fsync_dir(self.folder)
+        return server_index, num_servers
 
     def replay(self, service: ParameterService, since: int) -> int:
         """Apply the records of segments ``since`` and up; then append to the

@@ -968,9 +968,25 @@ class ParameterService:
             raise FailedPreconditionError("restore needs an empty service")
         info = self._load_checkpoint(root)
         if self.journal.enabled:
+            settings = self.settings
+            owner = self.journal.claim(settings.server_index, settings.num_servers)
+            self._check_writer(f"write-ahead log {self.journal.folder}", owner)
             since = info.wal_segment if info is not None else 0
             self.replayed = self.journal.replay(self, since)
         return info
+
+    def _check_writer(self, what: str, saved_as: tuple[int, int]) -> None:
+        """Refuse state written by another server of the cluster (or another
+        cluster size): it holds other rows."""
+        settings = self.settings
+        if tuple(saved_as) != (settings.server_index, settings.num_servers):
+            raise CheckpointError(
+                f"{what} was written by server {saved_as[0]} of {saved_as[1]}; "
+                f"this server is {settings.server_index} of {settings.num_servers}, "
+                f"and would hold other rows. Start it with --server-index "
+                f"{saved_as[0]} --num-servers {saved_as[1]}, or a resized cluster "
+                "from empty folders"
+            )
 
     def _load_checkpoint(self, root: Path | None) -> CheckpointInfo | None:
         root = root or self.settings.checkpoint_dir
@@ -980,16 +996,10 @@ class ParameterService:
         started = time.perf_counter()
         reader = checkpoint.CheckpointReader(path)
         manifest = reader.manifest
-        saved_as = (manifest.get("server_index", 0), manifest.get("num_servers", 1))
-        settings = self.settings
-        if saved_as != (settings.server_index, settings.num_servers):
-            raise CheckpointError(
-                f"checkpoint {path} was written by server {saved_as[0]} of "
-                f"{saved_as[1]}; this server is {settings.server_index} of "
-                f"{settings.num_servers}, and would hold other rows. Start it with "
-                f"--server-index {saved_as[0]} --num-servers {saved_as[1]}, or a "
-                "resized cluster from empty folders"
-            )
+        self._check_writer(
+            f"checkpoint {path}",
+            (manifest.get("server_index", 0), manifest.get("num_servers", 1)),
+        )
         try:
             optimizers, ledger, nbytes = persistence.load(self.store, reader)
         except (KeyError, TypeError, ValueError) as e:

@@ -41,6 +41,15 @@ def segment_path(folder: Path, number: int) -> Path:
     return folder / f"wal-{number:06d}.log"
 
 
+def fsync_dir(folder: Path) -> None:
+    """Make the folder's entries (a new or renamed file) durable."""
+    directory = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 def segments(folder: Path) -> list[tuple[int, Path]]:
     """Log segments in ``folder`` as (number, path), in order."""
     if not folder.is_dir():
@@ -132,11 +141,7 @@ class WriteAheadLog:
         self._file.close()
         self.segment += 1
         self._file = open(segment_path(self.folder, self.segment), "ab")  # noqa: SIM115
-        directory = os.open(self.folder, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        fsync_dir(self.folder)
         return self.segment
 
     def prune(self, before: int) -> None:

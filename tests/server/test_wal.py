@@ -180,3 +180,18 @@ def test_acknowledged_pushes_survive_sigkill(make_service, tmp_path):
     assert snapshot(reference)["var:emb"] == snapshot(restored)["var:emb"]
     assert snapshot(reference)["var:dense"] == snapshot(restored)["var:dense"]
     assert restored.optimizer("Adamax").iterations == len(remembered)
+
+
+def test_a_log_replays_only_on_the_server_that_wrote_it(make_service, tmp_path):
+    """No checkpoint yet, only the log: a swapped or resized folder is refused
+    as a checkpoint would be, and its owner still replays it."""
+    service = wal_service(make_service, tmp_path, server_index=1, num_servers=2)
+    service.create_variable("w", shape=(3,), initializer="ones")
+    for index, count in ((0, 2), (1, 3)):
+        with pytest.raises(CheckpointError, match="written by server 1 of 2"):
+            wal_service(make_service, tmp_path, server_index=index, num_servers=count)
+    owner = wal_service(make_service, tmp_path, server_index=1, num_servers=2)
+    assert owner.replayed == 1
+    (tmp_path / "wal" / "server.json").write_text("{")
+    with pytest.raises(CheckpointError, match=r"server\.json is damaged"):
+        wal_service(make_service, tmp_path, server_index=1, num_servers=2)
