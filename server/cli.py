@@ -332,10 +332,6 @@ def run_cluster(args: argparse.Namespace) -> int:
     return 0 if all(code == 0 for code in codes) else 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _local_url() -> str:
     """The address ``adamax-ps serve`` would listen on, from the environment."""
     port = _env("http-port", 8080, int)
@@ -381,3 +377,7 @@ def health(url: str, ready: bool, tls_ca: Path | None, timeout: float) -> int:
         return 1
     print(f"{url}{path}: {response.json().get('status', 'ok')}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
