@@ -26,12 +26,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent import futures
 from pathlib import Path
 
 import numpy as np
+from measure import run_threads
 from readme import update_readme
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -161,26 +161,13 @@ def client_sparse(address: str, seconds: float) -> dict:
         batches.append(rng.permutation(1_000_000)[ranks].astype(np.int64))
     values = rng.normal(size=(8192, 64)).astype(np.float32)
     opt.apply_gradients([(IndexedSlices(values, batches[0]), table)])  # warm
-    stop = threading.Event()
-    counts = [0] * 4
 
-    def worker(k: int) -> None:
-        i = k
-        while not stop.is_set():
-            opt.apply_gradients([(IndexedSlices(values, batches[i % 16]), table)])
-            counts[k] += 1
-            i += 4
+    def push(k: int, sequence: int):
+        slices = IndexedSlices(values, batches[(k + 4 * sequence) % 16])
+        return lambda: opt.apply_gradients([(slices, table)])
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    stop.wait(seconds)
-    stop.set()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - start
-    pushes = sum(counts)
+    every, elapsed = run_threads(4, seconds, push)
+    pushes = len(every)
     return {"pushes_per_s": pushes / elapsed, "rows_per_s": pushes * 8192 / elapsed}
 
 

@@ -49,7 +49,8 @@ def _bytes(array: np.ndarray) -> memoryview:
     return memoryview(array.reshape(-1)).cast("B")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a new or renamed file) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -155,9 +156,9 @@ class CheckpointWriter:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-        _fsync_dir(self.tmp)
+        fsync_dir(self.tmp)
         os.rename(self.tmp, self.final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         self._pool.shutdown()
         return self.final
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from adamax_ps.server import wal as wal_files
+from adamax_ps.server.checkpoint import fsync_dir
 from adamax_ps.server.errors import CheckpointError
 from adamax_ps.server.gradients import PreparedGradient
 from adamax_ps.server.pushes import PushId
@@ -61,7 +62,7 @@ class Journal:
             f.flush()
             os.fsync(f.fileno())
         os.replace(partial, path)
-        wal_files.fsync_dir(self.folder)
+        fsync_dir(self.folder)
         return server_index, num_servers
 
     def replay(self, service: ParameterService, since: int) -> int:

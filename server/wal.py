@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from adamax_ps.proto import codec
+from adamax_ps.server.checkpoint import fsync_dir
 from adamax_ps.server.errors import CheckpointError
 
 _NAME = re.compile(r"^wal-(\d+)\.log$")
@@ -39,15 +40,6 @@ MAX_RECORD = 1 << 40
 
 def segment_path(folder: Path, number: int) -> Path:
     return folder / f"wal-{number:06d}.log"
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make the folder's entries (a new or renamed file) durable."""
-    directory = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def segments(folder: Path) -> list[tuple[int, Path]]:
