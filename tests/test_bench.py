@@ -55,3 +55,11 @@ def test_durability_bench_reports_the_cost_of_the_log(tmp_path):
     assert figures["wal_ratio_1kb_16_threads"] > 0
     assert figures["wal_pushes_per_fsync_1kb_16_threads"] >= 1
     assert figures["grpc_wal_ratio"] > 0
+
+
+@pytest.mark.slow
+def test_transport_bench_reports_its_figures(tmp_path):
+    figures = run_bench("transport.py", tmp_path)
+    for key in ("dense_gb_per_s", "small_p50_ms", "sparse_rows_per_s", "tcp_gb_per_s"):
+        assert figures[key] > 0, key
+    assert figures["small_p99_ms"] >= figures["small_p50_ms"]
