@@ -291,20 +291,8 @@ class Adamax:
     def set_weights(self, weights: Sequence[Any]) -> None:
         """Keras ``set_weights()``: length then shapes checked, then assigned."""
         params = self.weights
-        if len(params) != len(weights):
-            raise ValueError(
-                f"You called `set_weights(weights)` on optimizer {self._name} with a "
-                f" weight list of length {len(weights)}, but the optimizer was "
-                f"expecting {len(params)} weights. Provided weights: "
-                f"{str(list(weights))[:50]}..."
-            )
-        arrays = [np.asarray(w) for w in weights]
-        for param, array in zip(params, arrays, strict=True):
-            if tuple(param.shape) != array.shape:
-                raise ValueError(
-                    f"Optimizer weight shape {tuple(param.shape)} not compatible with "
-                    f"provided weight shape {array.shape}."
-                )
+        shapes = [tuple(param.shape) for param in params]
+        arrays = keras.set_weights_arrays(self._name, shapes, weights)
         self._cluster.map(
             lambda pair: pair[0].assign(pair[1]), list(zip(params, arrays, strict=True))
         )

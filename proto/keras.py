@@ -115,6 +115,29 @@ def schedule_config(schedule: Any) -> Any:
     return schedule
 
 
+def set_weights_arrays(
+    optimizer: str, shapes: Sequence[tuple[int, ...]], weights: Sequence[Any]
+) -> list[np.ndarray]:
+    """Keras ``set_weights()``'s checks: the list's length, then each shape
+    against the optimizer's ``weights``; the weights as arrays. ValueError with
+    Keras's messages."""
+    if len(shapes) != len(weights):
+        raise ValueError(
+            f"You called `set_weights(weights)` on optimizer {optimizer} with a "
+            f" weight list of length {len(weights)}, but the optimizer was "
+            f"expecting {len(shapes)} weights. Provided weights: "
+            f"{str(list(weights))[:50]}..."
+        )
+    arrays = [np.asarray(w) for w in weights]
+    for shape, array in zip(shapes, arrays, strict=True):
+        if tuple(shape) != array.shape:
+            raise ValueError(
+                f"Optimizer weight shape {tuple(shape)} not compatible with "
+                f"provided weight shape {array.shape}."
+            )
+    return arrays
+
+
 def clip_gradients(
     gradients: Sequence[np.ndarray],
     *,

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from adamax_ps.proto import keras
 from adamax_ps.server import adamax, checkpoint, journal, persistence
 from adamax_ps.server.errors import (
     CheckpointError,
@@ -480,20 +481,10 @@ class ParameterService:
         with state.lock:
             refs = list(state.weights)
         current = [self._weight_shape(state, ref) for ref in refs]
-        if len(weights) != len(refs):
-            raise InvalidArgumentError(
-                f"You called `set_weights(weights)` on optimizer {state.name} "
-                f"with a  weight list of length {len(weights)}, but the optimizer "
-                f"was expecting {len(refs)} weights. Provided weights: "
-                f"{str(list(weights))[:50]}..."
-            )
-        arrays = [np.asarray(w) for w in weights]
-        for shape, array in zip(current, arrays, strict=True):
-            if tuple(shape) != array.shape:
-                raise InvalidArgumentError(
-                    f"Optimizer weight shape {tuple(shape)} not compatible with "
-                    f"provided weight shape {array.shape}."
-                )
+        try:
+            arrays = keras.set_weights_arrays(state.name, current, weights)
+        except ValueError as e:
+            raise InvalidArgumentError(str(e)) from None
         records = {
             r.variable: self.variable(r.variable) for r in refs if r.kind == "slot"
         }
