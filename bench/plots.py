@@ -138,6 +138,22 @@ def _lines(axis, rows: list[dict], x_key: str, field: str, scale: float = 1.0):
         )
 
 
+def _latencies(axis, x: list, rows: list[dict], color: int, label: str) -> None:
+    """p50 (solid) and p99 (dashed) latency of ``rows`` in one color."""
+    for field, style in (("p50_ms", "-"), ("p99_ms", "--")):
+        median, error = _errorbars([r[field] for r in rows])
+        axis.errorbar(
+            x,
+            median,
+            yerr=error,
+            color=f"C{color}",
+            linestyle=style,
+            marker="o",
+            capsize=3,
+            label=f"{label} {field[:3]}",
+        )
+
+
 def _scaling_workers(scaling: dict, folder: Path) -> str:
     import matplotlib.pyplot as plt
 
@@ -147,18 +163,7 @@ def _scaling_workers(scaling: dict, folder: Path) -> str:
     rate.set_ylabel("pushes/s")
     for color, push in enumerate(dict.fromkeys(r["push"] for r in rows)):
         chosen = [r for r in rows if r["push"] == push]
-        for field, style in (("p50_ms", "-"), ("p99_ms", "--")):
-            median, error = _errorbars([r[field] for r in chosen])
-            latency.errorbar(
-                [r["workers"] for r in chosen],
-                median,
-                yerr=error,
-                color=f"C{color}",
-                linestyle=style,
-                marker="o",
-                capsize=3,
-                label=f"{push} {field[:3]}",
-            )
+        _latencies(latency, [r["workers"] for r in chosen], chosen, color, push)
     latency.set_ylabel("latency ms")
     latency.set_yscale("log")
     counts = sorted({r["workers"] for r in rows})
@@ -190,18 +195,7 @@ def _scaling_size(scaling: dict, folder: Path) -> str:
             capsize=3,
             label=f"{workers} worker(s)",
         )
-        for field, style in (("p50_ms", "-"), ("p99_ms", "--")):
-            median, error = _errorbars([r[field] for r in chosen])
-            latency.errorbar(
-                x,
-                median,
-                yerr=error,
-                color=f"C{color}",
-                linestyle=style,
-                marker="o",
-                capsize=3,
-                label=f"{workers} worker(s) {field[:3]}",
-            )
+        _latencies(latency, x, chosen, color, f"{workers} worker(s)")
     rate.set_ylabel("gradient MB/s applied")
     latency.set_ylabel("latency ms")
     for axis in (rate, latency):
