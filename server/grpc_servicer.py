@@ -9,7 +9,6 @@ services are served beside ours.
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import logging
 from collections.abc import Callable
@@ -206,19 +205,19 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             raise codec.CodecError("a streamed push starts with its header")
         request = first.header
         self._check_view(request.view)
-        declared = []
+        declared = []  # in stream order: each gradient's indices, then values
+        values_at = []  # where each gradient's values are in it
         for g in request.gradients:
             if g.HasField("indices"):
                 declared.append(g.indices)
+            values_at.append(len(declared))
             declared.append(g.values)
         assembler = codec.StreamAssembler(
             declared, self.max_request_bytes, self.buffers
         )
-        values_at = list(itertools.accumulate(len(d) for d in _stream_order(request)))
         scan = None
         if self.service.settings.nonfinite is not NonFinitePolicy.ALLOW:
-            positions = [end - 1 for end in values_at]  # each gradient's values
-            scan = StreamFiniteScan(assembler.buffer, assembler.layout, positions)
+            scan = StreamFiniteScan(assembler.buffer, assembler.layout, values_at)
         if first.data:
             assembler.feed(first.data)
         for chunk in chunks:
@@ -232,10 +231,10 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             sum(a.nbytes for a in received)
         )
         gradients = []
-        for g, end in zip(request.gradients, values_at, strict=True):
-            indices = received[end - 2] if g.HasField("indices") else None
-            finite = scan is not None and scan.finite(end - 1)
-            gradients.append(_gradient(g.variable, received[end - 1], indices, finite))
+        for g, k in zip(request.gradients, values_at, strict=True):
+            indices = received[k - 1] if g.HasField("indices") else None
+            finite = scan is not None and scan.finite(k)
+            gradients.append(_gradient(g.variable, received[k], indices, finite))
         return self._apply(request, gradients)
 
     def _apply(self, request: pb.ApplyRequest, gradients: list) -> pb.ApplyResponse:
@@ -354,14 +353,6 @@ def _gradient(
     if indices is None:
         return DenseGradient(variable, values, finite)
     return SparseGradient(variable, indices, values, finite)
-
-
-def _stream_order(request: pb.ApplyRequest) -> list[tuple]:
-    """Each gradient's tensors in the order they travel: indices, then values."""
-    return [
-        ("indices", "values") if g.HasField("indices") else ("values",)
-        for g in request.gradients
-    ]
 
 
 def _push_id(request: Any) -> PushId | None:
