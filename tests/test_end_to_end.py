@@ -278,6 +278,32 @@ def test_streamed_and_unary_pushes_agree(servers):
         assert whole[:300_000].tobytes() == halves[0].numpy().tobytes()
 
 
+def test_a_streamed_sparse_and_dense_push_equals_the_same_push_unary(
+    servers, monkeypatch
+):
+    """Indices, values and a dense gradient in one stream (over 1 MB) land as
+    the same call sent as one unary message does."""
+    from adamax_ps.client import transports
+
+    (server,) = servers(1, checkpoints=False)
+    rng = np.random.default_rng(4)
+    rows = rng.integers(0, 5000, 6000)  # repeated ids: summed before sending
+    values = rng.normal(size=(6000, 64)).astype(F32)
+    dense = rng.normal(size=1000).astype(F32)
+    finals = []
+    with connect(server.grpc_address) as cluster:
+        for name, stream_above in (("streamed", 1 << 10), ("unary", 1 << 30)):
+            monkeypatch.setattr(transports, "STREAM_ABOVE", stream_above)
+            emb = cluster.variable(f"{name}/emb", shape=(5000, 64), initializer="ones")
+            w = cluster.variable(f"{name}/w", shape=(1000,), initializer="ones")
+            opt = Adamax(name=name, cluster=cluster)
+            for _ in range(2):
+                opt.apply_gradients([(IndexedSlices(values, rows), emb), (dense, w)])
+            finals.append([emb.numpy().tobytes(), w.numpy().tobytes()])
+    assert finals[0] == finals[1]
+    assert finals[0][0] != np.ones((5000, 64), F32).tobytes()
+
+
 def test_concurrent_worker_processes_count_every_call(servers, tmp_path):
     cluster_servers = servers(2, checkpoints=False)
     env = {**os.environ, "ADAMAX_PS_ADDRESS": addresses(cluster_servers)}
