@@ -101,6 +101,21 @@ class Journal:
             )
         return self.log.append(kind, header, arrays)
 
+    def write_push(
+        self,
+        optimizer: str,
+        pairs: Sequence[PreparedGradient],
+        push_ids,
+        step: int,
+        call_variables: Sequence[str],
+    ) -> int:
+        """Append a push as applied (see ``push_record``); 0 when not logging,
+        without building the record: this is every push's path."""
+        if not self.enabled or self.replaying:
+            return 0
+        header, arrays = push_record(pairs, push_ids, step, call_variables)
+        return self.write("push", {"optimizer": optimizer, **header}, arrays)
+
     def wait(self, number: int) -> None:
         """Block until record ``number`` is on disk (call without locks held)."""
         if number and self.log is not None:

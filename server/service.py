@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from adamax_ps.proto import keras
-from adamax_ps.server import adamax, checkpoint, journal, persistence
+from adamax_ps.server import adamax, checkpoint, persistence
 from adamax_ps.server.errors import (
     CheckpointError,
     FailedPreconditionError,
@@ -832,9 +832,8 @@ class ParameterService:
                 for part in self.store.parts(self.variable(name)):
                     part.slots[(state.name, "m")] = np.zeros_like(part.value)
                     part.slots[(state.name, "v")] = np.zeros_like(part.value)
-            header, arrays = journal.push_record(pairs, push_ids, step, call_variables)
-            logged = self.journal.write(
-                "push", {"optimizer": state.name, **header}, arrays
+            logged = self.journal.write_push(
+                state.name, pairs, push_ids, step, call_variables
             )
             scalars = {
                 dtype: state.config.step_scalars(step, dtype)
