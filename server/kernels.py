@@ -122,39 +122,47 @@ def stream_4r3w(a, b, c, d):
         c[i] = z + s
 
 
-@nb.njit([nb.int64(_in(u), u) for u in (nb.uint16, nb.uint32, nb.uint64)], **_JIT)
-def first_nonfinite_bits(bits, exponent):
+@nb.njit([nb.int64(_in(u), u, u) for u in (nb.uint16, nb.uint32, nb.uint64)], **_JIT)
+def first_nonfinite_bits(bits, magnitude, exponent):
     """Index of the first NaN or Inf, given a float array's bits, or -1.
 
-    A float is NaN or Inf exactly when its exponent bits are all ones. The
-    test is integer-only and branch-free within a block, so it vectorises;
-    only a block holding such a value is searched element by element.
+    A float is NaN or Inf exactly when its magnitude bits (all but the sign)
+    are at least the exponent mask. One pass takes the largest magnitude: an
+    integer max-reduction over the whole array, which LLVM vectorises (44 GB/s
+    here; the same loop cut into blocks with an early exit did not vectorise
+    and ran at 5 GB/s). Only an array holding such a value is searched again,
+    element by element.
     """
-    n = bits.shape[0]
-    block = 4096
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        hits = 0
-        for i in range(start, stop):
-            hits += (bits[i] & exponent) == exponent
-        if hits:
-            for i in range(start, stop):
-                if bits[i] & exponent == exponent:
-                    return i
+    top = bits.dtype.type(0)
+    for i in range(bits.shape[0]):
+        top = max(top, bits[i] & magnitude)
+    if top < exponent:
+        return -1
+    for i in range(bits.shape[0]):
+        if bits[i] & magnitude >= exponent:
+            return i
     return -1
 
 
-_EXPONENT = {
-    np.dtype(np.float16): (np.uint16, np.uint16(0x7C00)),
-    np.dtype(np.float32): (np.uint32, np.uint32(0x7F800000)),
-    np.dtype(np.float64): (np.uint64, np.uint64(0x7FF0000000000000)),
+_EXPONENT = {  # dtype: (its bits, the magnitude mask, the exponent mask)
+    np.dtype(np.float16): (np.uint16, np.uint16(0x7FFF), np.uint16(0x7C00)),
+    np.dtype(np.float32): (
+        np.uint32,
+        np.uint32(0x7FFFFFFF),
+        np.uint32(0x7F800000),
+    ),
+    np.dtype(np.float64): (
+        np.uint64,
+        np.uint64(0x7FFFFFFFFFFFFFFF),
+        np.uint64(0x7FF0000000000000),
+    ),
 }
 
 
 def first_nonfinite(values: np.ndarray) -> int:
     """Index of the first NaN or Inf in a flat float array, or -1."""
-    unsigned, exponent = _EXPONENT[values.dtype]
-    return int(first_nonfinite_bits(values.view(unsigned), exponent))
+    unsigned, magnitude, exponent = _EXPONENT[values.dtype]
+    return int(first_nonfinite_bits(values.view(unsigned), magnitude, exponent))
 
 
 @nb.njit([nb.int64(_in(i), nb.int64) for i in _INTS], **_JIT)

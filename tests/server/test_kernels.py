@@ -40,10 +40,12 @@ def test_first_appearance_keeps_order_and_positions():
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("bad", [np.nan, -np.nan, np.inf, -np.inf])
 def test_first_nonfinite_finds_the_first_nan_or_inf(dtype, bad):
     values = np.random.default_rng(1).normal(size=10_000).astype(dtype)
     values[[17, 9000]] = np.finfo(dtype).max  # large but finite
+    values[[18, 9001]] = -np.finfo(dtype).max  # the sign bit is not magnitude
+    values[19] = -0.0
     assert kernels.first_nonfinite(values) == -1
     values[[8191, 9999]] = bad
     assert kernels.first_nonfinite(values) == 8191
