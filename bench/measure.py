@@ -134,7 +134,10 @@ def reply(message: dict) -> None:
 class Child:
     """A benchmark script run as a child process, driven over stdin and stdout."""
 
-    def __init__(self, script: str, *args: str, log: Path) -> None:
+    def __init__(
+        self, script: str, *args: str, log: Path, env: dict[str, str] | None = None
+    ) -> None:
+        """``env``: variables set for the child on top of this environment."""
         self.log = log
         with open(log, "wb") as errors:
             self.process = subprocess.Popen(
@@ -143,6 +146,7 @@ class Child:
                 stdout=subprocess.PIPE,
                 stderr=errors,
                 text=True,
+                env={**os.environ, **(env or {})},
             )
 
     def send(self, op: str, **args) -> None:

@@ -1,7 +1,10 @@
 """Transport benchmark on loopback: pushes through a real server against floors.
 
-Side by side in one run (each measurement in its own client process, so the
-malloc setting of one does not leak into another):
+Side by side in one run, interleaved round by round (this machine's pace
+drifts by up to 2x within minutes, so figures taken one after the other
+compare the minutes, not the transports). Every row runs in its own long-lived
+client process, so the malloc setting of one does not leak into another, and
+each round measures every row once, in an order rotated from round to round:
 
 - floors: raw TCP between two processes (64 MB messages into a preallocated
   buffer), and a bare gRPC server taking the same 64 MB as a client stream of
@@ -20,18 +23,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 
 import numpy as np
-from measure import run_threads
+from measure import Child, percentile, run_threads, serve_commands, spread
 from readme import update_readme
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -60,21 +63,29 @@ def tcp_receiver() -> None:
         conn.sendall(b"k")
 
 
-def tcp_floor(rounds: int) -> dict:
-    child = subprocess.Popen(
-        [sys.executable, __file__, "--child", "tcp"], stdout=subprocess.PIPE, text=True
-    )
-    port = int(child.stdout.readline())
-    payload = np.ones(DENSE_BYTES, np.uint8)
-    times = []
-    with socket.create_connection(("127.0.0.1", port)) as conn:
-        for _ in range(rounds + 1):
-            start = time.perf_counter()
-            conn.sendall(memoryview(payload))
-            conn.recv(1)
-            times.append(time.perf_counter() - start)
-    child.wait(30)
-    return _rate(times[1:], DENSE_BYTES)
+class TcpFloor:
+    """The parent's side of the raw TCP floor: one connection, kept open."""
+
+    def __init__(self) -> None:
+        self.child = subprocess.Popen(
+            [sys.executable, __file__, "--child", "tcp"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        port = int(self.child.stdout.readline())
+        self.conn = socket.create_connection(("127.0.0.1", port))
+        self.payload = memoryview(np.ones(DENSE_BYTES, np.uint8))
+        self.push()  # warm: the receiver's buffer is faulted in
+
+    def push(self) -> float:
+        start = time.perf_counter()
+        self.conn.sendall(self.payload)
+        self.conn.recv(1)
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self.conn.close()
+        self.child.wait(30)
 
 
 def grpc_sink() -> None:
@@ -113,65 +124,8 @@ def grpc_sink() -> None:
     server.stop(0)
 
 
-# Our client, in child processes ---------------------------------------------------
-
-
-def client_dense(address: str, rounds: int) -> dict:
-    from adamax_ps.client import Adamax, connect
-
-    cluster = connect(address)
-    opt = Adamax(name="dense", cluster=cluster)
-    params = DENSE_BYTES // 4
-    var = cluster.variable("dense64", shape=(params,))
-    g = np.random.default_rng(0).normal(size=params).astype(np.float32)
-    times = []
-    for _ in range(rounds + 1):
-        start = time.perf_counter()
-        opt.apply_gradients([(g, var)])
-        times.append(time.perf_counter() - start)
-    return _rate(times[1:], DENSE_BYTES)
-
-
-def client_small(address: str, calls: int) -> dict:
-    from adamax_ps.client import Adamax, connect
-
-    cluster = connect(address)
-    opt = Adamax(name="small", cluster=cluster)
-    var = cluster.variable("small1k", shape=(256,))
-    g = np.ones(256, np.float32)
-    latencies = []
-    for _ in range(calls + 50):
-        start = time.perf_counter()
-        opt.apply_gradients([(g, var)])
-        latencies.append(time.perf_counter() - start)
-    return _latency(latencies[50:])
-
-
-def client_sparse(address: str, seconds: float) -> dict:
-    from adamax_ps.client import Adamax, IndexedSlices, connect
-
-    cluster = connect(address)
-    opt = Adamax(name="sparse", cluster=cluster)
-    table = cluster.variable("table", shape=(1_000_000, 64))
-    rng = np.random.default_rng(1)
-    batches = []
-    for _ in range(16):
-        ranks = rng.zipf(1.2, size=8192 * 4)
-        ranks = ranks[ranks <= 1_000_000][:8192] - 1
-        batches.append(rng.permutation(1_000_000)[ranks].astype(np.int64))
-    values = rng.normal(size=(8192, 64)).astype(np.float32)
-    opt.apply_gradients([(IndexedSlices(values, batches[0]), table)])  # warm
-
-    def push(k: int, sequence: int):
-        slices = IndexedSlices(values, batches[(k + 4 * sequence) % 16])
-        return lambda: opt.apply_gradients([(slices, table)])
-
-    every, elapsed = run_threads(4, seconds, push)
-    pushes = len(every)
-    return {"pushes_per_s": pushes / elapsed, "rows_per_s": pushes * 8192 / elapsed}
-
-
-def bare_grpc(port: int, rounds: int, calls: int) -> dict:
+def bare_client(port: str) -> None:
+    """Child: the bare gRPC floors, one round per command."""
     import grpc
 
     channel = grpc.insecure_channel(
@@ -179,24 +133,97 @@ def bare_grpc(port: int, rounds: int, calls: int) -> dict:
     )
     push = channel.stream_unary("/bench.Sink/Push")
     echo = channel.unary_unary("/bench.Sink/Echo")
-    payload = np.ones(DENSE_BYTES, np.uint8)
-    view = memoryview(payload)
-    times = []
-    for _ in range(rounds + 1):
-        start = time.perf_counter()
-        push(bytes(view[i : i + MB]) for i in range(0, DENSE_BYTES, MB))
-        times.append(time.perf_counter() - start)
+    view = memoryview(np.ones(DENSE_BYTES, np.uint8))
     small = b"x" * 1024
-    latencies = []
-    for _ in range(calls + 50):
-        start = time.perf_counter()
-        echo(small)
-        latencies.append(time.perf_counter() - start)
+
+    def stream(pushes: int) -> dict:
+        return {"seconds": _timed(pushes, lambda: push(_chunks(view)))}
+
+    def unary(calls: int) -> dict:
+        return {"latencies": _timed(calls, lambda: echo(small))}
+
+    stream(1)
+    unary(50)
+    serve_commands({"dense": stream, "small": unary})
     channel.close()
-    return {
-        "stream": _rate(times[1:], DENSE_BYTES),
-        "unary_1kb": _latency(latencies[50:]),
-    }
+
+
+def _chunks(view: memoryview):
+    return (bytes(view[i : i + MB]) for i in range(0, DENSE_BYTES, MB))
+
+
+# Our client, in child processes ---------------------------------------------------
+
+
+def our_client(address: str) -> None:
+    """Child: pushes through ``adamax-ps`` at ``address``, one round per command.
+
+    Each kind of push makes its variable (and a warm-up push) on first use."""
+    from adamax_ps.client import Adamax, IndexedSlices, connect
+
+    cluster = connect(address)
+    made: dict[str, Callable[[], object]] = {}
+
+    def dense_push() -> Callable[[], object]:
+        opt = Adamax(name="dense", cluster=cluster)
+        params = DENSE_BYTES // 4
+        var = cluster.variable("dense64", shape=(params,))
+        g = np.random.default_rng(0).normal(size=params).astype(np.float32)
+        return lambda: opt.apply_gradients([(g, var)])
+
+    def small_push() -> Callable[[], object]:
+        opt = Adamax(name="small", cluster=cluster)
+        var = cluster.variable("small1k", shape=(256,))
+        g = np.ones(256, np.float32)
+        return lambda: opt.apply_gradients([(g, var)])
+
+    def sparse_push() -> Callable[[int, int], Callable[[], object]]:
+        opt = Adamax(name="sparse", cluster=cluster)
+        table = cluster.variable("table", shape=(1_000_000, 64))
+        rng = np.random.default_rng(1)
+        batches = []
+        for _ in range(16):
+            ranks = rng.zipf(1.2, size=8192 * 4)
+            ranks = ranks[ranks <= 1_000_000][:8192] - 1
+            batches.append(rng.permutation(1_000_000)[ranks].astype(np.int64))
+        values = rng.normal(size=(8192, 64)).astype(np.float32)
+
+        def push(k: int, sequence: int):
+            slices = IndexedSlices(values, batches[(k + 4 * sequence) % 16])
+            return lambda: opt.apply_gradients([(slices, table)])
+
+        return push
+
+    def ready(kind: str, make: Callable, warm: int):
+        if kind not in made:
+            made[kind] = make()
+            run = made[kind] if kind != "sparse" else made[kind](0, 0)
+            _timed(warm, run)
+        return made[kind]
+
+    def dense(pushes: int) -> dict:
+        return {"seconds": _timed(pushes, ready("dense", dense_push, 1))}
+
+    def small(calls: int) -> dict:
+        return {"latencies": _timed(calls, ready("small", small_push, 50))}
+
+    def sparse(seconds: float) -> dict:
+        every, elapsed = run_threads(4, seconds, ready("sparse", sparse_push, 1))
+        return {"pushes": len(every), "seconds": elapsed}
+
+    serve_commands({"dense": dense, "small": small, "sparse": sparse})
+
+
+def _timed(count: int, run: Callable[[], object]) -> list[float]:
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+# Summaries -------------------------------------------------------------------------
 
 
 def _rate(times: list[float], nbytes: int) -> dict:
@@ -205,80 +232,152 @@ def _rate(times: list[float], nbytes: int) -> dict:
         "median_s": median,
         "gb_per_s": nbytes / median / 1e9,
         "best_gb_per_s": nbytes / min(times) / 1e9,
+        "n": len(times),
     }
 
 
 def _latency(latencies: list[float]) -> dict:
     ordered = sorted(latencies)
     return {
-        "p50_ms": ordered[len(ordered) // 2] * 1e3,
-        "p99_ms": ordered[int(len(ordered) * 0.99)] * 1e3,
+        "p50_ms": percentile(ordered, 0.5) * 1e3,
+        "p99_ms": percentile(ordered, 0.99) * 1e3,
         "calls_per_s": len(ordered) / sum(ordered),
+        "n": len(ordered),
     }
 
 
-def run_child(kind: str, address: str, amount: str, tune: str) -> dict:
-    env = {**os.environ, "ADAMAX_PS_MALLOC_TUNE": tune}
-    result = subprocess.run(
-        [sys.executable, __file__, "--child", kind, address, amount],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=1800,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(result.stderr)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def _throughput(rounds: list[dict]) -> dict:
+    pushes = sum(r["pushes"] for r in rounds)
+    seconds = sum(r["seconds"] for r in rounds)
+    per_round = [r["pushes"] * 8192 / r["seconds"] for r in rounds]
+    return {
+        "pushes_per_s": pushes / seconds,
+        "rows_per_s": pushes * 8192 / seconds,
+        "rows_per_s_rounds": spread(per_round),
+    }
+
+
+# The run ---------------------------------------------------------------------------
 
 
 def measure(quick: bool) -> dict:
+    """Every row once per round, rounds interleaved; figures over all rounds."""
     from adamax_ps.server.launcher import start_cluster
 
-    rounds, calls, seconds = (3, 300, 2.0) if quick else (9, 2000, 6.0)
-    results: dict = {"tcp": tcp_floor(rounds)}
-    sink = subprocess.Popen(
-        [sys.executable, __file__, "--child", "sink"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    port = int(sink.stdout.readline())
-    results["bare_grpc"] = run_child("bare", str(port), f"{rounds},{calls}", "1")
-    sink.stdin.close()
-    sink.wait(30)
+    rounds, pushes, calls, seconds = (3, 1, 100, 0.7) if quick else (10, 2, 200, 0.6)
     with tempfile.TemporaryDirectory() as folder:
-        for tune in ("1", "0"):
-            (server,) = start_cluster(
-                1, Path(folder), checkpoints=False, env={"ADAMAX_PS_MALLOC_TUNE": tune}
-            )
-            try:
-                address = server.grpc_address
-                key = "tuned" if tune == "1" else "untuned"
-                results[f"dense_{key}"] = run_child("dense", address, str(rounds), tune)
-                if tune == "1":
-                    results["small"] = run_child("small", address, str(calls), tune)
-                    results["sparse"] = run_child("sparse", address, str(seconds), tune)
-                    http = server.http_address
-                    results["http_dense"] = run_child("dense", http, str(rounds), tune)
-                    results["http_small"] = run_child("small", http, str(calls), tune)
-                    results["http_sparse"] = run_child(
-                        "sparse", http, str(seconds), tune
-                    )
-            finally:
+        logs = Path(folder)
+        tcp = TcpFloor()
+        sink = subprocess.Popen(
+            [sys.executable, __file__, "--child", "sink"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        servers, children = [], {}
+        try:
+            port = sink.stdout.readline().strip()
+            children["bare"] = _client("bare", port, "1", logs)
+            for tune in ("1", "0"):
+                (logs / f"server{tune}").mkdir()
+                (server,) = start_cluster(
+                    1,
+                    logs / f"server{tune}",
+                    checkpoints=False,
+                    env={"ADAMAX_PS_MALLOC_TUNE": tune},
+                )
+                servers.append(server)
+            tuned, untuned = servers
+            children["grpc"] = _client("ours", tuned.grpc_address, "1", logs)
+            children["untuned"] = _client("ours", untuned.grpc_address, "0", logs)
+            children["http"] = _client("ours", tuned.http_address, "1", logs)
+            rows = _rows(tcp, children, pushes, calls, seconds)
+            samples: dict[str, list] = {name: [] for name, _ in rows}
+            for k in range(rounds):
+                for name, run in rows[k % len(rows) :] + rows[: k % len(rows)]:
+                    samples[name].append(run())
+        finally:
+            for child in children.values():
+                child.close()
+            for server in servers:
                 server.stop()
-    return results
+            sink.stdin.close()
+            sink.wait(30)
+            tcp.close()
+    flat = {
+        name: [x for r in got for x in r] if isinstance(got[0], list) else got
+        for name, got in samples.items()
+    }
+    return {
+        "rounds": rounds,
+        "tcp": _rate(flat["tcp"], DENSE_BYTES),
+        "bare_grpc": {
+            "stream": _rate(flat["bare_dense"], DENSE_BYTES),
+            "unary_1kb": _latency(flat["bare_small"]),
+        },
+        "dense_tuned": _rate(flat["dense"], DENSE_BYTES),
+        "dense_untuned": _rate(flat["dense_untuned"], DENSE_BYTES),
+        "http_dense": _rate(flat["http_dense"], DENSE_BYTES),
+        "small": _latency(flat["small"]),
+        "http_small": _latency(flat["http_small"]),
+        "sparse": _throughput(flat["sparse"]),
+        "http_sparse": _throughput(flat["http_sparse"]),
+    }
+
+
+def _client(kind: str, target: str, tune: str, logs: Path) -> Child:
+    """A client child with malloc tuning ``tune`` ("1" or "0")."""
+    name = f"{kind}-{target.rsplit(':', 1)[-1]}-{tune}"
+    child = Child(
+        __file__,
+        "--child",
+        kind,
+        target,
+        log=logs / f"{name}.log",
+        env={"ADAMAX_PS_MALLOC_TUNE": tune},
+    )
+    child.receive()  # ready: connected and warmed
+    return child
+
+
+def _rows(tcp: TcpFloor, children: dict, pushes: int, calls: int, seconds: float):
+    """(name, one round of it) for every row of the tables."""
+
+    def ask(child: str, op: str, **args):
+        def run():
+            reply = children[child].call(op, **args)
+            return reply.get("seconds", reply.get("latencies", reply))
+
+        return run
+
+    def ask_sparse(child: str):
+        return lambda: children[child].call("sparse", seconds=seconds)
+
+    return [
+        ("tcp", lambda: [tcp.push() for _ in range(pushes)]),
+        ("bare_dense", ask("bare", "dense", pushes=pushes)),
+        ("dense", ask("grpc", "dense", pushes=pushes)),
+        ("dense_untuned", ask("untuned", "dense", pushes=pushes)),
+        ("http_dense", ask("http", "dense", pushes=pushes)),
+        ("bare_small", ask("bare", "small", calls=calls)),
+        ("small", ask("grpc", "small", calls=calls)),
+        ("http_small", ask("http", "small", calls=calls)),
+        ("sparse", ask_sparse("grpc")),
+        ("http_sparse", ask_sparse("http")),
+    ]
 
 
 def markdown(r: dict) -> str:
     floor = r["bare_grpc"]
     lines = [
-        "Transport benchmark (loopback, one server process; "
-        "`python bench/transport.py`)",
+        "Transport benchmark (loopback, one server process, "
+        f"{r['rounds']} interleaved rounds; `python bench/transport.py`)",
         "",
-        "| 64 MB push | GB/s (median) | GB/s (best) | x raw TCP |",
-        "|---|---:|---:|---:|",
+        "| 64 MB push | GB/s (median) | GB/s (best) | x raw TCP | x bare gRPC |",
+        "|---|---:|---:|---:|---:|",
     ]
     tcp = r["tcp"]["gb_per_s"]
+    bare = floor["stream"]["gb_per_s"]
     rows = [
         ("raw TCP, 2 processes (floor)", r["tcp"]),
         ("bare gRPC, 1 MB raw chunks, no decode (floor)", floor["stream"]),
@@ -289,28 +388,36 @@ def markdown(r: dict) -> str:
     for name, row in rows:
         lines.append(
             f"| {name} | {row['gb_per_s']:.2f} | {row['best_gb_per_s']:.2f} | "
-            f"{row['gb_per_s'] / tcp:.2f} |"
+            f"{row['gb_per_s'] / tcp:.2f} | {row['gb_per_s'] / bare:.2f} |"
         )
-    small, bare = r["small"], floor["unary_1kb"]
+    small, unary = r["small"], floor["unary_1kb"]
     lines += [
         "",
-        "| 1 KB, sequential | p50 ms | p99 ms | calls/s |",
-        "|---|---:|---:|---:|",
-        f"| bare gRPC unary echo (floor) | {bare['p50_ms']:.3f} | "
-        f"{bare['p99_ms']:.3f} | {bare['calls_per_s']:,.0f} |",
-        f"| adamax-ps push (256 float32), grpc:// | {small['p50_ms']:.3f} | "
-        f"{small['p99_ms']:.3f} | {small['calls_per_s']:,.0f} |",
-        f"| adamax-ps push (256 float32), http:// | {r['http_small']['p50_ms']:.3f} | "
-        f"{r['http_small']['p99_ms']:.3f} | {r['http_small']['calls_per_s']:,.0f} |",
+        "| 1 KB, sequential | p50 ms | p99 ms | calls/s | p50 - bare p50 |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, row in (
+        ("bare gRPC unary echo (floor)", unary),
+        ("adamax-ps push (256 float32), grpc://", small),
+        ("adamax-ps push (256 float32), http://", r["http_small"]),
+    ):
+        lines.append(
+            f"| {name} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | "
+            f"{row['calls_per_s']:,.0f} | {row['p50_ms'] - unary['p50_ms']:+.3f} |"
+        )
+    lines += [
         "",
         "| sparse, 8192 Zipf rows x 64 floats into 1e6 rows, 4 threads | pushes/s | "
-        "M input rows/s |",
-        "|---|---:|---:|",
-        f"| adamax-ps, grpc:// | {r['sparse']['pushes_per_s']:.0f} | "
-        f"{r['sparse']['rows_per_s'] / 1e6:.2f} |",
-        f"| adamax-ps, http:// | {r['http_sparse']['pushes_per_s']:.0f} | "
-        f"{r['http_sparse']['rows_per_s'] / 1e6:.2f} |",
+        "M input rows/s | rounds min-max |",
+        "|---|---:|---:|---:|",
     ]
+    for name, row in (("grpc://", r["sparse"]), ("http://", r["http_sparse"])):
+        rounds = row["rows_per_s_rounds"]
+        lines.append(
+            f"| adamax-ps, {name} | {row['pushes_per_s']:.0f} | "
+            f"{row['rows_per_s'] / 1e6:.2f} | "
+            f"{rounds['min'] / 1e6:.2f}-{rounds['max'] / 1e6:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -326,13 +433,7 @@ def main() -> None:
         from adamax_ps.proto.malloc import tune_malloc
 
         tune_malloc()
-        run = {
-            "dense": lambda a, n: client_dense(a, int(n)),
-            "small": lambda a, n: client_small(a, int(n)),
-            "sparse": lambda a, n: client_sparse(a, float(n)),
-            "bare": lambda port, n: bare_grpc(int(port), *map(int, n.split(","))),
-        }[kind]
-        print(json.dumps(run(sys.argv[3], sys.argv[4])))
+        {"bare": bare_client, "ours": our_client}[kind](sys.argv[3])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
@@ -349,6 +450,8 @@ def main() -> None:
         update_readme("transport", table)
     summary = {
         "dense_gb_per_s": results["dense_tuned"]["gb_per_s"],
+        "dense_vs_bare_grpc": results["dense_tuned"]["gb_per_s"]
+        / results["bare_grpc"]["stream"]["gb_per_s"],
         "small_p50_ms": results["small"]["p50_ms"],
         "small_p99_ms": results["small"]["p99_ms"],
         "sparse_rows_per_s": results["sparse"]["rows_per_s"],
