@@ -293,16 +293,24 @@ def create_app(
     writes = [Depends(write_access)]
     admin = [Depends(admin_access)]
 
-    async def body(request: Request) -> bytearray:
-        """The request body, refused beyond the size limit before it is read
-        (into one buffer of the declared length when there is one)."""
+    buffers = codec.BufferPool()  # large bodies' receive buffers, reused
+
+    async def body(request: Request) -> memoryview:
+        """The request body, refused beyond the size limit before it is read.
+
+        With a declared length it is read into one buffer of that length, from
+        ``buffers`` when large: a fresh buffer above glibc's mmap threshold is
+        a fresh mapping whose pages every push would fault in again.
+        """
         length = request.headers.get("content-length")
         declared = int(length) if length is not None and length.isdigit() else None
         if declared is not None and declared > max_request_bytes:
             raise TooLargeError(
                 f"the request has {length} bytes, over the limit of {max_request_bytes}"
             )
-        data = bytearray(declared or 0)
+        data: np.ndarray | bytearray = (
+            buffers.take(declared) if declared else bytearray()
+        )
         filled = 0
         async for chunk in request.stream():
             end = filled + len(chunk)
@@ -310,14 +318,15 @@ def create_app(
                 raise TooLargeError(
                     f"the request exceeds the limit of {max_request_bytes} bytes"
                 )
-            if end <= len(data):
-                data[filled:end] = chunk
-            else:
-                data[filled:] = chunk
+            if isinstance(data, np.ndarray) and end <= len(data):
+                data[filled:end] = np.frombuffer(chunk, np.uint8)
+            else:  # no length declared (or more than it): a growing bytearray
+                if isinstance(data, np.ndarray):
+                    data = bytearray(data[:filled])
+                data += chunk
             filled = end
-        del data[filled:]
         service.metrics.received_bytes.labels("http").inc(filled)
-        return data
+        return memoryview(data)[:filled]
 
     # Errors ------------------------------------------------------------------------
 

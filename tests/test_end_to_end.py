@@ -278,6 +278,47 @@ def test_streamed_and_unary_pushes_agree(servers):
         assert whole[:300_000].tobytes() == halves[0].numpy().tobytes()
 
 
+def test_large_http_bodies_land_as_the_same_pushes_over_grpc(servers):
+    """HTTP bodies of 6 MB are read into pooled buffers (the second push reuses
+    the first's), and a chunked body without a length into a growing one: each
+    leaves the bytes the same pushes leave over gRPC."""
+    import httpx
+
+    (server,) = servers(1, checkpoints=False)
+    rng = np.random.default_rng(5)
+    n = 1_500_000  # 6 MB of float32: above the pool's 4 MB
+    pushes = [rng.normal(size=n).astype(F32) for _ in range(2)]
+    finals = {}
+    for name, address in (("grpc", server.grpc_address), ("http", server.http_address)):
+        with connect(address) as cluster:
+            w = cluster.variable(f"{name}/w", shape=(n,), initializer="ones")
+            opt = Adamax(name=name, cluster=cluster)
+            for g in pushes:
+                opt.apply_gradients([(g, w)])
+            finals[name] = w.numpy().tobytes()
+    with connect(server.http_address) as cluster:
+        w = cluster.variable("chunked/w", shape=(n,), initializer="ones")
+        Adamax(name="chunked", cluster=cluster).apply_gradients([(pushes[0], w)])
+    header = {
+        "gradients": [{"variable": "chunked/w", "values": codec.describe(pushes[1])}],
+        "push_id": {"client": "chunked", "sequence": 1},
+    }
+    body = b"".join(codec.frame(header, [pushes[1]]))
+    pieces = (body[i : i + 100_003] for i in range(0, len(body), 100_003))
+    response = httpx.post(
+        f"{server.http_address}/api/v1/optimizers/chunked/apply",
+        content=pieces,  # an iterator: sent chunked, with no content-length
+        headers={"content-type": codec.FRAMED},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    assert "content-length" not in response.request.headers
+    with connect(server.http_address) as cluster:
+        finals["chunked"] = cluster.variable("chunked/w", shape=(n,)).numpy().tobytes()
+    assert finals["http"] == finals["grpc"] == finals["chunked"]
+    assert finals["grpc"] != np.ones(n, F32).tobytes()
+
+
 def test_a_streamed_sparse_and_dense_push_equals_the_same_push_unary(
     servers, monkeypatch
 ):
