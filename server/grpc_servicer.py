@@ -85,10 +85,15 @@ def _streaming_errors(method: Callable) -> Callable:
 class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     """Translates the ``adamax_ps.v1.ParameterServer`` RPCs to the service."""
 
-    def __init__(self, service: ParameterService, max_request_bytes: int) -> None:
+    def __init__(
+        self,
+        service: ParameterService,
+        max_request_bytes: int,
+        buffers: codec.BufferPool | None = None,
+    ) -> None:
         self.service = service
         self.max_request_bytes = max_request_bytes
-        self.buffers = codec.BufferPool()  # streamed requests' receive buffers
+        self.buffers = buffers or codec.BufferPool()  # streams' receive buffers
         settings = service.settings
         self.index, self.size = settings.server_index, settings.num_servers
         self.ready = False
@@ -476,11 +481,12 @@ def create_grpc_server(
     workers: int = 32,
     interceptors: tuple = (),
     credentials: grpc.ServerCredentials | None = None,
+    buffers: codec.BufferPool | None = None,
 ) -> GrpcServer:
     """Build and start a gRPC server on ``address`` ("host:0" picks a port).
 
     Unary messages are limited to 64 MB (larger pushes stream in chunks);
-    streamed requests to ``max_request_bytes``.
+    streamed requests to ``max_request_bytes``, received into ``buffers``.
     """
     sync = service.settings.sync
     workers = max(workers, 2 * (sync.replicas if sync else 0) + 8)
@@ -493,7 +499,7 @@ def create_grpc_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    servicer = ParameterServerServicer(service, max_request_bytes)
+    servicer = ParameterServerServicer(service, max_request_bytes, buffers)
     pb_grpc.add_ParameterServerServicer_to_server(servicer, _ChunkParsing(server))
     health_servicer = health.HealthServicer(
         experimental_non_blocking=True,

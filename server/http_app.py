@@ -247,9 +247,10 @@ def create_app(
     max_request_bytes: int = 1 << 31,
     json_limit: int = DEFAULT_JSON_LIMIT,
     version: str = "unknown",
+    buffers: codec.BufferPool | None = None,
 ) -> FastAPI:
     """The app; ``ready()`` says whether the server restored its checkpoint and
-    warmed its kernels."""
+    warmed its kernels. Large bodies are received into ``buffers``."""
     tokens = tokens or TokenCheck(None)
     inspector = inspector or Inspector(service)
     app = FastAPI(
@@ -293,7 +294,7 @@ def create_app(
     writes = [Depends(write_access)]
     admin = [Depends(admin_access)]
 
-    buffers = codec.BufferPool()  # large bodies' receive buffers, reused
+    buffers = buffers or codec.BufferPool()
 
     async def body(request: Request) -> memoryview:
         """The request body, refused beyond the size limit before it is read.

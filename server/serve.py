@@ -20,6 +20,7 @@ import time
 import numpy as np
 import uvicorn
 
+from adamax_ps.proto.codec import BufferPool
 from adamax_ps.proto.malloc import tune_malloc
 from adamax_ps.server import adamax
 from adamax_ps.server.config import ServerConfig
@@ -80,6 +81,8 @@ class ServerProcess:
         self.service = ParameterService(config.service_settings())
         self.tokens = TokenCheck(load_token(config.token_file), config.auth_reads)
         self.inspector = Inspector(self.service, config.history_interval)
+        # Large requests' receive buffers, one budget for both transports.
+        self.buffers = BufferPool()
         self.ready = False
         self.grpc: GrpcServer | None = None
         self.http: uvicorn.Server | None = None
@@ -118,6 +121,7 @@ class ServerProcess:
                 credentials=(
                     server_credentials(config.tls_cert, config.tls_key) if tls else None
                 ),
+                buffers=self.buffers,
             )
         except (OSError, RuntimeError) as e:
             raise SystemExit(
@@ -134,6 +138,7 @@ class ServerProcess:
             max_request_bytes=config.max_request_bytes,
             json_limit=config.json_limit,
             version=server_version(),
+            buffers=self.buffers,
         )
         self.http = uvicorn.Server(
             uvicorn.Config(

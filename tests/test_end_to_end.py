@@ -279,9 +279,10 @@ def test_streamed_and_unary_pushes_agree(servers):
 
 
 def test_large_http_bodies_land_as_the_same_pushes_over_grpc(servers):
-    """HTTP bodies of 6 MB are read into pooled buffers (the second push reuses
-    the first's), and a chunked body without a length into a growing one: each
-    leaves the bytes the same pushes leave over gRPC."""
+    """HTTP bodies of 6 MB are read into pooled buffers (the pool the gRPC
+    streams use too; the second push reuses the first's buffer), and a chunked
+    body without a length into a growing one: each leaves the bytes the same
+    pushes leave over gRPC."""
     import httpx
 
     (server,) = servers(1, checkpoints=False)
