@@ -137,10 +137,10 @@ def bare_client(port: str) -> None:
     small = b"x" * 1024
 
     def stream(pushes: int) -> dict:
-        return {"seconds": _timed(pushes, lambda: push(_chunks(view)))}
+        return {"samples": _timed(pushes, lambda: push(_chunks(view)))}
 
     def unary(calls: int) -> dict:
-        return {"latencies": _timed(calls, lambda: echo(small))}
+        return {"samples": _timed(calls, lambda: echo(small))}
 
     stream(1)
     unary(50)
@@ -158,24 +158,29 @@ def _chunks(view: memoryview):
 def our_client(address: str) -> None:
     """Child: pushes through ``adamax-ps`` at ``address``, one round per command.
 
-    Each kind of push makes its variable (and a warm-up push) on first use."""
+    Each kind of push makes its variable and warms up on first use."""
     from adamax_ps.client import Adamax, IndexedSlices, connect
 
     cluster = connect(address)
-    made: dict[str, Callable[[], object]] = {}
+    made: dict[str, Callable] = {}
 
-    def dense_push() -> Callable[[], object]:
-        opt = Adamax(name="dense", cluster=cluster)
-        params = DENSE_BYTES // 4
-        var = cluster.variable("dense64", shape=(params,))
-        g = np.random.default_rng(0).normal(size=params).astype(np.float32)
-        return lambda: opt.apply_gradients([(g, var)])
+    def dense_push(name: str, g: np.ndarray, warm: int) -> Callable[[], object]:
+        """One variable of ``g``'s shape, pushed ``g`` at each call."""
+        opt = Adamax(name=name, cluster=cluster)
+        var = cluster.variable(f"{name}/w", shape=g.shape)
 
-    def small_push() -> Callable[[], object]:
-        opt = Adamax(name="small", cluster=cluster)
-        var = cluster.variable("small1k", shape=(256,))
-        g = np.ones(256, np.float32)
-        return lambda: opt.apply_gradients([(g, var)])
+        def run() -> object:
+            return opt.apply_gradients([(g, var)])
+
+        _timed(warm, run)
+        return run
+
+    def big() -> Callable[[], object]:
+        g = np.random.default_rng(0).normal(size=DENSE_BYTES // 4)
+        return dense_push("dense", g.astype(np.float32), 1)
+
+    def one_kb() -> Callable[[], object]:
+        return dense_push("small", np.ones(256, np.float32), 50)
 
     def sparse_push() -> Callable[[int, int], Callable[[], object]]:
         opt = Adamax(name="sparse", cluster=cluster)
@@ -192,24 +197,23 @@ def our_client(address: str) -> None:
             slices = IndexedSlices(values, batches[(k + 4 * sequence) % 16])
             return lambda: opt.apply_gradients([(slices, table)])
 
+        _timed(1, push(0, 0))
         return push
 
-    def ready(kind: str, make: Callable, warm: int):
+    def ready(kind: str, make: Callable):
         if kind not in made:
             made[kind] = make()
-            run = made[kind] if kind != "sparse" else made[kind](0, 0)
-            _timed(warm, run)
         return made[kind]
 
     def dense(pushes: int) -> dict:
-        return {"seconds": _timed(pushes, ready("dense", dense_push, 1))}
+        return {"samples": _timed(pushes, ready("dense", big))}
 
     def small(calls: int) -> dict:
-        return {"latencies": _timed(calls, ready("small", small_push, 50))}
+        return {"samples": _timed(calls, ready("small", one_kb))}
 
     def sparse(seconds: float) -> dict:
-        every, elapsed = run_threads(4, seconds, ready("sparse", sparse_push, 1))
-        return {"pushes": len(every), "seconds": elapsed}
+        every, elapsed = run_threads(4, seconds, ready("sparse", sparse_push))
+        return {"samples": [{"pushes": len(every), "seconds": elapsed}]}
 
     serve_commands({"dense": dense, "small": small, "sparse": sparse})
 
@@ -304,10 +308,7 @@ def measure(quick: bool) -> dict:
             sink.stdin.close()
             sink.wait(30)
             tcp.close()
-    flat = {
-        name: [x for r in got for x in r] if isinstance(got[0], list) else got
-        for name, got in samples.items()
-    }
+    flat = {name: [x for r in got for x in r] for name, got in samples.items()}
     return {
         "rounds": rounds,
         "tcp": _rate(flat["tcp"], DENSE_BYTES),
@@ -344,14 +345,7 @@ def _rows(tcp: TcpFloor, children: dict, pushes: int, calls: int, seconds: float
     """(name, one round of it) for every row of the tables."""
 
     def ask(child: str, op: str, **args):
-        def run():
-            reply = children[child].call(op, **args)
-            return reply.get("seconds", reply.get("latencies", reply))
-
-        return run
-
-    def ask_sparse(child: str):
-        return lambda: children[child].call("sparse", seconds=seconds)
+        return lambda: children[child].call(op, **args)["samples"]
 
     return [
         ("tcp", lambda: [tcp.push() for _ in range(pushes)]),
@@ -362,8 +356,8 @@ def _rows(tcp: TcpFloor, children: dict, pushes: int, calls: int, seconds: float
         ("bare_small", ask("bare", "small", calls=calls)),
         ("small", ask("grpc", "small", calls=calls)),
         ("http_small", ask("http", "small", calls=calls)),
-        ("sparse", ask_sparse("grpc")),
-        ("http_sparse", ask_sparse("http")),
+        ("sparse", ask("grpc", "sparse", seconds=seconds)),
+        ("http_sparse", ask("http", "sparse", seconds=seconds)),
     ]
 
 
