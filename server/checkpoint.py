@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from adamax_ps.server.durable import fsync_dir, make_dirs
 from adamax_ps.server.errors import CheckpointError
 
 FORMAT = "adamax-ps-checkpoint"
@@ -47,15 +48,6 @@ def _bytes(array: np.ndarray) -> memoryview:
     if not array.flags.c_contiguous:
         raise ValueError("checkpointed arrays must be C-contiguous")
     return memoryview(array.reshape(-1)).cast("B")
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a folder's entries (a new or renamed file) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DataFile:
@@ -117,7 +109,7 @@ class CheckpointWriter:
         self._files: dict[str, dict[str, int]] = {}
         self._open: list[DataFile] = []
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.root)
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp.mkdir()
         except OSError as e:
@@ -198,6 +190,17 @@ def checkpoints(root: Path) -> list[tuple[int, Path]]:
         if match and (path / "manifest.json").is_file():
             found.append((int(match.group(1)), path))
     return sorted(found)
+
+
+def wal_segment(path: Path) -> int:
+    """The first log segment a checkpoint needs replayed after it (0 when its
+    manifest cannot be read: then no segment may be dropped on its account)."""
+    try:
+        return int(
+            json.loads((Path(path) / "manifest.json").read_text())["wal_segment"]
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def latest(root: Path) -> Path | None:

@@ -12,16 +12,17 @@ for bit. Without ``--durability wal`` the journal writes nothing.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Sequence
+import logging
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from adamax_ps.server import wal as wal_files
-from adamax_ps.server.checkpoint import fsync_dir
-from adamax_ps.server.errors import CheckpointError
+from adamax_ps.server.durable import make_dirs, write_file
+from adamax_ps.server.errors import CheckpointError, WritesStoppedError
 from adamax_ps.server.gradients import PreparedGradient
 from adamax_ps.server.pushes import PushId
 
@@ -29,19 +30,62 @@ if TYPE_CHECKING:
     from adamax_ps.server.service import ParameterService
 
 OWNER_FILE = "server.json"
+log = logging.getLogger("adamax_ps.wal")
 
 
 class Journal:
-    """The service's write-ahead log, or nothing (``--durability checkpoint``)."""
+    """The service's write-ahead log, or nothing (``--durability checkpoint``).
+
+    Fail-stop: once the log fails, ``failure`` says why, every change is
+    refused (``check``), and each function of ``on_stop`` is called once with
+    the reason (health, metrics).
+    """
 
     def __init__(self, folder: Path | None) -> None:
         self.folder = folder
         self.log: wal_files.WriteAheadLog | None = None
         self.replaying = False
+        self.on_stop: list[Callable[[str], None]] = []
+        self._stopped = False
+        self._stop_lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
         return self.folder is not None
+
+    @property
+    def failure(self) -> str | None:
+        """Why the log stopped taking changes, or None while it works."""
+        return self.log.failure if self.log is not None else None
+
+    def check(self) -> None:
+        """Refuse a change once the log has failed (before anything changes)."""
+        if self.log is not None and self.log.failure is not None:
+            self._notify()
+            raise WritesStoppedError(self._refusal())
+
+    def _refusal(self) -> str:
+        return (
+            f"this server stopped accepting changes: {self.log.failure}. Reads "
+            "still work; restart it to recover every acknowledged change from "
+            "its log"
+        )
+
+    def _notify(self) -> None:
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        log.error("fail-stop: %s; refusing every change until restarted", self.failure)
+        for listener in self.on_stop:
+            listener(self.failure or "")
+
+    def _guarded(self, action: Callable[[], Any]) -> Any:
+        try:
+            return action()
+        except WritesStoppedError:
+            self._notify()
+            raise WritesStoppedError(self._refusal()) from None
 
     def claim(self, server_index: int, num_servers: int) -> tuple[int, int]:
         """The (server index, cluster size) this log belongs to: recorded in
@@ -54,20 +98,19 @@ class Journal:
             pass
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{path} is damaged: {e!r}") from None
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.folder)
         text = json.dumps({"server_index": server_index, "num_servers": num_servers})
-        partial = path.with_suffix(".json.partial")
-        with open(partial, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
-        fsync_dir(self.folder)
+        write_file(path, text.encode())
         return server_index, num_servers
+
+    def check_replayable(self, since: int, what: str) -> None:
+        """``CheckpointError`` unless every segment from ``since`` on is there."""
+        wal_files.check_segments(self.folder, since, what)
 
     def replay(self, service: ParameterService, since: int) -> int:
         """Apply the records of segments ``since`` and up; then append to the
         newest. Returns how many records were replayed."""
+        self.check_replayable(since, f"replaying {self.folder}")
         count = 0
         self.replaying = True
         try:
@@ -82,7 +125,9 @@ class Journal:
 
     def rotate(self) -> int:
         """At a checkpoint's cut (log lock held): start a segment; its number."""
-        return self.log.rotate() if self.log is not None else 0
+        if self.log is None:
+            return 0
+        return self._guarded(self.log.rotate)
 
     def prune(self, before: int) -> None:
         if self.log is not None:
@@ -117,14 +162,15 @@ class Journal:
         return self.write("push", {"optimizer": optimizer, **header}, arrays)
 
     def wait(self, number: int) -> None:
-        """Block until record ``number`` is on disk (call without locks held)."""
+        """Block until record ``number`` is on disk (call without locks held);
+        ``WritesStoppedError`` if the log failed first (fail-stop)."""
         if number and self.log is not None:
-            self.log.wait(number)
+            self._guarded(lambda: self.log.wait(number))
 
     def settle(self) -> None:
         """Wait for everything appended so far (before repeating an answer)."""
         if self.log is not None:
-            self.log.wait(self.log.appended)
+            self._guarded(lambda: self.log.wait(self.log.appended))
 
     def close(self) -> None:
         if self.log is not None:
@@ -188,6 +234,8 @@ def replay(service: ParameterService, header: dict, arrays: list[np.ndarray]) ->
             optimizer=header["optimizer"],
             slot=header["slot"],
         )
+    elif kind == "weights":
+        service.set_weights(header["optimizer"], arrays)
     elif kind == "assign_weight":
         service.assign_weight(header["optimizer"], header["name"], arrays[0])
     elif kind == "iterations":

@@ -5,11 +5,17 @@ once, bind both ports, then report ready (gRPC health SERVING, ``/readyz``
 200) and print one line with the bound addresses. On SIGTERM or SIGINT: stop
 accepting calls, let in-flight ones finish (``--shutdown-grace``), write a
 final checkpoint when a folder is configured, exit 0.
+
+Fail-stop: when the write-ahead log fails (``--durability wal``), the server
+keeps answering reads and health, reports NOT_SERVING (gRPC health and
+``/readyz``) with the reason, writes no final checkpoint, and exits 1 when
+stopped: a restart recovers every acknowledged change from disk.
 """
 
 from __future__ import annotations
 
 import faulthandler
+import ipaddress
 import logging
 import signal
 import socket
@@ -43,6 +49,7 @@ from adamax_ps.server.security import (
 from adamax_ps.server.service import ParameterService
 
 log = logging.getLogger("adamax_ps.serve")
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def warm_up() -> None:
@@ -71,6 +78,16 @@ def bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def exposed(host: str) -> bool:
+    """Whether ``host`` listens beyond this machine (not a loopback address)."""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # a host name: it may resolve to anything
 
 
 class ServerProcess:
@@ -105,12 +122,20 @@ class ServerProcess:
                 restored.seconds,
             )
         warm_up()
+        if exposed(config.host) and not self.tokens.enabled:
+            log.warning(
+                "listening on %s without a token: anyone who can reach this "
+                "address can change or overwrite the model. Set --token-file or "
+                "ADAMAX_PS_TOKEN (or listen on 127.0.0.1)",
+                config.host,
+            )
         tls = config.tls_cert is not None
+        max_request_bytes = config.request_bytes(self.service.inflight.limit)
         try:
             self.grpc = create_grpc_server(
                 self.service,
                 f"{config.host}:{config.grpc_port}",
-                max_request_bytes=config.max_request_bytes,
+                max_request_bytes=max_request_bytes,
                 workers=config.grpc_workers,
                 # no token, no interceptor: nothing to check on each call
                 interceptors=(
@@ -135,7 +160,7 @@ class ServerProcess:
             lambda: self.ready,
             tokens=self.tokens,
             inspector=self.inspector,
-            max_request_bytes=config.max_request_bytes,
+            max_request_bytes=max_request_bytes,
             json_limit=config.json_limit,
             version=server_version(),
             buffers=self.buffers,
@@ -156,8 +181,9 @@ class ServerProcess:
         self._http_thread.start()
         if config.checkpoint_every:
             self.service.start_periodic_checkpoints(config.checkpoint_every, _report)
+        self.service.journal.on_stop.append(lambda reason: self.grpc.set_ready(False))
         self.ready = True
-        self.grpc.set_ready(True)
+        self.grpc.set_ready(self.service.writes_stopped is None)
         print(
             f"adamax-ps serving grpc={config.host}:{self.grpc.port} "
             f"http={config.host}:{self.http_port} server={config.server_index}/"
@@ -173,7 +199,10 @@ class ServerProcess:
         if self.http is not None:
             self.http.should_exit = True
             self._http_thread.join(self.config.shutdown_grace + 5)
-        if self.config.checkpoint_dir:
+        stopped = self.service.writes_stopped
+        if stopped is not None:
+            log.error("no final checkpoint: %s", stopped)
+        elif self.config.checkpoint_dir:
             started = time.perf_counter()
             info = self.service.checkpoint()
             log.info(
@@ -203,12 +232,12 @@ def run(config: ServerConfig) -> int:
     )
     tune_malloc()
     faulthandler.register(signal.SIGUSR1)  # kill -USR1 dumps every thread's stack
+    # Blocked in every thread (all are made after this), taken by sigwait on
+    # this one: a stop signal delivered to any other thread still stops it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     process = ServerProcess(config)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     process.start()
-    stop.wait()
+    signal.sigwait(STOP_SIGNALS)
     log.info("stopping")
     process.stop()
-    return 0
+    return 1 if process.service.writes_stopped else 0

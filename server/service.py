@@ -24,12 +24,13 @@ A rejected push leaves every variable, slot and counter bit for bit as it was.
 
 from __future__ import annotations
 
+import logging
 import math
-import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from adamax_ps.proto import keras
-from adamax_ps.server import adamax, checkpoint, persistence
+from adamax_ps.server import adamax, checkpoint, limits, persistence
 from adamax_ps.server.errors import (
     CheckpointError,
     FailedPreconditionError,
@@ -46,6 +47,7 @@ from adamax_ps.server.errors import (
     OptimizerExistsError,
     OptimizerNotFoundError,
     ParameterServerError,
+    ResourceExhaustedError,
     SlotNotFoundError,
     StalePushError,
     VariableExistsError,
@@ -65,7 +67,7 @@ from adamax_ps.server.initializers import Initializer, parse_initializer
 from adamax_ps.server.journal import Journal
 from adamax_ps.server.metrics import Metrics
 from adamax_ps.server.optimizers import OptimizerState, WeightRef
-from adamax_ps.server.pushes import ApplyResult, PushId, PushLedger
+from adamax_ps.server.pushes import STEP, ApplyResult, PushId, PushLedger
 from adamax_ps.server.stats import Stats, variable_stats
 from adamax_ps.server.store import DEFAULT_SPLIT_BYTES, ShardedStore, VariableRecord
 from adamax_ps.server.sync import SyncCoordinator, SyncSettings
@@ -79,6 +81,8 @@ from adamax_ps.server.validation import (
     shape_and_dtype,
 )
 
+log = logging.getLogger("adamax_ps.service")
+
 __all__ = [
     "ApplyResult",
     "CheckpointInfo",
@@ -90,6 +94,9 @@ __all__ = [
     "ServiceSettings",
     "SparseGradient",
 ]
+
+
+DEFAULT_MAX_REQUEST_ROWS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -107,7 +114,9 @@ class ServiceSettings:
     server_index: int = 0
     num_servers: int = 1
     durability: str = "checkpoint"  # or "wal": see journal.py
-    max_variable_bytes: int | None = None  # default: the machine's memory
+    memory_limit: int | None = None  # state bytes; default: limits.STATE_FRACTION
+    max_inflight_bytes: int | None = None  # default: limits.INFLIGHT_FRACTION
+    max_request_rows: int = DEFAULT_MAX_REQUEST_ROWS  # per gather or read
 
 
 class ParameterService:
@@ -116,6 +125,13 @@ class ParameterService:
     def __init__(self, settings: ServiceSettings | None = None) -> None:
         self.settings = settings or ServiceSettings()
         self.store = ShardedStore(self.settings.shards, self.settings.split_bytes)
+        memory = limits.available_memory()
+        self.memory = limits.MemoryBudget(
+            self.settings.memory_limit or int(memory * limits.STATE_FRACTION)
+        )
+        self.inflight = limits.InflightBudget(
+            self.settings.max_inflight_bytes or int(memory * limits.INFLIGHT_FRACTION)
+        )
         self.ledger = PushLedger(
             self.settings.ledger_per_client, self.settings.ledger_max_clients
         )
@@ -141,6 +157,12 @@ class ParameterService:
         self._periodic: threading.Thread | None = None
         self.metrics = Metrics()
         self.metrics.watch(self)  # last: it reads the fields above
+        self.journal.on_stop.append(lambda reason: self.metrics.writes_stopped.inc())
+
+    @property
+    def writes_stopped(self) -> str | None:
+        """Why this server refuses every change (fail-stop), or None."""
+        return self.journal.failure
 
     def check_view(self, server_index: int, num_servers: int) -> None:
         """Refuse a client whose idea of the cluster differs from this server's."""
@@ -165,20 +187,62 @@ class ParameterService:
         seed: int | None = None,
         global_shape: Sequence[int] | None = None,
         row_offset: int = 0,
+        reserved: bool = False,
     ) -> tuple[VariableRecord, bool]:
         """Create the variable, or attach to it if it exists with the same shape
         and dtype. Returns ``(record, created)``.
 
         In a cluster a server may hold rows ``[row_offset, row_offset + rows)``
         of a larger variable of ``global_shape``; initializers then draw those
-        rows exactly as for the whole variable.
+        rows exactly as for the whole variable. Its bytes are counted in the
+        memory budget before anything is allocated (``reserved``: they already
+        are, by ``create_variables``; given back if it is not created).
         """
+        self.journal.check()
         shape, dtype, initial_value, global_shape = self._check_variable(
             name, shape, dtype, initial_value, initializer, global_shape, row_offset
         )
+        nbytes = math.prod(shape) * dtype.itemsize
         existing = self.store.get(name)
         if existing is not None:
+            if reserved:
+                self.memory.release(nbytes)
             return self._attach(existing, shape, dtype), False
+        if not reserved:
+            self.memory.reserve(nbytes, f"variable {name!r} of shape {shape} ({dtype})")
+        try:
+            record, logged = self._add_variable(
+                name,
+                shape,
+                dtype,
+                initial_value,
+                initializer,
+                seed,
+                global_shape,
+                row_offset,
+            )
+        except BaseException:
+            self.memory.release(nbytes)
+            raise
+        if record.name != name or logged is None:  # made meanwhile by another call
+            self.memory.release(nbytes)
+            return self._attach(record, shape, dtype), False
+        self.journal.wait(logged)
+        return record, True
+
+    def _add_variable(
+        self,
+        name,
+        shape,
+        dtype,
+        initial_value,
+        initializer,
+        seed,
+        global_shape,
+        row_offset,
+    ) -> tuple[VariableRecord, int | None]:
+        """Allocate, fill and register a checked variable; its log record's
+        number, or None when a variable of that name was registered first."""
         if initial_value is None:
             seed = secrets.randbits(63) if seed is None else int(seed)
             whole = Initializer(initializer, global_shape, seed)
@@ -229,27 +293,24 @@ class ParameterService:
                 f"variable {name!r} of shape {shape} ({dtype}) cannot be allocated: {e}"
             ) from None
         if stored is not record:
-            return self._attach(stored, shape, dtype), False
-        self.journal.wait(logged[0])
-        return record, True
+            return stored, None
+        return record, logged[0]
 
     def _check_size(self, what: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        """Refuse what could never fit: memory is overcommitted, so a huge array
-        would be granted, then kill the server while it is filled."""
-        limit = self.settings.max_variable_bytes or physical_memory()
+        """Refuse at once what could never fit in the memory budget (the kernel
+        overcommits: a huge array would be granted, then kill the server)."""
         nbytes = math.prod(shape) * dtype.itemsize
-        if nbytes > limit:
-            raise InvalidArgumentError(
-                f"{what} of shape {shape} ({dtype}) needs {nbytes} bytes, more than "
-                f"this server can hold ({limit} bytes)"
-            )
+        if nbytes > self.memory.limit:
+            self.memory.reserve(nbytes, f"{what} of shape {shape} ({dtype})")
 
     def create_variables(
         self, specs: Sequence[Mapping[str, Any]]
     ) -> list[tuple[VariableRecord, bool]]:
         """``create_variable(**spec)`` for each spec, all or nothing: every spec
         is checked (names, shapes, dtypes, initializers, sizes, clashes with
-        existing variables and with each other) before any is created."""
+        existing variables and with each other, the memory they need together)
+        before any is created."""
+        self.journal.check()
         wanted: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
         for spec in specs:
             args = dict(spec)
@@ -272,7 +333,22 @@ class ParameterService:
                     f"variable {name!r} is asked for twice with different shapes "
                     "or dtypes"
                 )
-        return [self.create_variable(**spec) for spec in specs]
+        new = {
+            name: math.prod(shape) * dtype.itemsize
+            for name, (shape, dtype) in wanted.items()
+            if self.store.get(name) is None
+        }
+        self.memory.reserve(
+            sum(new.values()), f"{len(new)} new variable(s) {sorted(new)}"
+        )
+        results = []
+        try:
+            for spec in specs:
+                reserved = new.pop(spec["name"], None) is not None
+                results.append(self.create_variable(**spec, reserved=reserved))
+        finally:
+            self.memory.release(sum(new.values()))  # those never reached
+        return results
 
     def _check_variable(
         self, name, shape, dtype, initial_value, initializer, global_shape, row_offset
@@ -310,6 +386,41 @@ class ParameterService:
         record = self.variable(name)
         return self.store.read(record, self._slot_key(record, optimizer, slot))
 
+    @contextmanager
+    def reading(
+        self,
+        name: str,
+        *,
+        optimizer: str | None = None,
+        slot: str | None = None,
+        rows: Any = None,
+    ) -> Iterator[np.ndarray]:
+        """``pull`` (or ``gather`` of ``rows``) for a transport to send: the
+        copy's bytes count in the in-flight budget until the block ends."""
+        record = self.variable(name)
+        if rows is None:
+            nbytes = record.nbytes
+        else:
+            rows = self._request_rows(record, rows)
+            nbytes = len(rows) * record.row_size * record.dtype.itemsize
+        with self.inflight.held(nbytes, f"reading {name!r}"):
+            if rows is None:
+                yield self.pull(name, optimizer=optimizer, slot=slot)
+            else:
+                yield self.gather(name, rows, optimizer=optimizer, slot=slot)
+
+    def _request_rows(self, record: VariableRecord, rows: Any) -> np.ndarray:
+        """Row numbers of one read, checked against the variable and the
+        per-request limit (``--max-request-rows``)."""
+        rows = np.asarray(rows)
+        limit = self.settings.max_request_rows
+        if rows.size > limit:
+            raise ResourceExhaustedError(
+                f"a read asks for {rows.size} rows of {record.name!r}; one request "
+                f"may ask for at most {limit} (--max-request-rows): split it"
+            )
+        return check_indices(record, rows, "rows")
+
     def gather(
         self,
         name: str,
@@ -320,7 +431,7 @@ class ParameterService:
     ) -> np.ndarray:
         """Copies of selected rows of a variable or slot."""
         record = self.variable(name)
-        rows = check_indices(record, np.asarray(rows), "rows")
+        rows = self._request_rows(record, rows)
         return self.store.gather(record, rows, self._slot_key(record, optimizer, slot))
 
     def assign(
@@ -333,6 +444,7 @@ class ParameterService:
     ) -> None:
         """Replace a variable's value, or one of its slots (shape must match;
         values are cast to the variable's dtype)."""
+        self.journal.check()
         record = self.variable(name)
         key = self._slot_key(record, optimizer, slot)
         value = numeric_array(value, "value")
@@ -362,6 +474,7 @@ class ParameterService:
             return state.extra_weights[name].copy()
 
     def assign_weight(self, optimizer: str, name: str, value: Any) -> None:
+        self.journal.check()
         state = self.optimizer(optimizer)
         value = numeric_array(value, "value")
         with state.lock:
@@ -410,6 +523,7 @@ class ParameterService:
         with self._optimizers_lock:
             state = self._optimizers.get(config.name)
             if state is None:
+                self.journal.check()
                 state = self._optimizers[config.name] = OptimizerState(config)
                 logged = self.journal.write(
                     "optimizer", {"config": config.get_config()}
@@ -443,11 +557,21 @@ class ParameterService:
             return state.config.get_config(hypers_created=state.hypers_created)
 
     def iterations(self, optimizer: str) -> int:
-        """The optimizer's counter (reading it creates it, as in Keras)."""
+        """The optimizer's counter (reading it creates it, as in Keras: it then
+        heads ``weights``, a change that is logged like any other)."""
         state = self.optimizer(optimizer)
+        logged = 0
         with state.lock:
-            state.create_iterations()
-            return state.iterations
+            if not state.iterations_created:
+                self.journal.check()
+                state.create_iterations()
+                logged = self.journal.write(
+                    "iterations",
+                    {"optimizer": optimizer, "iterations": state.iterations},
+                )
+            iterations = state.iterations
+        self.journal.wait(logged)
+        return iterations
 
     def slot_names(self, optimizer: str) -> list[str]:
         state = self.optimizer(optimizer)
@@ -476,7 +600,9 @@ class ParameterService:
         return self.store.read(self.variable(ref.variable), (state.name, ref.name))
 
     def set_weights(self, optimizer: str, weights: Sequence[Any]) -> None:
-        """Keras ``set_weights()``: checks length, then shapes, then assigns all."""
+        """Keras ``set_weights()``: checks length, then shapes, then assigns all
+        (one log record holds them all)."""
+        self.journal.check()
         state = self.optimizer(optimizer)
         with state.lock:
             refs = list(state.weights)
@@ -501,6 +627,8 @@ class ParameterService:
                     for part in self.store.parts(record):
                         value = array[part.lo : part.hi] if record.shape else array
                         part.slots[(state.name, ref.name)][...] = value
+            logged = self.journal.write("weights", {"optimizer": optimizer}, arrays)
+        self.journal.wait(logged)
 
     def _weight_shape(self, state: OptimizerState, ref: WeightRef) -> tuple[int, ...]:
         if ref.kind == "iterations":
@@ -527,6 +655,7 @@ class ParameterService:
         both. Returns whether anything was added.
         """
         check_name("slot", slot)
+        self.journal.check()
         state = self.optimizer(optimizer)
         create = self.store.get(variable) is not None
         record = self.settings.server_index == 0
@@ -545,6 +674,9 @@ class ParameterService:
             fill = Initializer(initializer, variable_record.global_shape, 0).fill
             with self.store.locked(variable_record.shards), state.lock:
                 if slot not in state.slotted.get(variable, ()):
+                    self.memory.reserve(
+                        variable_record.nbytes, f"slot {slot!r} of {variable!r}"
+                    )
                     for part in self.store.parts(variable_record):
                         array = np.empty_like(part.value)
                         fill(array, variable_record.row_offset + part.lo)
@@ -577,19 +709,27 @@ class ParameterService:
     ) -> np.ndarray:
         """Keras ``add_weight`` on an optimizer: an extra weight in ``weights``."""
         check_name("weight", name)
+        self.journal.check()
         state = self.optimizer(optimizer)
         shape, dtype, _ = shape_and_dtype(shape, dtype, None)
-        self._check_size(f"weight {name!r}", shape, dtype)
+        with state.lock:
+            if name in state.extra_weights:
+                return state.extra_weights[name].copy()
+        nbytes = math.prod(shape) * dtype.itemsize
+        self.memory.reserve(nbytes, f"weight {name!r} of shape {shape} ({dtype})")
         try:
             value = np.empty(shape, dtype)
         except (MemoryError, ValueError) as e:
+            self.memory.release(nbytes)
             raise InvalidArgumentError(
                 f"weight {name!r} of shape {shape} cannot be allocated: {e}"
             ) from None
         Initializer(initializer, shape, 0).fill(value)
         logged = 0
         with state.lock:
-            if name not in state.extra_weights:
+            if name in state.extra_weights:
+                self.memory.release(nbytes)  # added meanwhile
+            else:
                 state.extra_weights[name] = value
                 state.weights.append(WeightRef("weight", name=name))
                 logged = self.journal.write(
@@ -660,9 +800,10 @@ class ParameterService:
         if push_id is not None:
             answer = self.ledger.begin(push_id)
             if answer is not None:
-                self.journal.settle()  # never repeat an answer not yet on disk
+                self.journal.wait(answer.record)  # never repeat one not on disk
                 return answer
         try:
+            self.journal.check()
             pairs = self._validate(gradients)
             names = list(call_variables or [p.record.name for p in pairs])
             if self.sync is not None:
@@ -696,17 +837,22 @@ class ParameterService:
             )
         state = self.optimizer(optimizer)
         if push_id is not None:
-            answer = self.ledger.begin(push_id)
+            answer = self.ledger.begin(push_id, STEP)
             if answer is not None:
-                self.journal.settle()
+                self.journal.wait(answer.record)
                 return answer.step
+        try:
+            self.journal.check()
+        except BaseException:
+            if push_id is not None:
+                self.ledger.abandon(push_id, STEP)
+            raise
         with state.lock:
             step = state.iterations if step is None else step
             state.create_iterations()
             state.hypers_created = True
             state.record_call(list(variables))
             state.iterations = max(state.iterations, step + 1)
-            result = ApplyResult(state.name, step, step + 1)
             logged = self.journal.write(
                 "reserve",
                 {
@@ -717,7 +863,8 @@ class ParameterService:
                 },
             )
             if push_id is not None:
-                self.ledger.complete(push_id, result)
+                result = ApplyResult(state.name, step, step + 1, logged)
+                self.ledger.complete(push_id, result, STEP)
         self.journal.wait(logged)
         return step
 
@@ -728,6 +875,7 @@ class ParameterService:
                 "iterations must be a non-negative 64-bit integer. "
                 f"Received: {iterations!r}"
             )
+        self.journal.check()
         state = self.optimizer(optimizer)
         with state.lock:
             state.create_iterations()
@@ -821,10 +969,16 @@ class ParameterService:
                         f"step {step} of optimizer {state.name!r} cannot be applied: "
                         f"the optimizer is at iterations {state.iterations}"
                     )
+                new = state.without_slots([p.record.name for p in pairs])
+                if new:  # counted before anything changes: refused, it is a no-op
+                    records = {p.record.name: p.record for p in pairs}
+                    self.memory.reserve(
+                        2 * sum(records[n].nbytes for n in new),
+                        f"the m and v slots of {new} for optimizer {state.name!r}",
+                    )
                 state.create_iterations()
                 state.hypers_created = True
                 state.record_call(call_variables)
-                new = state.without_slots([p.record.name for p in pairs])
                 state.created_slots(new)
                 state.iterations = max(state.iterations, step + 1)
                 state.pushes += 1
@@ -844,7 +998,7 @@ class ParameterService:
                 for shard in sorted(shards)
             ]
             self.store.run_parallel(tasks)
-            result = ApplyResult(state.name, step, step + 1)
+            result = ApplyResult(state.name, step, step + 1, logged)
             for push_id in push_ids:
                 if push_id is not None:
                     self.ledger.complete(push_id, result)
@@ -880,6 +1034,7 @@ class ParameterService:
             raise FailedPreconditionError(
                 "with --durability wal, checkpoints go to the server's own folder"
             )
+        self.journal.check()  # fail-stop: the disk is not to be trusted
         with self._checkpoint_lock:
             started = time.perf_counter()
             existing = checkpoint.checkpoints(root)
@@ -921,7 +1076,12 @@ class ParameterService:
                 segment[0],
             )
             writer.prune()
-            self.journal.prune(before=segment[0])
+            # Keep the log segments of every kept checkpoint: if the newest is
+            # found damaged at restore, the one before it plus them stand in.
+            kept = [
+                checkpoint.wal_segment(path) for _, path in checkpoint.checkpoints(root)
+            ]
+            self.journal.prune(before=min(kept, default=segment[0]))
             self.metrics.checkpoint_seconds.observe(info.seconds)
             self.last_checkpoint = info
             return info
@@ -979,21 +1139,82 @@ class ParameterService:
             )
 
     def _load_checkpoint(self, root: Path | None) -> CheckpointInfo | None:
+        """Load the newest intact checkpoint. One found damaged (a checksum, a
+        short file) is passed over for the one before it only when nothing
+        is lost by it: the write-ahead log still holds every change since
+        that one. Otherwise a ``CheckpointError`` names both."""
         root = root or self.settings.checkpoint_dir
-        path = checkpoint.latest(Path(root)) if root is not None else None
-        if path is None:
-            return None
+        found = checkpoint.checkpoints(Path(root)) if root is not None else []
+        damaged: list[tuple[Path, str]] = []
+        for _, path in reversed(found):
+            try:
+                info = self._load_from(path)
+            except _DamagedCheckpointError as e:
+                damaged.append((path, str(e)))
+                continue
+            if damaged:
+                self._stand_in(info, damaged)
+            return info
+        if damaged:
+            names = "; ".join(f"{path}: {why}" for path, why in damaged)
+            raise CheckpointError(f"every checkpoint under {root} is damaged: {names}")
+        return None
+
+    def _stand_in(self, info: CheckpointInfo, damaged: list[tuple[Path, str]]) -> None:
+        """Accept ``info`` in place of the damaged newer checkpoints, or refuse."""
+        newest, why = damaged[0]
+        problem = None
+        if not self.journal.enabled:
+            problem = "without --durability wal no log holds the changes made after it"
+        else:
+            try:
+                self.journal.check_replayable(
+                    info.wal_segment, f"checkpoint {info.path}"
+                )
+            except CheckpointError as e:
+                problem = str(e)
+        if problem is not None:
+            self._reset()
+            raise CheckpointError(
+                f"the newest checkpoint {newest} is damaged ({why}), and the one "
+                f"before it, {info.path}, cannot stand in for it: {problem}. Move "
+                f"{newest} aside to start from {info.path} (losing the changes "
+                "made between them), or put back an intact copy of it"
+            )
+        log.warning(
+            "checkpoint %s is damaged (%s): starting from %s and its log",
+            newest,
+            why,
+            info.path,
+        )
+
+    def _load_from(self, path: Path) -> CheckpointInfo:
+        """Load one checkpoint into this empty service; ``_DamagedCheckpointError``
+        (with the service emptied again) when its bytes fail their checks."""
         started = time.perf_counter()
-        reader = checkpoint.CheckpointReader(path)
+        try:
+            reader = checkpoint.CheckpointReader(path)
+        except CheckpointError as e:
+            raise _DamagedCheckpointError(str(e)) from None
         manifest = reader.manifest
         self._check_writer(
             f"checkpoint {path}",
             (manifest.get("server_index", 0), manifest.get("num_servers", 1)),
         )
+        needed = sum(
+            int(entry.get("nbytes", 0)) for entry in manifest.get("arrays", [])
+        )
+        try:
+            self.memory.reserve(needed, f"checkpoint {path}")
+        except ResourceExhaustedError as e:
+            raise CheckpointError(str(e)) from None
         try:
             optimizers, ledger, nbytes = persistence.load(self.store, reader)
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"checkpoint {path} is inconsistent: {e!r}") from e
+        except (CheckpointError, KeyError, TypeError, ValueError) as e:
+            self._reset()
+            raise _DamagedCheckpointError(
+                str(e) if isinstance(e, CheckpointError) else f"inconsistent: {e!r}"
+            ) from None
         with self._optimizers_lock:
             self._optimizers.update(optimizers)
         self.ledger.restore(ledger)
@@ -1008,6 +1229,15 @@ class ParameterService:
         )
         self.last_checkpoint = info
         return info
+
+    def _reset(self) -> None:
+        """Empty the service again after a restore that failed part way."""
+        self.store.close()
+        self.store = ShardedStore(self.settings.shards, self.settings.split_bytes)
+        with self._optimizers_lock:
+            self._optimizers.clear()
+        self.ledger.restore({"clients": {}, "forgotten": 0})
+        self.memory.release(self.memory.used)
 
     def start_periodic_checkpoints(
         self,
@@ -1045,6 +1275,10 @@ class ParameterService:
         self.store.close()
 
 
+class _DamagedCheckpointError(Exception):
+    """A checkpoint whose bytes fail their checks (the message says where)."""
+
+
 @dataclass(frozen=True)
 class CheckpointInfo:
     path: Path
@@ -1053,11 +1287,6 @@ class CheckpointInfo:
     seconds: float
     created: float
     wal_segment: int = 0  # the first log segment after this checkpoint
-
-
-def physical_memory() -> int:
-    """The machine's memory in bytes."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class _ShardTask:

@@ -202,8 +202,8 @@ def test_a_checkpoint_taken_while_pushes_continue_is_a_consistent_cut(
     restored = make_service(shards=2)
     restored.restore(tmp_path)
     included = [
-        (answer[1], (client, seq))  # answer: optimizer, step, iterations
-        for client, entry in restored.ledger.snapshot().items()
+        (answer[2], (client, seq))  # answer: kind, optimizer, step, iterations
+        for client, entry in restored.ledger.snapshot()["clients"].items()
         for seq, *answer in entry["answers"]
     ]
     steps = sorted(step for step, _ in included)

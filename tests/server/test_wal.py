@@ -82,14 +82,21 @@ def test_replayed_pushes_keep_their_steps_and_apply_once(make_service, tmp_path)
     assert restored.optimizer("Adamax").iterations == first.iterations
 
 
-def test_checkpoints_truncate_the_log(make_service, tmp_path):
+def test_checkpoints_truncate_the_log_to_what_kept_checkpoints_need(
+    make_service, tmp_path
+):
+    """Two checkpoints are kept: the log keeps the segments from the older
+    one's on (so it can stand in if the newer is found damaged)."""
     service = wal_service(make_service, tmp_path, shards=1)
     build_state(service, pushes=2)
     service.checkpoint()
     pushes(service, 3, start=50)
     service.checkpoint()
-    assert [n for n, _ in wal.segments(tmp_path / "wal")] == [2]
-    assert (tmp_path / "wal" / "wal-000002.log").stat().st_size == 0
+    assert [n for n, _ in wal.segments(tmp_path / "wal")] == [1, 2]
+    pushes(service, 2, start=70)
+    service.checkpoint()
+    assert [n for n, _ in wal.segments(tmp_path / "wal")] == [2, 3]
+    assert (tmp_path / "wal" / "wal-000003.log").stat().st_size == 0
     assert snapshot(wal_service(make_service, tmp_path, shards=1)) == snapshot(service)
 
 
@@ -171,7 +178,9 @@ def test_acknowledged_pushes_survive_sigkill(make_service, tmp_path):
         if child.poll() is None:
             child.kill()
     restored = wal_service(make_service, tmp_path / "server", shards=2)
-    remembered = {seq for seq, *_ in restored.ledger.snapshot()["worker"]["answers"]}
+    remembered = {
+        seq for seq, *_ in restored.ledger.snapshot()["clients"]["worker"]["answers"]
+    }
     assert set(acknowledged) <= remembered  # nothing acknowledged is lost
     reference = make_service(shards=1)
     workload.setup(reference)
@@ -195,3 +204,20 @@ def test_a_log_replays_only_on_the_server_that_wrote_it(make_service, tmp_path):
     (tmp_path / "wal" / "server.json").write_text("{")
     with pytest.raises(CheckpointError, match=r"server\.json is damaged"):
         wal_service(make_service, tmp_path, server_index=1, num_servers=2)
+
+
+def test_every_change_is_in_the_log(make_service, tmp_path):
+    """Reading iterations first (Keras creates it then), set_weights and every
+    other change come back from the log alone, the weights order included."""
+    service = wal_service(make_service, tmp_path, shards=2)
+    service.create_optimizer({"name": "fresh"})
+    assert service.iterations("fresh") == 0  # creates it: heads weights
+    build_state(service, pushes=2)
+    weights = service.get_weights("Adamax")
+    service.set_weights("Adamax", [np.int64(9), *(w + 1 for w in weights[1:])])
+    service.set_iterations("second", 4)
+    expected = snapshot(service)
+    restored = wal_service(make_service, tmp_path, shards=1)
+    assert snapshot(restored) == expected
+    assert restored.weight_refs("fresh")[0].kind == "iterations"
+    assert restored.iterations("Adamax") == 9
