@@ -312,9 +312,15 @@ class Cluster:
         def fetch(item) -> None:
             piece, where = item
             local = (rows[where] - piece.lo).astype(np.int64)
-            out[where] = self.transports[piece.server].read(
-                name, optimizer=optimizer, slot=slot, rows=local
-            )
+            # At most the server's rows per request (--max-request-rows) each.
+            step = self.servers[piece.server].max_request_rows or len(local)
+            for start in range(0, len(local), step):
+                out[where[start : start + step]] = self.transports[piece.server].read(
+                    name,
+                    optimizer=optimizer,
+                    slot=slot,
+                    rows=local[start : start + step],
+                )
 
         self.map(fetch, wanted)
         return out
@@ -448,9 +454,10 @@ class Cluster:
         elif self.size == 1:
             targets = [0]
         else:
-            reserve_id = PushId(push_id.client + "#step", push_id.sequence)
+            # The reservation shares the call's push id (the coordinator keeps
+            # one entry per client for both).
             reserved = self.transports[COORDINATOR].reserve_step(
-                self.view(COORDINATOR), optimizer, names, reserve_id
+                self.view(COORDINATOR), optimizer, names, push_id
             )
             targets = sorted(shares)
             for i in targets:
