@@ -22,7 +22,8 @@ ENV PATH=/opt/adamax-ps/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONFAULTHANDLER=1 \
     NUMBA_CACHE_DIR=/var/cache/adamax-ps/numba \
-    ADAMAX_PS_CHECKPOINT_DIR=/var/lib/adamax-ps
+    ADAMAX_PS_CHECKPOINT_DIR=/var/lib/adamax-ps \
+    ADAMAX_PS_HOST=0.0.0.0
 RUN groupadd --gid "${UID}" adamax \
     && useradd --no-log-init --uid "${UID}" --gid adamax \
         --home-dir /var/cache/adamax-ps --no-create-home --shell /usr/sbin/nologin adamax \
@@ -35,6 +36,9 @@ WORKDIR /var/cache/adamax-ps
 # server starts without the JIT; a host with another CPU recompiles into the
 # same (writable) folder.
 RUN python -c "import adamax_ps.server.kernels"
+# A container listens on every address (outside it, only published ports are
+# reached). Give it a token (ADAMAX_PS_TOKEN or --token-file): without one the
+# server warns that anyone who reaches it can change the model.
 VOLUME ["/var/lib/adamax-ps"]
 EXPOSE 50051 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \

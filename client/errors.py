@@ -79,8 +79,26 @@ class ServerInternalError(ParameterServerError):
     """The server failed unexpectedly (reported as INTERNAL)."""
 
 
+class WritesStoppedError(ParameterServerError, RuntimeError):
+    """The server stopped accepting changes (its write-ahead log failed):
+    reads still work; restarting it recovers every acknowledged change."""
+
+
+class ResourceExhaustedError(ParameterServerError, ValueError):
+    """A request over one of the server's limits (rows, bytes, values)."""
+
+
+class MemoryBudgetError(ResourceExhaustedError, MemoryError):
+    """Creating this would take the server over its memory limit."""
+
+
 class TransportError(ParameterServerError, ConnectionError):
     """A server could not be reached or did not answer, after bounded retries."""
+
+
+class ServerBusyError(TransportError):
+    """The server's budget for requests in flight stayed full through the
+    retries."""
 
 
 class MessageTooLargeError(TransportError):
@@ -105,5 +123,11 @@ BY_NAME: dict[str, type[ParameterServerError]] = {
         CheckpointError,
         SyncTimeoutError,
         UnauthenticatedError,
+        WritesStoppedError,
+        ResourceExhaustedError,
+        MemoryBudgetError,
+        ServerBusyError,
     )
 }
+# Refusals that retrying cannot help, though their status says "unavailable".
+FINAL = frozenset({"WritesStoppedError"})

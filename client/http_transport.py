@@ -67,25 +67,38 @@ class HttpTransport:
         json: Any = None,
         framed: tuple[dict, Sequence[np.ndarray]] | None = None,
         params: dict | None = None,
+        push_id: PushId | None = None,
     ) -> httpx.Response:
-        """One request with retries on unreachable servers; errors mapped."""
+        """One request with retries on unreachable servers; errors mapped.
+
+        ``push_id``: the request's ``push_id`` (in the JSON body, or the framed
+        body's header) is written anew for each attempt, saying which it is.
+        """
         headers = {}
         if view is not None:
             headers[VIEW_HEADER] = f"{view[0]}/{view[1]}"
-        content = None
         if framed is not None:
-            pieces = codec.frame(*framed)  # sent as they are: no joined copy
             headers["content-type"] = codec.FRAMED
-            headers["content-length"] = str(sum(len(p) for p in pieces))
-            content = pieces
         delays = self.retry.delays()
+        attempt = 0
         while True:
+            if push_id is not None:
+                stamped = _push_id_json(push_id, attempt)
+                if framed is not None:
+                    framed[0]["push_id"] = stamped
+                else:
+                    json["push_id"] = stamped
+            content = None
+            if framed is not None:
+                pieces = codec.frame(*framed)  # sent as they are: no joined copy
+                headers["content-length"] = str(sum(len(p) for p in pieces))
+                content = iter(pieces)
             try:
                 response = self.http.request(
                     method,
                     API + path,
                     json=json,
-                    content=iter(content) if content is not None else None,
+                    content=content,
                     params=params,
                     headers=headers,
                 )
@@ -101,14 +114,19 @@ class HttpTransport:
                     raise errors.TransportError(f"{self.address}: {e}") from None
                 self.retry.retrying(self.address, type(e).__name__)
                 time.sleep(delay)
+                attempt += 1
                 continue
             except httpx.TimeoutException as e:
                 raise errors.TransportError(f"{self.address}: timed out: {e}") from None
-            if response.status_code == 503:
+            if (
+                response.status_code == 503
+                and _error_name(response) not in errors.FINAL
+            ):
                 delay = next(delays, None)
                 if delay is not None:
                     self.retry.retrying(self.address, "503")
                     time.sleep(delay)
+                    attempt += 1
                     continue
             if response.status_code >= 400:
                 raise self._error(response)
@@ -131,7 +149,9 @@ class HttpTransport:
             413: errors.MessageTooLargeError,
             422: errors.InvalidArgumentError,
             500: errors.ServerInternalError,
+            503: errors.ServerBusyError,
             504: errors.SyncTimeoutError,
+            507: errors.MemoryBudgetError,
         }
         cls = by_status.get(response.status_code, errors.TransportError)
         return cls(f"{self.address}: {response.status_code} {name}: {message}")
@@ -152,6 +172,7 @@ class HttpTransport:
             r["replicas"],
             r["replicas_to_aggregate"],
             r["ready"],
+            r.get("limits", {}).get("max_request_rows", 0),
         )
 
     def create_variables(
@@ -197,12 +218,12 @@ class HttpTransport:
     def reserve_step(
         self, view: View, optimizer: str, variables: Sequence[str], push_id: PushId
     ) -> int:
-        body = {
-            "variables": list(variables),
-            "push_id": {"client": push_id.client, "sequence": push_id.sequence},
-        }
         return self._send(
-            "POST", f"/optimizers/{_q(optimizer)}/reserve-step", view=view, json=body
+            "POST",
+            f"/optimizers/{_q(optimizer)}/reserve-step",
+            view=view,
+            json={"variables": list(variables)},
+            push_id=push_id,
         ).json()["step"]
 
     def apply(
@@ -226,7 +247,6 @@ class HttpTransport:
             described.append(item)
         header = {
             "gradients": described,
-            "push_id": {"client": push_id.client, "sequence": push_id.sequence},
             "step": options.step,
             "aggregated": options.aggregated,
             "call_variables": list(options.call_variables),
@@ -237,6 +257,7 @@ class HttpTransport:
             f"/optimizers/{_q(optimizer)}/apply",
             view=view,
             framed=(header, arrays),
+            push_id=push_id,
         ).json()
         return answer["step"], answer["iterations"]
 
@@ -378,3 +399,16 @@ def _optimizer_info(r: dict) -> OptimizerInfo:
         created=r.get("created", False),
         pushes=r["pushes"],
     )
+
+
+def _push_id_json(push_id: PushId, attempt: int) -> dict[str, Any]:
+    return {"client": push_id.client, "sequence": push_id.sequence, "attempt": attempt}
+
+
+def _error_name(response: httpx.Response) -> str:
+    """The error class an error answer names (empty if it names none)."""
+    try:
+        payload = response.json()
+    except ValueError:
+        return ""
+    return payload.get("error", "") if isinstance(payload, dict) else ""

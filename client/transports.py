@@ -65,6 +65,7 @@ class ServerInfo:
     replicas: int
     replicas_to_aggregate: int
     ready: bool
+    max_request_rows: int = 0  # 0: the server states no limit
 
 
 @dataclass(frozen=True)
@@ -232,23 +233,29 @@ class GrpcTransport:
 
     # Plumbing ---------------------------------------------------------------------
 
-    def _call(self, method: Callable, make_request: Callable[[], Any]) -> Any:
-        """Call with retries; ``make_request`` builds a fresh request (or stream)."""
+    def _call(
+        self, method: Callable, make_request: Callable[..., Any], *, counted=False
+    ) -> Any:
+        """Call with retries; ``make_request`` builds a fresh request (or
+        stream), given the attempt number (0, 1, ...) when ``counted``: a push
+        says when it is a retry."""
         delays = self.retry.delays()
+        attempt = 0
         while True:
             try:
-                return method(
-                    make_request(), timeout=self.timeout, metadata=self.metadata
-                )
+                request = make_request(attempt) if counted else make_request()
+                return method(request, timeout=self.timeout, metadata=self.metadata)
             except grpc.RpcError as e:
                 code = e.code() if hasattr(e, "code") else None
-                if code in (grpc.StatusCode.UNAVAILABLE,) or (
-                    code is grpc.StatusCode.DEADLINE_EXCEEDED and not _domain_name(e)
-                ):
+                domain = _domain_name(e)
+                if (
+                    code is grpc.StatusCode.UNAVAILABLE and domain not in errors.FINAL
+                ) or (code is grpc.StatusCode.DEADLINE_EXCEEDED and not domain):
                     delay = next(delays, None)
                     if delay is not None:
                         self.retry.retrying(self.address, code.name)
                         time.sleep(delay)
+                        attempt += 1
                         continue
                 raise self._error(e) from None
 
@@ -288,6 +295,7 @@ class GrpcTransport:
             r.replicas,
             r.replicas_to_aggregate,
             r.ready,
+            r.max_request_rows,
         )
 
     def create_variables(
@@ -338,12 +346,10 @@ class GrpcTransport:
     def get_optimizer(
         self, name: str, create_iterations: bool = False
     ) -> OptimizerInfo:
-        response = self._call(
-            self.stub.GetOptimizer,
-            lambda: pb.OptimizerRequest(
-                optimizer=name, create_iterations=create_iterations
-            ),
+        method = (
+            self.stub.CreateIterations if create_iterations else self.stub.GetOptimizer
         )
+        response = self._call(method, lambda: pb.OptimizerRequest(optimizer=name))
         return _optimizer_info(response)
 
     def reserve_step(
@@ -351,12 +357,13 @@ class GrpcTransport:
     ) -> int:
         response = self._call(
             self.stub.ReserveStep,
-            lambda: pb.ReserveStepRequest(
+            lambda attempt: pb.ReserveStepRequest(
                 view=_view(view),
                 optimizer=optimizer,
                 variables=list(variables),
-                push_id=pb.PushId(client=push_id.client, sequence=push_id.sequence),
+                push_id=_push_id(push_id, attempt),
             ),
+            counted=True,
         )
         return response.step
 
@@ -375,12 +382,12 @@ class GrpcTransport:
             arrays.append(g.values)
         nbytes = sum(a.nbytes for a in arrays)
 
-        def request(with_data: bool) -> pb.ApplyRequest:
+        def request(with_data: bool, attempt: int) -> pb.ApplyRequest:
             encode = codec.encode if with_data else codec.header
             return pb.ApplyRequest(
                 view=_view(view),
                 optimizer=optimizer,
-                push_id=pb.PushId(client=push_id.client, sequence=push_id.sequence),
+                push_id=_push_id(push_id, attempt),
                 gradients=[
                     pb.Gradient(
                         variable=g.variable,
@@ -396,16 +403,19 @@ class GrpcTransport:
             )
 
         if nbytes <= STREAM_ABOVE:
-            response = self._call(self.stub.ApplyGradients, lambda: request(True))
+            response = self._call(
+                self.stub.ApplyGradients,
+                lambda attempt: request(True, attempt),
+                counted=True,
+            )
         else:
-            header = request(False)
 
-            def stream() -> Iterator[pb.ApplyChunk | bytes]:
-                yield pb.ApplyChunk(header=header)
+            def stream(attempt: int) -> Iterator[pb.ApplyChunk | bytes]:
+                yield pb.ApplyChunk(header=request(False, attempt))
                 for piece in codec.chunks(arrays):
                     yield codec.data_chunk(piece)
 
-            response = self._call(self.apply_stream, stream)
+            response = self._call(self.apply_stream, stream, counted=True)
         return response.step, response.iterations
 
     def read(
@@ -542,6 +552,10 @@ def _domain_name(e: grpc.RpcError) -> str | None:
     except Exception:  # a transport-level error has no trailers
         return None
     return None
+
+
+def _push_id(push_id: PushId, attempt: int) -> pb.PushId:
+    return pb.PushId(client=push_id.client, sequence=push_id.sequence, attempt=attempt)
 
 
 def _view(view: View) -> pb.ClusterView:

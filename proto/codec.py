@@ -14,7 +14,7 @@ import json
 import math
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -271,15 +271,21 @@ class StreamAssembler:
     """Receives the chunks of tensors declared by a header, into one buffer.
 
     ``declared`` are the tensor headers in stream order; their total size is
-    checked against ``limit`` before the buffer is allocated (from ``pool`` if
-    given). ``feed`` copies each chunk once; ``arrays`` checks the stream was
-    complete and returns views of the buffer, one per declared tensor.
+    checked against ``limit``, then handed to ``reserve`` (which may refuse it
+    by raising: a server's budget of bytes in flight), before the buffer is
+    allocated (from ``pool`` if given). ``feed`` copies each chunk once;
+    ``arrays`` checks the stream was complete and returns views of the
+    buffer, one per declared tensor.
     ``layout`` (offset, size, dtype of each tensor), ``buffer`` and ``filled``
     let a caller look at the bytes as they arrive.
     """
 
     def __init__(
-        self, declared: Sequence[pb.Tensor], limit: int, pool: BufferPool | None = None
+        self,
+        declared: Sequence[pb.Tensor],
+        limit: int,
+        pool: BufferPool | None = None,
+        reserve: Callable[[int], Any] | None = None,
     ) -> None:
         sizes = [declared_nbytes(t, limit) for t in declared]
         total = sum(sizes)
@@ -295,6 +301,8 @@ class StreamAssembler:
             (start, size, numpy_dtype(t.dtype))
             for start, size, t in zip(offsets, sizes, declared, strict=True)
         ]
+        if reserve is not None:
+            reserve(total)
         self._buffer = (pool or _UNPOOLED).take(total)
         self._filled = 0
 

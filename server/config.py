@@ -15,14 +15,22 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from adamax_ps.server.service import ServiceSettings
+from adamax_ps.server import limits
+from adamax_ps.server.service import DEFAULT_MAX_REQUEST_ROWS, ServiceSettings
 from adamax_ps.server.sync import SyncSettings
 from adamax_ps.server.validation import NonFinitePolicy
 
 ENV_PREFIX = "ADAMAX_PS_"
-DEFAULT_MAX_REQUEST_BYTES = 1 << 31
+_SIZES = ("memory_limit", "max_inflight_bytes", "max_request_bytes")
 
 
 class ServerConfig(BaseModel):
@@ -30,7 +38,7 @@ class ServerConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     grpc_port: int = Field(50051, ge=0, le=65535)
     http_port: int = Field(8080, ge=0, le=65535)
     shards: int | None = Field(None, ge=1, le=1024)
@@ -45,7 +53,10 @@ class ServerConfig(BaseModel):
     server_index: int = Field(0, ge=0)  # "auto" on the command line: see below
     num_servers: int = Field(1, ge=1)
     nonfinite: NonFinitePolicy = NonFinitePolicy.REJECT
-    max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=1 << 20)
+    memory_limit: int | None = Field(None, ge=1 << 20)
+    max_inflight_bytes: int | None = Field(None, ge=1 << 20)
+    max_request_bytes: int | None = Field(None, ge=1 << 20)
+    max_request_rows: int = Field(DEFAULT_MAX_REQUEST_ROWS, ge=1)
     grpc_workers: int = Field(32, ge=2)
     shutdown_grace: float = Field(10.0, ge=0)
     token_file: Path | None = None
@@ -54,6 +65,12 @@ class ServerConfig(BaseModel):
     tls_key: Path | None = None
     json_limit: int = Field(100_000, ge=1)
     history_interval: float = Field(1.0, gt=0)
+
+    @field_validator(*_SIZES, mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        """Sizes take suffixes: ``8G``, ``512M``."""
+        return limits.parse_bytes(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _consistent(self) -> ServerConfig:
@@ -89,6 +106,16 @@ class ServerConfig(BaseModel):
             raise ValueError(
                 f"--checkpoint-dir {folder} is not a readable, writable folder"
             )
+        if (
+            self.max_request_bytes
+            and self.max_inflight_bytes
+            and self.max_request_bytes > self.max_inflight_bytes
+        ):
+            raise ValueError(
+                f"--max-request-bytes {self.max_request_bytes} exceeds "
+                f"--max-inflight-bytes {self.max_inflight_bytes}: such a request "
+                "could never be received"
+            )
         for name in ("token_file", "tls_cert", "tls_key"):
             path = getattr(self, name)
             if path is not None and not path.is_file():
@@ -115,7 +142,15 @@ class ServerConfig(BaseModel):
             server_index=self.server_index,
             num_servers=self.num_servers,
             durability=self.durability,
+            memory_limit=self.memory_limit,
+            max_inflight_bytes=self.max_inflight_bytes,
+            max_request_rows=self.max_request_rows,
         )
+
+    def request_bytes(self, inflight_limit: int) -> int:
+        """The largest single request: ``--max-request-bytes``, by default
+        2 GiB or the whole in-flight budget if that is smaller."""
+        return self.max_request_bytes or min(limits.MAX_REQUEST_BYTES, inflight_limit)
 
 
 _HELP = {
@@ -138,7 +173,16 @@ _HELP = {
     "read it from the hostname (ps-3 is 3, as in a StatefulSet)",
     "num_servers": "servers in the cluster",
     "nonfinite": "NaN/Inf gradients: 'reject' or 'allow'",
-    "max_request_bytes": "largest push or assignment accepted, in bytes",
+    "memory_limit": "state budget: bytes of variables, slots and optimizer weights "
+    "this server may hold (suffixes K, M, G, T: 8G); creating more is refused "
+    f"(default: {limits.STATE_FRACTION * 100:.0f}%% of the machine's or "
+    "container's memory)",
+    "max_inflight_bytes": "bytes of request bodies and read copies handled at once, "
+    "over both transports; more waits, then is refused as busy (default: "
+    f"{limits.INFLIGHT_FRACTION * 100:.0f}%% of the memory)",
+    "max_request_bytes": "largest push, assignment or created initial value, in "
+    "bytes (default: 2G, or --max-inflight-bytes if smaller)",
+    "max_request_rows": "most rows one gather or read may ask for",
     "grpc_workers": "threads serving gRPC calls",
     "shutdown_grace": "seconds in-flight calls get to finish at shutdown",
     "token_file": "file holding the bearer token required by mutating calls "
@@ -146,7 +190,7 @@ _HELP = {
     "auth_reads": "require the token for reads too",
     "tls_cert": "TLS certificate (PEM) for gRPC and HTTP",
     "tls_key": "TLS private key (PEM) for gRPC and HTTP",
-    "json_limit": "largest JSON value answer, in numbers (larger: ask for .npy)",
+    "json_limit": "most numbers in one JSON value answer (larger: ask for .npy)",
     "history_interval": "seconds between history samples while the dashboard is open",
 }
 

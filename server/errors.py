@@ -94,3 +94,33 @@ class UnauthenticatedError(ParameterServerError):
 
     code = "UNAUTHENTICATED"
     http_status = 401
+
+
+class WritesStoppedError(ParameterServerError):
+    """The server stopped accepting changes (fail-stop): its write-ahead log
+    could not be written or synced, so nothing more can be made durable.
+    Reads keep working; a restart recovers every acknowledged change."""
+
+    code = "UNAVAILABLE"
+    http_status = 503
+
+
+class ResourceExhaustedError(ParameterServerError):
+    """A request over one of the server's limits (rows, bytes, elements)."""
+
+    code = "RESOURCE_EXHAUSTED"
+    http_status = 413
+
+
+class MemoryBudgetError(ResourceExhaustedError):
+    """Creating this state would take the server over ``--memory-limit``."""
+
+    http_status = 507
+
+
+class ServerBusyError(ParameterServerError):
+    """The requests in flight already hold the server's byte budget for
+    request bodies; retry shortly."""
+
+    code = "UNAVAILABLE"
+    http_status = 503

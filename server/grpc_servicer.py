@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from typing import Any, ClassVar
 
 import grpc
@@ -34,6 +35,12 @@ from adamax_ps.server.validation import NonFinitePolicy, StreamFiniteScan
 log = logging.getLogger("adamax_ps.grpc")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ParameterServer"].full_name
 UNARY_LIMIT = 64 << 20  # larger requests must stream
+# Bytes gRPC reads ahead on each stream before its handler asks for them. With
+# the default bandwidth-delay probing the window grows to megabytes, so
+# streams waiting for the in-flight budget were buffered whole by gRPC
+# itself (16 waiting 3 MB pushes grew the server by 74 MB); a fixed 1 MB
+# window bounds that to 1 MB a stream and moved 64 MB pushes as fast.
+READ_AHEAD = 1 << 20
 ERROR_KEY = "adamax-ps-error"  # trailing metadata: the domain error's class name
 
 
@@ -116,6 +123,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             replicas_to_aggregate=sync.needed if sync else 0,
             ready=self.ready,
             max_message_bytes=UNARY_LIMIT,
+            max_request_rows=self.service.settings.max_request_rows,
         )
 
     @_domain_errors
@@ -159,8 +167,11 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
 
     @_domain_errors
     def GetOptimizer(self, request, context):
-        if request.create_iterations:
-            self.service.iterations(request.optimizer)
+        return self._optimizer_state(request.optimizer)
+
+    @_domain_errors
+    def CreateIterations(self, request, context):
+        self.service.iterations(request.optimizer)
         return self._optimizer_state(request.optimizer)
 
     def _optimizer_state(self, name: str, created: bool = False) -> pb.OptimizerState:
@@ -204,6 +215,10 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
 
     @_domain_errors
     def ApplyGradientsStream(self, request_iterator, context):
+        with ExitStack() as held:
+            return self._apply_stream(request_iterator, held)
+
+    def _apply_stream(self, request_iterator, held: ExitStack) -> pb.ApplyResponse:
         chunks = _parsed(request_iterator)
         first = next(chunks, None)
         if first is None or not first.HasField("header"):
@@ -218,7 +233,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             values_at.append(len(declared))
             declared.append(g.values)
         assembler = codec.StreamAssembler(
-            declared, self.max_request_bytes, self.buffers
+            declared, self.max_request_bytes, self.buffers, self._holding(held)
         )
         scan = None
         if self.service.settings.nonfinite is not NonFinitePolicy.ALLOW:
@@ -257,25 +272,33 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     @_streaming_errors
     def Read(self, request, context):
         if request.weight:
-            value = self.service.weight(request.optimizer, request.weight)
-        else:
-            optimizer = request.optimizer or None
-            slot = request.slot or None
-            if request.HasField("rows"):
-                rows = codec.decode(request.rows)
-                value = self.service.gather(
-                    request.variable, rows, optimizer=optimizer, slot=slot
-                )
-            else:
-                value = self.service.pull(
-                    request.variable, optimizer=optimizer, slot=slot
-                )
-        yield pb.TensorChunk(header=codec.header(value))
-        for piece in codec.chunks([value]):
-            yield pb.TensorChunk(data=bytes(piece))
+            yield from _tensor_chunks(
+                self.service.weight(request.optimizer, request.weight)
+            )
+            return
+        rows = codec.decode(request.rows) if request.HasField("rows") else None
+        with self.service.reading(
+            request.variable,
+            optimizer=request.optimizer or None,
+            slot=request.slot or None,
+            rows=rows,
+        ) as value:
+            yield from _tensor_chunks(value)
+
+    def _holding(self, held: ExitStack) -> Callable[[int], None]:
+        """Counts a stream's bytes in the in-flight budget until ``held`` ends."""
+
+        def reserve(nbytes: int) -> None:
+            held.enter_context(self.service.inflight.held(nbytes, "the stream"))
+
+        return reserve
 
     @_domain_errors
     def Assign(self, request_iterator, context):
+        with ExitStack() as held:
+            return self._assign(request_iterator, held)
+
+    def _assign(self, request_iterator, held: ExitStack) -> pb.AssignResponse:
         chunks = _parsed(request_iterator)
         first = next(chunks, None)
         if first is None or not first.HasField("header"):
@@ -283,7 +306,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         request = first.header
         self._check_view(request.view)
         assembler = codec.StreamAssembler(
-            [request.value], self.max_request_bytes, self.buffers
+            [request.value], self.max_request_bytes, self.buffers, self._holding(held)
         )
         if first.data:
             assembler.feed(first.data)
@@ -341,6 +364,13 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         )
 
 
+def _tensor_chunks(value: np.ndarray) -> Iterator[pb.TensorChunk]:
+    """A tensor as a server stream: its header, then its bytes in chunks."""
+    yield pb.TensorChunk(header=codec.header(value))
+    for piece in codec.chunks([value]):
+        yield pb.TensorChunk(data=bytes(piece))
+
+
 def _parsed(chunks):
     """Stream messages, a malformed one raising ``CodecError``."""
     for chunk in chunks:
@@ -363,7 +393,8 @@ def _gradient(
 def _push_id(request: Any) -> PushId | None:
     if not request.HasField("push_id"):
         return None
-    return PushId(request.push_id.client, request.push_id.sequence)
+    push_id = request.push_id
+    return PushId(push_id.client, push_id.sequence, push_id.attempt)
 
 
 def _initializer(text: str) -> str | dict:
@@ -497,6 +528,8 @@ def create_grpc_server(
             ("grpc.max_receive_message_length", UNARY_LIMIT),
             ("grpc.max_send_message_length", UNARY_LIMIT),
             ("grpc.so_reuseport", 0),
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", READ_AHEAD),
         ],
     )
     servicer = ParameterServerServicer(service, max_request_bytes, buffers)

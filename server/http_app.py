@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import anyio
 import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,6 +33,7 @@ from adamax_ps.server.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     ParameterServerError,
+    ServerBusyError,
 )
 from adamax_ps.server.gradients import DenseGradient, SparseGradient
 from adamax_ps.server.inspection import Inspector
@@ -42,6 +45,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 VIEW_HEADER = "x-adamax-ps-view"
 DEFAULT_JSON_LIMIT = 100_000
 INLINE_BYTES = 64 << 10  # pushes this small are applied on the event loop
+WAITING_BODIES = 64  # requests that may wait at once for room in the budget
 
 
 class Strict(BaseModel):
@@ -58,6 +62,7 @@ class ErrorResponse(Strict):
 
 class StatusResponse(Strict):
     status: str
+    reason: str | None = Field(None, description="why it is not ready, if known")
 
 
 class CheckpointStatus(Strict):
@@ -67,6 +72,13 @@ class CheckpointStatus(Strict):
     last_bytes: int | None
     last_seconds: float | None
     age_seconds: float | None
+
+
+class LimitsModel(Strict):
+    memory_limit_bytes: int
+    memory_used_bytes: int
+    max_inflight_bytes: int
+    max_request_rows: int
 
 
 class ServerResponse(Strict):
@@ -81,6 +93,10 @@ class ServerResponse(Strict):
     resident_bytes: int
     state_bytes: int
     shard_state_bytes: list[int]
+    limits: LimitsModel
+    writes_stopped: str | None = Field(
+        description="why the server refuses changes (fail-stop), or null"
+    )
     checkpoint: CheckpointStatus
 
 
@@ -188,6 +204,7 @@ class CheckpointResponse(Strict):
 class PushIdModel(Strict):
     client: str
     sequence: int = Field(ge=0)
+    attempt: int = Field(0, ge=0, description="0 when first sent; 1, 2... for retries")
 
 
 class CreateOptimizerRequest(Strict):
@@ -262,6 +279,7 @@ def create_app(
     )
     app.state.service = service
     app.state.inspector = inspector
+    app.add_middleware(_EndOfRequest)
     settings = service.settings
 
     # Dependencies are async: they never block, and a sync one would cost a
@@ -296,10 +314,39 @@ def create_app(
 
     buffers = buffers or codec.BufferPool()
 
+    inflight = service.inflight
+    waits = anyio.CapacityLimiter(WAITING_BODIES)
+
+    async def hold(request: Request, nbytes: int, wait: bool) -> None:
+        """Count ``nbytes`` more of this request in the in-flight budget (given
+        back when the request ends, by ``_ReleaseInflight``). ``wait``: for
+        room, on a thread of its own (never one a handler needs)."""
+        if not inflight.try_acquire(nbytes):
+            if not wait:
+                raise ServerBusyError(
+                    "this server is busy: the requests in flight hold its budget "
+                    "(--max-inflight-bytes); retry"
+                )
+            await anyio.to_thread.run_sync(
+                inflight.acquire, nbytes, "the request's body", limiter=waits
+            )
+        request.state.inflight_bytes = _held(request) + nbytes
+        _at_end(request, lambda: inflight.release(nbytes))
+
+    def reading(request: Request, name: str, **what: Any) -> np.ndarray:
+        """``service.reading``, held until the answer is sent (the copy's
+        bytes count in the in-flight budget until then)."""
+        stack = ExitStack()
+        array = stack.enter_context(service.reading(name, **what))
+        _at_end(request, stack.close)
+        return array
+
     async def body(request: Request) -> memoryview:
         """The request body, refused beyond the size limit before it is read.
 
-        With a declared length it is read into one buffer of that length, from
+        Its bytes count in the server's in-flight budget first (the declared
+        length, or a growing share as a body without one arrives). With a
+        declared length it is read into one buffer of that length, from
         ``buffers`` when large: a fresh buffer above glibc's mmap threshold is
         a fresh mapping whose pages every push would fault in again.
         """
@@ -309,6 +356,8 @@ def create_app(
             raise TooLargeError(
                 f"the request has {length} bytes, over the limit of {max_request_bytes}"
             )
+        if declared:
+            await hold(request, declared, wait=True)
         data: np.ndarray | bytearray = (
             buffers.take(declared) if declared else bytearray()
         )
@@ -319,6 +368,8 @@ def create_app(
                 raise TooLargeError(
                     f"the request exceeds the limit of {max_request_bytes} bytes"
                 )
+            if end > _held(request):  # no length declared (or more than it)
+                await hold(request, max(end, _held(request)), wait=False)
             if isinstance(data, np.ndarray) and end <= len(data):
                 data[filled:end] = np.frombuffer(chunk, np.uint8)
             else:  # no length declared (or more than it): a growing bytearray
@@ -333,7 +384,10 @@ def create_app(
 
     @app.exception_handler(ParameterServerError)
     def domain_error(request: Request, e: ParameterServerError) -> JSONResponse:
-        return _error(e.http_status, type(e).__name__, str(e))
+        response = _error(e.http_status, type(e).__name__, str(e))
+        if isinstance(e, ServerBusyError):
+            response.headers["retry-after"] = "1"
+        return response
 
     @app.exception_handler(codec.CodecError)
     def codec_error(request: Request, e: codec.CodecError) -> JSONResponse:
@@ -369,11 +423,23 @@ def create_app(
     @app.get(
         "/readyz",
         response_model=StatusResponse,
+        response_model_exclude_none=True,
         tags=["probes"],
-        responses={503: {"model": StatusResponse, "description": "not ready yet"}},
+        responses={
+            503: {
+                "model": StatusResponse,
+                "description": "not ready yet, or no longer accepting changes",
+            }
+        },
     )
     def readyz():
-        """Ready once restored from the checkpoint and the kernels are warm."""
+        """Ready once restored from the checkpoint and the kernels are warm, and
+        while it accepts changes (not after its write-ahead log failed)."""
+        stopped = service.writes_stopped
+        if stopped is not None:
+            return JSONResponse(
+                {"status": "writes-stopped", "reason": stopped}, status_code=503
+            )
         if ready():
             return StatusResponse(status="ready")
         return JSONResponse({"status": "starting"}, status_code=503)
@@ -445,24 +511,26 @@ def create_app(
     )
     def value(
         name: str,
+        request: Request,
         optimizer: str | None = None,
         slot: str | None = None,
         rows: Annotated[str | None, Query(pattern=r"^\d+(,\d+)*$")] = None,
         format: Literal["json", "npy"] = "json",
     ):
         """A variable's value, or a slot's, or selected rows (``rows=3,17``)."""
-        if rows is not None:
-            picked = _row_numbers(rows)
-            array = service.gather(name, picked, optimizer=optimizer, slot=slot)
-        else:
-            array = service.pull(name, optimizer=optimizer, slot=slot)
+        picked = _row_numbers(rows) if rows is not None else None
+        if format == "json":  # refused before anything is copied
+            record = service.variable(name)
+            count = record.size if picked is None else len(picked) * record.row_size
+            if count > json_limit:
+                raise TooLargeError(
+                    f"the answer would hold {count} values of {name!r}; JSON "
+                    f"answers are limited to {json_limit} (--json-limit): ask "
+                    "format=npy, or select fewer rows"
+                )
+        array = reading(request, name, optimizer=optimizer, slot=slot, rows=picked)
         if format == "npy":
             return _npy(array)
-        if array.size > json_limit:
-            raise TooLargeError(
-                f"{name!r} has {array.size} values; JSON answers are limited to "
-                f"{json_limit}: ask format=npy, or select rows"
-            )
         return {
             "name": name,
             "shape": list(array.shape),
@@ -523,7 +591,7 @@ def create_app(
         header, data = codec.unframe(await body(request))
         (picked,) = codec.split_framed([header.get("rows")], data, max_request_bytes)
         array = await run_in_threadpool(
-            lambda: service.gather(name, picked, optimizer=optimizer, slot=slot)
+            lambda: reading(request, name, optimizer=optimizer, slot=slot, rows=picked)
         )
         return _npy(array)
 
@@ -656,7 +724,11 @@ def create_app(
         """Coordinator (server 0): take the step of one apply_gradients call."""
         push_id = None
         if request.push_id is not None:
-            push_id = PushId(request.push_id.client, request.push_id.sequence)
+            push_id = PushId(
+                request.push_id.client,
+                request.push_id.sequence,
+                request.push_id.attempt,
+            )
         return {"step": service.reserve_step(name, request.variables, push_id)}
 
     @app.put(
@@ -795,6 +867,36 @@ class TooLargeError(Exception):
     """A request or answer over its size limit (413)."""
 
 
+def _held(request: Request) -> int:
+    """Bytes of the in-flight budget this request's body holds."""
+    return getattr(request.state, "inflight_bytes", 0)
+
+
+def _at_end(request: Request, cleanup: Callable[[], Any]) -> None:
+    """Run ``cleanup`` once the request is answered (``_EndOfRequest``)."""
+    state = request.scope.setdefault("state", {})
+    state.setdefault(_CLEANUPS, []).append(cleanup)
+
+
+_CLEANUPS = "adamax_ps_cleanups"
+
+
+class _EndOfRequest:
+    """Runs each request's cleanups once the app has answered it, the whole
+    body of the answer sent: what it held of the in-flight budget (its body's
+    buffer, its read copy) is given back then."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            for cleanup in scope.get("state", {}).pop(_CLEANUPS, ()):
+                cleanup()
+
+
 def _error(status: int, name: str, message: str) -> JSONResponse:
     return JSONResponse({"error": name, "message": message}, status_code=status)
 
@@ -874,8 +976,8 @@ def _push_id(value: Any) -> PushId | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise InvalidArgumentError("push_id is {client, sequence}")
-    return PushId(value.get("client"), value.get("sequence"))
+        raise InvalidArgumentError("push_id is {client, sequence, attempt?}")
+    return PushId(value.get("client"), value.get("sequence"), value.get("attempt", 0))
 
 
 def _variable_args(spec: dict, initial: np.ndarray | None) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from adamax_ps.server.store import VariableRecord
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 HISTORY_SAMPLES = 600
+SCORE_ROWS = 1 << 14  # rows scored at a time by top rows and update norms
 WATCH_SECONDS = 60.0  # sample while the history was read within this time
 
 
@@ -73,6 +75,13 @@ class Inspector:
             "resident_bytes": resident_bytes(),
             "state_bytes": sum(shard_bytes),
             "shard_state_bytes": shard_bytes,
+            "limits": {
+                "memory_limit_bytes": service.memory.limit,
+                "memory_used_bytes": service.memory.used,
+                "max_inflight_bytes": service.inflight.limit,
+                "max_request_rows": settings.max_request_rows,
+            },
+            "writes_stopped": service.writes_stopped,
             "checkpoint": {
                 "folder": str(settings.checkpoint_dir)
                 if settings.checkpoint_dir
@@ -161,20 +170,17 @@ class Inspector:
             raise SlotNotFoundError(
                 f"optimizer {optimizer!r} has no slots for variable {name!r} yet"
             )
-        scores = np.empty(record.rows, np.float64)
-        key_m, key_v = (optimizer, "m"), (optimizer, "v")
-        store = self.service.store
-        with store.locked(record.shards):
-            for part in store.parts(record):
-                m, v = part.rows(part.slots[key_m]), part.rows(part.slots[key_v])
-                if m.dtype == np.float16:
-                    m, v = m.astype(np.float32), v.astype(np.float32)
-                scores[part.lo : part.hi] = kernels.row_scores(
-                    m, v, epsilon, by == "update"
-                )
-        k = min(k, record.rows)
-        top = np.argpartition(-scores, k - 1)[:k] if k else np.zeros(0, np.int64)
-        top = top[np.argsort(-scores[top], kind="stable")]
+        best = np.zeros(0, np.int64)
+        best_scores = np.zeros(0, np.float64)
+        for lo, scores in self._row_scores(record, optimizer, epsilon, by == "update"):
+            rows = np.concatenate([best, np.arange(lo, lo + len(scores))])
+            scores = np.concatenate([best_scores, scores])
+            if len(rows) > k:  # keep the k best so far: memory is one block
+                keep = np.argpartition(-scores, k - 1)[:k]
+                rows, scores = rows[keep], scores[keep]
+            best, best_scores = rows, scores
+        order = np.lexsort((best, -best_scores))
+        top, scores = best[order], best_scores[order]
         row_size = math.prod(record.shape[1:])
         values = (
             self.service.gather(name, top.astype(np.int64))
@@ -182,9 +188,29 @@ class Inspector:
             else None
         )
         return [
-            TopRow(int(r), float(scores[r]), values[i] if values is not None else None)
+            TopRow(int(r), float(scores[i]), values[i] if values is not None else None)
             for i, r in enumerate(top)
         ]
+
+    def _row_scores(
+        self, record: VariableRecord, optimizer: str, epsilon: float, by_update: bool
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first row, scores)`` for blocks of ``SCORE_ROWS`` rows in turn: a
+        request never holds a per-row array of the whole variable."""
+        key_m, key_v = (optimizer, "m"), (optimizer, "v")
+        store = self.service.store
+        with store.locked(record.shards):
+            for part in store.parts(record):
+                m, v = part.rows(part.slots[key_m]), part.rows(part.slots[key_v])
+                for start in range(0, m.shape[0], SCORE_ROWS):
+                    mb, vb = (
+                        m[start : start + SCORE_ROWS],
+                        v[start : start + SCORE_ROWS],
+                    )
+                    if mb.dtype == np.float16:
+                        mb, vb = mb.astype(np.float32), vb.astype(np.float32)
+                    scores = kernels.row_scores(mb, vb, epsilon, by_update)
+                    yield part.lo + start, scores
 
     # History ----------------------------------------------------------------------
 
@@ -234,14 +260,8 @@ class Inspector:
         with state.lock:
             epsilon = float(state.config.epsilon)
         total = 0.0
-        store = self.service.store
-        with store.locked(record.shards):
-            for part in store.parts(record):
-                m = part.rows(part.slots[(optimizer, "m")])
-                v = part.rows(part.slots[(optimizer, "v")])
-                if m.dtype == np.float16:
-                    m, v = m.astype(np.float32), v.astype(np.float32)
-                total += float(np.sum(kernels.row_scores(m, v, epsilon, True) ** 2))
+        for _, scores in self._row_scores(record, optimizer, epsilon, True):
+            total += float(np.sum(scores**2))
         return math.sqrt(total)
 
     def _rate(self, name: str) -> float | None:

@@ -75,6 +75,12 @@ class Metrics:
         self.stale = Counter(
             "adamax_ps_stale_pushes", "Synchronous pushes refused as stale.", registry=r
         )
+        self.writes_stopped = Counter(
+            "adamax_ps_wal_failures",
+            "Times the write-ahead log failed (a write or fsync error) and the "
+            "server stopped accepting changes (fail-stop; at most 1 per process).",
+            registry=r,
+        )
         self.checkpoint_seconds = Histogram(
             "adamax_ps_checkpoint_seconds",
             "Time to write a checkpoint.",
@@ -117,6 +123,48 @@ class _ServiceGauges(Collector):
         if service.last_checkpoint is not None:
             age.add_metric([], time.time() - service.last_checkpoint.created)
         yield age
+        accepting = GaugeMetricFamily(
+            "adamax_ps_accepting_writes",
+            "1 while the server accepts changes; 0 once it has stopped (fail-stop).",
+        )
+        accepting.add_metric([], 0 if service.writes_stopped else 1)
+        yield accepting
+        for name, documentation, value in (
+            (
+                "memory_limit_bytes",
+                "The state budget (--memory-limit).",
+                service.memory.limit,
+            ),
+            (
+                "memory_used_bytes",
+                "State bytes counted against the budget.",
+                service.memory.used,
+            ),
+            (
+                "inflight_limit_bytes",
+                "The budget of request bytes in flight.",
+                service.inflight.limit,
+            ),
+            ("inflight_bytes", "Request bytes in flight now.", service.inflight.used),
+        ):
+            gauge = GaugeMetricFamily(f"adamax_ps_{name}", documentation)
+            gauge.add_metric([], value)
+            yield gauge
+        for name, documentation, value in (
+            (
+                "memory_refusals",
+                "Creations refused by the memory budget.",
+                service.memory.refused,
+            ),
+            (
+                "busy_refusals",
+                "Requests refused: in-flight budget full.",
+                service.inflight.busy,
+            ),
+        ):
+            counter = CounterMetricFamily(f"adamax_ps_{name}", documentation)
+            counter.add_metric([], value)
+            yield counter
         log = service.journal.log
         if log is not None:  # --durability wal
             for name, documentation, value in (

@@ -23,6 +23,7 @@ MUTATING_METHODS = frozenset(
     {
         "CreateVariables",
         "CreateOptimizer",
+        "CreateIterations",
         "ReserveStep",
         "ApplyGradients",
         "ApplyGradientsStream",

@@ -73,6 +73,16 @@ class VariableRecord:
         return math.prod(self.shape) * self.dtype.itemsize
 
     @property
+    def size(self) -> int:
+        """Elements of the variable (held here)."""
+        return math.prod(self.shape)
+
+    @property
+    def row_size(self) -> int:
+        """Elements of one row."""
+        return math.prod(self.shape[1:])
+
+    @property
     def shards(self) -> tuple[int, ...]:
         return tuple(sorted({shard for shard, _, _ in self.parts}))
 

@@ -21,6 +21,7 @@ UNARY = [
     "ListVariables",
     "CreateOptimizer",
     "GetOptimizer",
+    "CreateIterations",
     "ReserveStep",
     "ApplyGradients",
     "SetIterations",
@@ -330,6 +331,31 @@ def hostile_pushes() -> list[tuple[str, object]]:
             pb.ReadRequest(
                 variable="emb", rows=codec.encode(np.array([99]))
             ).SerializeToString(),
+        ),
+        # Huge row lists: more rows than one read may ask for (the fuzz
+        # target's --max-request-rows is 1000), and a list that claims far
+        # more rows than it carries.
+        (
+            "Read",
+            pb.ReadRequest(
+                variable="emb", rows=codec.encode(np.zeros(5000, np.int64))
+            ).SerializeToString(),
+        ),
+        (
+            "Read",
+            pb.ReadRequest(
+                variable="emb",
+                rows=pb.Tensor(shape=[1 << 40], dtype=pb.INT64, data=b"\0" * 8),
+            ).SerializeToString(),
+        ),
+        (  # a huge declared size in a stream: refused before allocation
+            "Assign",
+            [
+                pb.AssignChunk(
+                    header=pb.AssignRequest(view=view, variable="w", value=huge_header)
+                ).SerializeToString(),
+                codec.data_chunk(b"x" * 64),
+            ],
         ),
         (
             "CreateVariables",

@@ -1,7 +1,7 @@
 """Hostile HTTP input, the REST twin of ``test_fuzz_grpc``: random bytes into
 every write route, truncated and mutated framed pushes, and well-formed bodies
 carrying bad tensors (wrong dtype or shape, NaN, Inf, negative, huge and
-out-of-range indices, sizes that lie). Never a 5xx, never a hang; a refusal is
+out-of-range indices, sizes that lie). Never a server error, never a hang; a refusal is
 a JSON error naming the problem and leaves the state bit for bit as it was.
 (The schemathesis run over the whole schema is in ``test_http_api``.)"""
 
@@ -13,6 +13,7 @@ import json
 import httpx
 import numpy as np
 import pytest
+from helpers import memory
 from helpers.servers import start_fuzz_target
 
 from adamax_ps.proto import codec
@@ -69,10 +70,20 @@ def fingerprint(api: httpx.Client) -> str:
     return digest.hexdigest()
 
 
+def refused(status: int) -> bool:
+    """A client error, or the memory budget's 507 (Insufficient Storage)."""
+    return 400 <= status < 500 or status == 507
+
+
 def check(api, method: str, path: str, before: str, **kwargs) -> tuple[int, str]:
-    """Send; never a 5xx; a refusal is a JSON error and changes nothing."""
+    """Send; never a server error (5xx but the budget's 507); a refusal is a
+    JSON error and changes nothing."""
     response = api.request(method, path, **kwargs)
-    assert response.status_code < 500, (method, path, response.text)
+    assert response.status_code < 500 or response.status_code == 507, (
+        method,
+        path,
+        response.text,
+    )
     after = fingerprint(api)
     if response.status_code >= 400:
         error = response.json()
@@ -269,7 +280,7 @@ def test_hostile_json_bodies_are_refused(api, path, method, payload):
         content=json.dumps(payload, allow_nan=True),
         headers={"content-type": "application/json"},
     )
-    assert 400 <= status < 500, (path, payload)
+    assert refused(status), (path, payload)
 
 
 def spec(name: str, shape: list[int], **fields) -> dict:
@@ -300,4 +311,57 @@ def test_hostile_variable_creations_are_refused(api, specs):
         content=framed({"variables": specs}),
         headers={"content-type": codec.FRAMED},
     )
-    assert 400 <= status < 500, specs
+    assert refused(status), specs
+
+
+ROWS = np.zeros(5000, np.int64)  # the fuzz target's --max-request-rows is 1000
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs"),
+    [
+        (
+            "POST",
+            "/variables/emb/rows",
+            {"content": framed({"rows": codec.describe(ROWS)}, ROWS)},
+        ),
+        ("GET", "/variables/emb/value", {"params": {"rows": ",".join(["1"] * 5000)}}),
+        (
+            "POST",
+            "/variables/emb/rows",
+            {
+                "content": framed(
+                    {"rows": {"shape": [1 << 40], "dtype": "int64"}}, ROWS[:1]
+                )
+            },
+        ),
+    ],
+    ids=["5000 rows in a body", "5000 rows in the URL", "a claimed 2^40 rows"],
+)
+def test_huge_row_lists_are_refused(api, method, path, kwargs):
+    before = fingerprint(api)
+    headers = {"content-type": codec.FRAMED} if method == "POST" else {}
+    status, _ = check(api, method, path, before, headers=headers, **kwargs)
+    assert status in (400, 413), status
+
+
+def test_a_body_without_a_length_is_refused_beyond_the_request_limit(server, api):
+    """A chunked body claims no length: it is counted as it arrives and cut off
+    at --max-request-bytes (4 MB here), not buffered whole."""
+    before = fingerprint(api)
+
+    def chunks():
+        for _ in range(64):
+            yield b"\0" * (1 << 20)
+
+    start = memory.reset_peak(server.process.pid)
+    status, _ = check(
+        api,
+        "POST",
+        "/optimizers/Adamax/apply",
+        before,
+        content=chunks(),
+        headers={"content-type": codec.FRAMED},
+    )
+    assert status == 413
+    assert memory.peak(server.process.pid) - start < 24 << 20

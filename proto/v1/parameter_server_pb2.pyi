@@ -41,12 +41,14 @@ class ClusterView(_message.Message):
     def __init__(self, server_index: _Optional[int] = ..., num_servers: _Optional[int] = ...) -> None: ...
 
 class PushId(_message.Message):
-    __slots__ = ("client", "sequence")
+    __slots__ = ("client", "sequence", "attempt")
     CLIENT_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     client: str
     sequence: int
-    def __init__(self, client: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
+    attempt: int
+    def __init__(self, client: _Optional[str] = ..., sequence: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Gradient(_message.Message):
     __slots__ = ("variable", "values", "indices")
@@ -63,7 +65,7 @@ class ServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("version", "server_index", "num_servers", "shards", "replicas", "replicas_to_aggregate", "ready", "max_message_bytes")
+    __slots__ = ("version", "server_index", "num_servers", "shards", "replicas", "replicas_to_aggregate", "ready", "max_message_bytes", "max_request_rows")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVER_INDEX_FIELD_NUMBER: _ClassVar[int]
     NUM_SERVERS_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +74,7 @@ class ServerInfo(_message.Message):
     REPLICAS_TO_AGGREGATE_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUEST_ROWS_FIELD_NUMBER: _ClassVar[int]
     version: str
     server_index: int
     num_servers: int
@@ -80,7 +83,8 @@ class ServerInfo(_message.Message):
     replicas_to_aggregate: int
     ready: bool
     max_message_bytes: int
-    def __init__(self, version: _Optional[str] = ..., server_index: _Optional[int] = ..., num_servers: _Optional[int] = ..., shards: _Optional[int] = ..., replicas: _Optional[int] = ..., replicas_to_aggregate: _Optional[int] = ..., ready: _Optional[bool] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    max_request_rows: int
+    def __init__(self, version: _Optional[str] = ..., server_index: _Optional[int] = ..., num_servers: _Optional[int] = ..., shards: _Optional[int] = ..., replicas: _Optional[int] = ..., replicas_to_aggregate: _Optional[int] = ..., ready: _Optional[bool] = ..., max_message_bytes: _Optional[int] = ..., max_request_rows: _Optional[int] = ...) -> None: ...
 
 class VariableSpec(_message.Message):
     __slots__ = ("name", "global_shape", "dtype", "row_offset", "rows", "initial_value", "initializer_json", "seed")
@@ -151,12 +155,10 @@ class CreateOptimizerRequest(_message.Message):
     def __init__(self, view: _Optional[_Union[ClusterView, _Mapping]] = ..., config_json: _Optional[str] = ...) -> None: ...
 
 class OptimizerRequest(_message.Message):
-    __slots__ = ("optimizer", "create_iterations")
+    __slots__ = ("optimizer",)
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
-    CREATE_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     optimizer: str
-    create_iterations: bool
-    def __init__(self, optimizer: _Optional[str] = ..., create_iterations: _Optional[bool] = ...) -> None: ...
+    def __init__(self, optimizer: _Optional[str] = ...) -> None: ...
 
 class WeightRef(_message.Message):
     __slots__ = ("kind", "variable", "name")

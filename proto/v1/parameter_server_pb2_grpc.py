@@ -59,6 +59,11 @@ class ParameterServerStub:
                 request_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.OptimizerRequest.SerializeToString,
                 response_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.OptimizerState.FromString,
                 _registered_method=True)
+        self.CreateIterations = channel.unary_unary(
+                '/adamax_ps.v1.ParameterServer/CreateIterations',
+                request_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.OptimizerRequest.SerializeToString,
+                response_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.OptimizerState.FromString,
+                _registered_method=True)
         self.ReserveStep = channel.unary_unary(
                 '/adamax_ps.v1.ParameterServer/ReserveStep',
                 request_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.ReserveStepRequest.SerializeToString,
@@ -135,6 +140,14 @@ class ParameterServerServicer:
 
     def GetOptimizer(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateIterations(self, request, context):
+        """Keras reads `iterations` and so creates it (it then heads `weights`): a
+        change, logged like any other.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -218,6 +231,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
             ),
             'GetOptimizer': grpc.unary_unary_rpc_method_handler(
                     servicer.GetOptimizer,
+                    request_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.OptimizerRequest.FromString,
+                    response_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.OptimizerState.SerializeToString,
+            ),
+            'CreateIterations': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateIterations,
                     request_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.OptimizerRequest.FromString,
                     response_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.OptimizerState.SerializeToString,
             ),
@@ -400,6 +418,33 @@ class ParameterServer:
             request,
             target,
             '/adamax_ps.v1.ParameterServer/GetOptimizer',
+            adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.OptimizerRequest.SerializeToString,
+            adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.OptimizerState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateIterations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/adamax_ps.v1.ParameterServer/CreateIterations',
             adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.OptimizerRequest.SerializeToString,
             adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.OptimizerState.FromString,
             options,

@@ -28,7 +28,8 @@ def start_cluster(
 
 
 def start_fuzz_target(folder: Path) -> Server:
-    """The server the fuzz tests attack: 2 shards, 4 MB request limit, and a
+    """The server the fuzz tests attack: 2 shards, 4 MB request limit, 8 MB in
+    flight, 1000 rows per read, and a
     small model pushed once (``emb`` 50 x 4 float32 and ``w`` 6 float64, both
     with slots, optimizer ``Adamax``)."""
     import numpy as np
@@ -36,7 +37,8 @@ def start_fuzz_target(folder: Path) -> Server:
     from adamax_ps.client import Adamax, IndexedSlices, connect
 
     args = ["--grpc-port", "0", "--http-port", "0", "--shards", "2"]
-    args += ["--max-request-bytes", str(4 << 20)]
+    args += ["--max-request-bytes", str(4 << 20), "--max-inflight-bytes", "8M"]
+    args += ["--max-request-rows", "1000"]
     server = Server(args, folder / "server.log").start()
     try:
         with connect(server.grpc_address) as cluster:
