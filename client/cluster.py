@@ -192,21 +192,30 @@ class Cluster:
         initial_value: Any = None,
         *,
         shape: Sequence[int] | None = None,
-        dtype: Any = "float32",
+        dtype: Any = None,
         initializer: str | dict = "zeros",
     ) -> RemoteVariable:
         """Create the variable, or attach to it if it exists with the same shape
-        and dtype (otherwise a ``ValueError``). An initial value is cast to
-        ``dtype`` (default float32). Large variables are split by
-        rows over the servers. Random initializers are seeded by the name (or
-        the initializer config's ``seed``), so every run starts the same."""
+        and dtype (otherwise a ``ValueError``).
+
+        The dtype is ``dtype`` when given, else the initial value's (as
+        ``tf.Variable``: a float64 array makes a float64 variable, Python
+        numbers make float32), else float32. Initial values of any size work
+        (large ones stream). Large variables are split by rows over the
+        servers. Random initializers are seeded by the name (or the
+        initializer config's ``seed``), so every run starts the same."""
         if not isinstance(name, str) or not name:
             raise ValueError(
                 f"a variable name is a non-empty string. Received: {name!r}"
             )
+        typed = hasattr(initial_value, "dtype")  # an array or a tensor
+        if initial_value is not None:
+            initial_value = np.asarray(initial_value)
+        if dtype is None:
+            dtype = inferred_dtype(initial_value if typed else None)
         dtype = np.dtype(dtype)
         if initial_value is not None:
-            initial_value = np.asarray(initial_value).astype(dtype, copy=False)
+            initial_value = initial_value.astype(dtype, copy=False)
             if shape is not None and tuple(shape) != initial_value.shape:
                 raise ValueError(
                     f"shape {tuple(shape)} does not match the initial value's shape "
@@ -554,3 +563,12 @@ def default_cluster() -> Cluster:
                 )
             _default = Cluster(address)
         return _default
+
+
+def inferred_dtype(initial_value: np.ndarray | None) -> np.dtype:
+    """A new variable's dtype when none is given, as ``tf.Variable`` infers it:
+    an array's (or tensor's) floating dtype is kept; Python numbers and lists,
+    and integer arrays, make float32 (the servers hold floating variables)."""
+    if initial_value is not None and initial_value.dtype.kind == "f":
+        return initial_value.dtype
+    return np.dtype("float32")

@@ -101,8 +101,10 @@ class ServerBusyError(TransportError):
     retries."""
 
 
-class MessageTooLargeError(TransportError):
-    """A request or answer exceeded a message size limit."""
+class MessageTooLargeError(ResourceExhaustedError, TransportError):
+    """A request or answer exceeded a message size limit (the server's
+    ``--max-request-bytes``, or a gRPC message limit): a resource limit, so
+    ``except ResourceExhaustedError`` catches every request too large."""
 
 
 # The server's error class names (sent as trailing metadata) to ours.

@@ -227,6 +227,11 @@ class GrpcTransport:
             request_serializer=codec.chunk_serializer,
             response_deserializer=pb.AssignResponse.FromString,
         )
+        self.create_stream = self.channel.stream_unary(
+            service + "CreateVariablesStream",
+            request_serializer=codec.chunk_serializer,
+            response_deserializer=pb.CreateVariablesResponse.FromString,
+        )
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
@@ -301,33 +306,31 @@ class GrpcTransport:
     def create_variables(
         self, view: View, specs: list[VariableSpec]
     ) -> list[VariableInfo]:
+        """Create in one message; initial values larger than one message
+        stream in chunks after a header that describes them."""
+        initials = [
+            codec.little_endian(np.asarray(s.initial_value))
+            for s in specs
+            if s.initial_value is not None
+        ]
+        streamed = sum(a.nbytes for a in initials) > STREAM_ABOVE
+
         def request() -> pb.CreateVariablesRequest:
             return pb.CreateVariablesRequest(
                 view=_view(view),
-                variables=[
-                    pb.VariableSpec(
-                        name=s.name,
-                        global_shape=s.global_shape,
-                        dtype=codec.dtype_code(s.dtype),
-                        row_offset=s.row_offset,
-                        rows=s.rows,
-                        seed=s.seed,
-                        initial_value=(
-                            codec.encode(s.initial_value)
-                            if s.initial_value is not None
-                            else None
-                        ),
-                        initializer_json=(
-                            s.initializer
-                            if isinstance(s.initializer, str)
-                            else json.dumps(s.initializer)
-                        ),
-                    )
-                    for s in specs
-                ],
+                variables=[_variable_spec(s, with_data=not streamed) for s in specs],
             )
 
-        response = self._call(self.stub.CreateVariables, request)
+        if not streamed:
+            response = self._call(self.stub.CreateVariables, request)
+        else:
+
+            def stream() -> Iterator[pb.CreateVariablesChunk | bytes]:
+                yield pb.CreateVariablesChunk(header=request())
+                for piece in codec.chunks(initials):
+                    yield codec.data_chunk(piece)
+
+            response = self._call(self.create_stream, stream)
         return [_variable_info(v) for v in response.variables]
 
     def list_variables(self) -> list[VariableInfo]:
@@ -552,6 +555,29 @@ def _domain_name(e: grpc.RpcError) -> str | None:
     except Exception:  # a transport-level error has no trailers
         return None
     return None
+
+
+def _variable_spec(spec: VariableSpec, with_data: bool) -> pb.VariableSpec:
+    """A variable's spec on the wire; its initial value with its bytes, or
+    described only (its bytes follow in a stream)."""
+    initial = None
+    if spec.initial_value is not None:
+        value = codec.little_endian(np.asarray(spec.initial_value))
+        initial = codec.encode(value) if with_data else codec.header(value)
+    return pb.VariableSpec(
+        name=spec.name,
+        global_shape=spec.global_shape,
+        dtype=codec.dtype_code(spec.dtype),
+        row_offset=spec.row_offset,
+        rows=spec.rows,
+        seed=spec.seed,
+        initial_value=initial,
+        initializer_json=(
+            spec.initializer
+            if isinstance(spec.initializer, str)
+            else json.dumps(spec.initializer)
+        ),
+    )
 
 
 def _push_id(push_id: PushId, attempt: int) -> pb.PushId:

@@ -38,6 +38,10 @@ class CodecError(ValueError):
     """A tensor or stream that cannot be decoded as declared."""
 
 
+class TooLargeError(CodecError):
+    """A tensor or body larger than the receiver's request limit."""
+
+
 def dtype_code(dtype: np.dtype | str | type) -> int:
     """The wire code of a numpy dtype (float16/32/64, int32/64)."""
     code = _FROM_DTYPE.get(np.dtype(dtype).newbyteorder("="))
@@ -85,7 +89,7 @@ def declared_nbytes(tensor: pb.Tensor, limit: int) -> int:
     for d in tensor.shape:
         count *= d
         if count * dtype.itemsize > limit:
-            raise CodecError(
+            raise TooLargeError(
                 f"tensor of shape {list(tensor.shape)} ({dtype.name}) exceeds the "
                 f"request limit of {limit} bytes"
             )
@@ -290,7 +294,7 @@ class StreamAssembler:
         sizes = [declared_nbytes(t, limit) for t in declared]
         total = sum(sizes)
         if total > limit:
-            raise CodecError(
+            raise TooLargeError(
                 f"the request declares {total} bytes of tensors, over the limit of "
                 f"{limit} bytes"
             )

@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from adamax_ps.proto import codec
 from adamax_ps.proto.v1 import parameter_server_pb2 as pb
 from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
-from adamax_ps.server.errors import ParameterServerError
+from adamax_ps.server.errors import ParameterServerError, ResourceExhaustedError
 from adamax_ps.server.gradients import DenseGradient, SparseGradient
 from adamax_ps.server.optimizers import OptimizerState
 from adamax_ps.server.pushes import PushId
@@ -53,11 +53,8 @@ def _domain_errors(method: Callable) -> Callable:
             if isinstance(request, codec.Malformed):
                 raise codec.CodecError(request.error)
             return method(self, request, context)
-        except ParameterServerError as e:
-            context.set_trailing_metadata(((ERROR_KEY, type(e).__name__),))
-            context.abort(grpc.StatusCode[e.code], str(e))
-        except codec.CodecError as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except (ParameterServerError, codec.CodecError) as e:
+            _abort(context, e)
         except grpc.RpcError:
             raise
         except Exception:
@@ -71,6 +68,17 @@ def _domain_errors(method: Callable) -> Callable:
     return wrapper
 
 
+def _abort(context: grpc.ServicerContext, e: Exception) -> None:
+    """End the call with the status of a domain or codec error, the domain
+    error's class name in the trailing metadata."""
+    if isinstance(e, codec.TooLargeError):
+        e = ResourceExhaustedError(f"{e} (this server's --max-request-bytes)")
+    if isinstance(e, ParameterServerError):
+        context.set_trailing_metadata(((ERROR_KEY, type(e).__name__),))
+        context.abort(grpc.StatusCode[e.code], str(e))
+    context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
+
 def _streaming_errors(method: Callable) -> Callable:
     """The same for server-streaming methods (errors before the first yield)."""
 
@@ -80,11 +88,8 @@ def _streaming_errors(method: Callable) -> Callable:
             if isinstance(request, codec.Malformed):
                 raise codec.CodecError(request.error)
             yield from method(self, request, context)
-        except ParameterServerError as e:
-            context.set_trailing_metadata(((ERROR_KEY, type(e).__name__),))
-            context.abort(grpc.StatusCode[e.code], str(e))
-        except codec.CodecError as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except (ParameterServerError, codec.CodecError) as e:
+            _abort(context, e)
 
     return wrapper
 
@@ -129,11 +134,37 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     @_domain_errors
     def CreateVariables(self, request, context):
         self._check_view(request.view)
+        initials = [
+            codec.decode(spec.initial_value) if spec.HasField("initial_value") else None
+            for spec in request.variables
+        ]
+        return self._create(request, initials)
+
+    @_domain_errors
+    def CreateVariablesStream(self, request_iterator, context):
+        with ExitStack() as held:
+            request, assembler, chunks = self._open_stream(
+                request_iterator,
+                held,
+                "creation",
+                lambda r: [
+                    s.initial_value for s in r.variables if s.HasField("initial_value")
+                ],
+            )
+            for chunk in chunks:
+                assembler.feed(chunk.data)
+            received = iter(assembler.arrays())
+            initials = [
+                next(received) if spec.HasField("initial_value") else None
+                for spec in request.variables
+            ]
+            return self._create(request, initials)
+
+    def _create(
+        self, request: pb.CreateVariablesRequest, initials: list
+    ) -> pb.CreateVariablesResponse:
         specs = []
-        for spec in request.variables:
-            initial = None
-            if spec.HasField("initial_value"):
-                initial = codec.decode(spec.initial_value)
+        for spec, initial in zip(request.variables, initials, strict=True):
             global_shape = tuple(spec.global_shape)
             shape = (spec.rows, *global_shape[1:]) if global_shape else ()
             specs.append(
@@ -219,27 +250,24 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             return self._apply_stream(request_iterator, held)
 
     def _apply_stream(self, request_iterator, held: ExitStack) -> pb.ApplyResponse:
-        chunks = _parsed(request_iterator)
-        first = next(chunks, None)
-        if first is None or not first.HasField("header"):
-            raise codec.CodecError("a streamed push starts with its header")
-        request = first.header
-        self._check_view(request.view)
-        declared = []  # in stream order: each gradient's indices, then values
-        values_at = []  # where each gradient's values are in it
-        for g in request.gradients:
-            if g.HasField("indices"):
-                declared.append(g.indices)
-            values_at.append(len(declared))
-            declared.append(g.values)
-        assembler = codec.StreamAssembler(
-            declared, self.max_request_bytes, self.buffers, self._holding(held)
+        values_at = []  # where each gradient's values are in the stream
+
+        def declared(request: pb.ApplyRequest) -> list[pb.Tensor]:
+            tensors = []  # in stream order: each gradient's indices, then values
+            for g in request.gradients:
+                if g.HasField("indices"):
+                    tensors.append(g.indices)
+                values_at.append(len(tensors))
+                tensors.append(g.values)
+            return tensors
+
+        request, assembler, chunks = self._open_stream(
+            request_iterator, held, "push", declared
         )
         scan = None
         if self.service.settings.nonfinite is not NonFinitePolicy.ALLOW:
             scan = StreamFiniteScan(assembler.buffer, assembler.layout, values_at)
-        if first.data:
-            assembler.feed(first.data)
+            scan.advance(assembler.filled)
         for chunk in chunks:
             assembler.feed(chunk.data)
             if scan is not None:
@@ -285,6 +313,30 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         ) as value:
             yield from _tensor_chunks(value)
 
+    def _open_stream(
+        self,
+        request_iterator: Iterator,
+        held: ExitStack,
+        what: str,
+        declared: Callable[[Any], list[pb.Tensor]],
+    ) -> tuple[Any, codec.StreamAssembler, Iterator]:
+        """A streamed request's header (its view checked), an assembler for
+        the tensors ``declared`` names in it (their bytes counted in the
+        in-flight budget until ``held`` ends, the header's own data fed), and
+        the chunks still to come."""
+        chunks = _parsed(request_iterator)
+        first = next(chunks, None)
+        if first is None or not first.HasField("header"):
+            raise codec.CodecError(f"a streamed {what} starts with its header")
+        request = first.header
+        self._check_view(request.view)
+        assembler = codec.StreamAssembler(
+            declared(request), self.max_request_bytes, self.buffers, self._holding(held)
+        )
+        if first.data:
+            assembler.feed(first.data)
+        return request, assembler, chunks
+
     def _holding(self, held: ExitStack) -> Callable[[int], None]:
         """Counts a stream's bytes in the in-flight budget until ``held`` ends."""
 
@@ -299,17 +351,9 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             return self._assign(request_iterator, held)
 
     def _assign(self, request_iterator, held: ExitStack) -> pb.AssignResponse:
-        chunks = _parsed(request_iterator)
-        first = next(chunks, None)
-        if first is None or not first.HasField("header"):
-            raise codec.CodecError("a streamed assignment starts with its header")
-        request = first.header
-        self._check_view(request.view)
-        assembler = codec.StreamAssembler(
-            [request.value], self.max_request_bytes, self.buffers, self._holding(held)
+        request, assembler, chunks = self._open_stream(
+            request_iterator, held, "assignment", lambda r: [r.value]
         )
-        if first.data:
-            assembler.feed(first.data)
         for chunk in chunks:
             assembler.feed(chunk.data)
         (value,) = assembler.arrays()
@@ -470,6 +514,7 @@ class _ChunkParsing:
     STREAMS: ClassVar[dict] = {
         "ApplyGradientsStream": pb.ApplyChunk,
         "Assign": pb.AssignChunk,
+        "CreateVariablesStream": pb.CreateVariablesChunk,
     }
 
     def __init__(self, server: grpc.Server) -> None:

@@ -22,6 +22,7 @@ TOKEN_ENV = "ADAMAX_PS_TOKEN"
 MUTATING_METHODS = frozenset(
     {
         "CreateVariables",
+        "CreateVariablesStream",
         "CreateOptimizer",
         "CreateIterations",
         "ReserveStep",

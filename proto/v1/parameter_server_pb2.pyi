@@ -130,6 +130,14 @@ class VariableInfo(_message.Message):
     created: bool
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., global_shape: _Optional[_Iterable[int]] = ..., row_offset: _Optional[int] = ..., created: _Optional[bool] = ...) -> None: ...
 
+class CreateVariablesChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: CreateVariablesRequest
+    data: bytes
+    def __init__(self, header: _Optional[_Union[CreateVariablesRequest, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
 class CreateVariablesResponse(_message.Message):
     __slots__ = ("variables",)
     VARIABLES_FIELD_NUMBER: _ClassVar[int]

@@ -44,6 +44,11 @@ class ParameterServerStub:
                 request_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CreateVariablesRequest.SerializeToString,
                 response_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CreateVariablesResponse.FromString,
                 _registered_method=True)
+        self.CreateVariablesStream = channel.stream_unary(
+                '/adamax_ps.v1.ParameterServer/CreateVariablesStream',
+                request_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CreateVariablesChunk.SerializeToString,
+                response_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CreateVariablesResponse.FromString,
+                _registered_method=True)
         self.ListVariables = channel.unary_unary(
                 '/adamax_ps.v1.ParameterServer/ListVariables',
                 request_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.ListVariablesRequest.SerializeToString,
@@ -121,6 +126,12 @@ class ParameterServerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateVariables(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateVariablesStream(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -217,6 +228,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
             'CreateVariables': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateVariables,
                     request_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CreateVariablesRequest.FromString,
+                    response_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CreateVariablesResponse.SerializeToString,
+            ),
+            'CreateVariablesStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.CreateVariablesStream,
+                    request_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CreateVariablesChunk.FromString,
                     response_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CreateVariablesResponse.SerializeToString,
             ),
             'ListVariables': grpc.unary_unary_rpc_method_handler(
@@ -338,6 +354,33 @@ class ParameterServer:
             target,
             '/adamax_ps.v1.ParameterServer/CreateVariables',
             adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CreateVariablesRequest.SerializeToString,
+            adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CreateVariablesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateVariablesStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/adamax_ps.v1.ParameterServer/CreateVariablesStream',
+            adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CreateVariablesChunk.SerializeToString,
             adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CreateVariablesResponse.FromString,
             options,
             channel_credentials,

@@ -209,6 +209,38 @@ def test_variables_attach_or_refuse(cluster):
     assert v.gather([3, 0]).tolist() == [[6, 7], [0, 1]]
 
 
+def test_the_dtype_comes_from_the_initial_value(cluster):
+    """As ``tf.Variable``: ``dtype`` when given, else the initial value's
+    floating dtype, else float32 (Python numbers too)."""
+    import torch
+
+    name = f"d{next(_unique)}"
+    wide = cluster.variable(f"{name}/f64", initial_value=np.array([1.5, 2.5]))
+    assert wide.dtype == np.float64 and wide.numpy().dtype == np.float64
+    assert wide.numpy().tolist() == [1.5, 2.5]
+    tensor = cluster.variable(f"{name}/t", torch.ones(3, dtype=torch.float64))
+    assert tensor.dtype == np.float64
+    half = cluster.variable(f"{name}/f16", np.ones(2, np.float16))
+    assert half.dtype == np.float16
+    assert cluster.variable(f"{name}/list", [1.0, 2.0]).dtype == np.float32
+    assert cluster.variable(f"{name}/ints", np.arange(3)).dtype == np.float32
+    given = cluster.variable(f"{name}/given", np.ones(2), dtype="float32")
+    assert given.dtype == np.float32
+    with pytest.raises(ValueError, match="exists with"):
+        cluster.variable(f"{name}/f64", initial_value=np.ones(2, F32))
+
+
+@pytest.mark.slow
+def test_a_large_initial_value_is_created_whole(cluster):
+    """A 1,000,000 x 64 float32 table (256 MB, four times one gRPC message)."""
+    value = np.random.default_rng(5).standard_normal((1_000_000, 64), F32)
+    table = cluster.variable(f"big{next(_unique)}", initial_value=value)
+    assert table.shape == value.shape and table.dtype == np.float32
+    assert np.array_equal(table.numpy(), value)
+    rows = np.array([0, 999_999, 123_456])
+    assert np.array_equal(table.gather(rows), value[rows])
+
+
 def test_gradients_from_anything_asarray_takes(cluster):
     opt, a, _ = fresh(cluster)
 
