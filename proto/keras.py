@@ -3,7 +3,7 @@ the server and the client.
 
 ``adamax_arguments`` takes exactly the arguments of
 ``tf.keras.optimizers.legacy.Adamax(...)`` and applies Keras's checks with its
-exception types and messages (``../shared/golden/errors.json``), so a worker's
+exception types and messages (``tests/data/golden/errors.json``), so a worker's
 mistake is raised before anything is sent; the server applies the same rules
 to every config it receives. The values it returns still need type checks
 (the server's ``AdamaxConfig`` does them).

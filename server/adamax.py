@@ -8,7 +8,7 @@ Adamax is the infinity-norm variant of Adam (Kingma & Ba 2014, section 7.1)::
     w = w - lr_t / (1 - beta_1 ** t) * m / (v + epsilon)
 
 This module reproduces ``tf.keras.optimizers.legacy.Adamax`` bit for bit (see
-../shared/KERAS_SEMANTICS.md): hyper-parameters are float32-rounded, arithmetic
+docs/keras-semantics.md): hyper-parameters are float32-rounded, arithmetic
 runs in the variable's dtype in TensorFlow's operation order, ``beta_1 ** t``
 uses the C library's ``pow``, and the dense and sparse paths keep their two
 different rounding forms. It is pure: no I/O, no locks, no logging, no state.

@@ -2,7 +2,7 @@
 
 Built from the Keras constructor's arguments (``from_keras``) or from a Keras
 ``get_config()`` dict (``from_config``), with Keras's exception types and
-messages for bad input (``../shared/golden/errors.json``), and read back with
+messages for bad input (``tests/data/golden/errors.json``), and read back with
 ``get_config()`` in Keras's key order.
 """
 

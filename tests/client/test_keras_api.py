@@ -1,5 +1,6 @@
-"""The client's Adamax behaves as Keras's (golden errors.json, KERAS_SEMANTICS
-sections 6-8), raising before anything is sent, against real servers."""
+"""The client's Adamax behaves as Keras's (golden errors.json,
+docs/keras-semantics.md sections 6-8), raising before anything is sent, against
+real servers."""
 
 from __future__ import annotations
 

@@ -1,13 +1,12 @@
-"""Loads the TensorFlow reference runs in ../shared/golden for the tests.
+"""Loads the TensorFlow reference runs in tests/data/golden for the tests.
 
-The reference data lives beside the checkout (never copied, never edited);
-``ADAMAX_PS_GOLDEN`` may point elsewhere.
+The data is committed with the suite (format and regeneration: its README.md,
+tools/make_golden.py); tests never edit it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -16,11 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-GOLDEN_DIR = Path(
-    os.environ.get(
-        "ADAMAX_PS_GOLDEN", Path(__file__).resolve().parents[3] / "shared" / "golden"
-    )
-)
+GOLDEN_DIR = Path(__file__).resolve().parents[1] / "data" / "golden"
 CLIPNORM_ATOL = 1e-7  # TF's norm reduction order cannot be reproduced (README)
 
 

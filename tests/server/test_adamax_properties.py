@@ -158,7 +158,7 @@ def test_duplicates_are_summed_before_one_update():
 
 
 def test_rows_whose_duplicates_cancel_are_still_touched():
-    """KERAS_SEMANTICS 3.4: g and -g at one row decay its m and v."""
+    """docs/keras-semantics.md 3.4: g and -g at one row decay its m and v."""
     w = np.zeros((2, 2), np.float32)
     m, v = np.zeros_like(w), np.zeros_like(w)
     ones = np.ones_like(w)
@@ -217,7 +217,8 @@ def test_non_contiguous_state_is_refused_rather_than_copied():
 
 
 def test_powf_is_the_c_library_pow():
-    """numpy's float32 power differs from glibc powf at t = 4 (KERAS_SEMANTICS 2)."""
+    """numpy's float32 power differs from glibc powf at t = 4
+    (docs/keras-semantics.md section 2)."""
     b1 = np.float32(0.9)
     assert adamax.powf(b1, np.float32(4)) == np.float32(0.6560999)
     assert adamax.c_pow(np.float64(0.9), np.float64(3)) == 0.9**3

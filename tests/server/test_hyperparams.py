@@ -71,7 +71,8 @@ def test_every_constructor_case_of_the_golden_errors_is_covered():
     constructor_cases = {
         e["case"] for e in load_errors() if e["case"].startswith("Adamax")
     }
-    # SPEC.md section 1 makes a non-string name an error where Keras auto-names.
+    # A name identifies the optimizer on a cluster, so adamax-ps refuses one
+    # that is not a non-empty string where Keras auto-names.
     spec_overrides = {
         "Adamax(name=None).get_config()['name'] (auto snake_case, uniquified)"
     }

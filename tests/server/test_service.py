@@ -208,7 +208,7 @@ class TestApply:
     def test_same_variable_twice_is_two_sequential_updates_with_the_same_t(
         self, service
     ):
-        """KERAS_SEMANTICS 6 / golden errors.json: m = 0.19, var = -0.0029."""
+        """docs/keras-semantics.md 6, golden errors.json: m = 0.19, var = -0.0029."""
         service.create_optimizer({"name": "k"})
         service.create_variable("a", initial_value=np.zeros(2, F32))
         service.apply("k", [dense("a", [1, 1]), dense("a", [1, 1])])
