@@ -8,13 +8,13 @@ it the tests skip, except under ``CI=true`` where they fail.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import urllib.parse
 import urllib.request
 
 import numpy as np
 import pytest
+from helpers import skips
 from helpers.servers import start_cluster
 from playwright.sync_api import expect, sync_playwright
 
@@ -43,17 +43,8 @@ MISSING = "\N{EN DASH}"  # a value the page has not got
 
 
 def chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        reason = (
-            "the dashboard tests need Debian's chromium "
-            "(apt-get install chromium; .ci/system-deps installs it as root)"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"chromium is missing under CI: {reason}")
-        print(reason)
-        pytest.skip(reason)
-    return path
+    skips.require("chromium")  # Debian's; not Playwright's download
+    return shutil.which("chromium")
 
 
 def rest(server, path: str):

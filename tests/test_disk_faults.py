@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -27,6 +26,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers import skips
 from helpers.servers import Server
 
 from adamax_ps.client import Adamax, IndexedSlices, connect, errors
@@ -50,23 +50,14 @@ CONFIG = {"learning_rate": 0.01}
 
 def require_strace() -> None:
     """Skip (fail under CI=true) unless strace can trace a child here."""
-    reason = None
-    if shutil.which("strace") is None:
-        reason = "missing strace (.ci/system-deps installs it as root)"
-    else:
-        probe = subprocess.run(
-            ["strace", "-f", "-qq", "-o", "/dev/null", "true"],
-            capture_output=True,
-            text=True,
-        )
-        if probe.returncode != 0:
-            reason = f"strace cannot trace here: {probe.stderr.strip()}"
-    if reason is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must run this test, but {reason}")
-    print(f"skipped: {reason}")
-    pytest.skip(reason)
+    skips.require("strace")
+    probe = subprocess.run(
+        ["strace", "-f", "-qq", "-o", "/dev/null", "true"],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        skips.skip_or_fail(f"strace cannot trace here: {probe.stderr.strip()}")
 
 
 def injecting(fault: str, paths: list[Path]) -> list[str]:

@@ -9,7 +9,6 @@ run of the same deterministic calls. Root only: namespaces need it.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import skips
 from helpers.servers import addresses, start_cluster
 
 from adamax_ps.client import Adamax, IndexedSlices, RetryPolicy, connect, errors
@@ -30,16 +30,7 @@ pytestmark = pytest.mark.slow
 
 
 def require_root_and_tools() -> None:
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    reason = None
-    if os.geteuid() != 0:
-        reason = "network namespaces need root"
-    elif missing:
-        reason = f"missing tools: {', '.join(missing)}"
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"network fault tests cannot run: {reason}")
-        pytest.skip(reason)
+    skips.require(*TOOLS, root="network namespaces need it")
 
 
 def sh(*args: str, stdin: str | None = None, check: bool = True) -> None:

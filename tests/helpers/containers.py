@@ -23,7 +23,7 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import pytest
+from helpers import skips
 
 ROOT = Path(__file__).resolve().parents[2]
 WHEELHOUSE = ROOT / "build" / "wheelhouse"  # the Dockerfile copies this folder
@@ -42,22 +42,11 @@ cgroup_manager = "cgroupfs"
 
 
 def require(*tools: str, root: bool = False) -> None:
-    """Skip (fail under CI=true) unless every tool is on PATH."""
-    missing = [tool for tool in tools if shutil.which(tool) is None]
-    reasons = []
-    if missing:
-        reasons.append(
-            f"missing {', '.join(missing)} (.ci/system-deps installs them as root)"
-        )
-    if root and os.geteuid() != 0:
-        reasons.append("needs root (rootful podman and debootstrap)")
-    if not reasons:
-        return
-    reason = "; ".join(reasons)
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must run this test, but it {reason}")
-    print(f"skipped: {reason}")
-    pytest.skip(reason)
+    """Skip (fail under CI=true) unless every tool is on PATH (and, with
+    ``root``, the process is root: rootful podman and debootstrap need it)."""
+    skips.require(
+        *tools, root="rootful podman and debootstrap need it" if root else None
+    )
 
 
 def tool(name: str) -> str:
