@@ -27,8 +27,17 @@ def skip_or_fail(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+# Where root's tools live, often off a normal user's PATH: a tool there is
+# installed, and the test skips for want of root instead.
+SBIN = os.pathsep.join(("/usr/local/sbin", "/usr/sbin", "/sbin"))
+
+
 def missing_tools(*tools: str) -> list[str]:
-    return [tool for tool in tools if shutil.which(tool) is None]
+    return [
+        tool
+        for tool in tools
+        if shutil.which(tool) is None and shutil.which(tool, path=SBIN) is None
+    ]
 
 
 def require(*tools: str, root: str | None = None, hint: str = SYSTEM_DEPS) -> None:
