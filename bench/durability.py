@@ -12,7 +12,8 @@ In one run, side by side, on the disk that holds the temporary folder:
   client threads.
 
 Usage: ``python bench/durability.py [--quick] [--json] [--update-readme]``;
-writes ``bench/results/durability.md`` and ``bench/results/durability.json``.
+writes ``bench/results/durability.json`` and its rendering ``durability.md``
+(``bench/tables.py``).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from measure import run_threads
-from readme import update_readme
+from measure import run_threads, spread
+from readme import save, update_readme
 
 from adamax_ps.server.gradients import DenseGradient, SparseGradient
 from adamax_ps.server.pushes import PushId
@@ -140,7 +141,11 @@ def in_process(folder: Path, seconds: float, rounds: int) -> dict:
         }
         for mode, by_case in runs.items()
     }
-    floor = {size: _median_run([f[size] for f in floors]) for size in floors[0]}
+    floor = {
+        size: _median_run([f[size] for f in floors])
+        | {"appends_per_s_rounds": spread([f[size]["appends_per_s"] for f in floors])}
+        for size in floors[0]
+    }
     return {"fsync_floor": floor, **modes}
 
 
@@ -180,43 +185,6 @@ def grpc_rate(address: str, seconds: float, threads: int = 8) -> float:
         return len(every) / elapsed
 
 
-def markdown(results: dict) -> str:
-    floor = results["in_process"]["fsync_floor"]
-    lines = [
-        "Disk floor (one thread appends a record and calls fsync; median of the "
-        "rounds): "
-        + "; ".join(
-            f"{size} records {f['appends_per_s']:,.0f}/s (p50 {f['p50_ms']:.2f} ms, "
-            f"{f['mb_per_s']:,.0f} MB/s)"
-            for size, f in floor.items()
-        )
-        + ".",
-        "",
-        "| push | threads | checkpoint pushes/s | wal pushes/s | wal / checkpoint | "
-        "wal p50 ms | pushes per fsync | log MB/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    plain, logged = results["in_process"]["checkpoint"], results["in_process"]["wal"]
-    for name, by_threads in plain.items():
-        for threads, base in by_threads.items():
-            wal = logged[name][threads]
-            lines.append(
-                f"| {name} | {threads} | {base['pushes_per_s']:,.0f} | "
-                f"{wal['pushes_per_s']:,.0f} | "
-                f"{wal['pushes_per_s'] / base['pushes_per_s']:.2f} | "
-                f"{wal['p50_ms']:.2f} | {wal['pushes_per_fsync']:.1f} | "
-                f"{wal['log_mb_per_s']:,.0f} |"
-            )
-    grpc = results["grpc"]
-    lines.append(
-        f"| gRPC, 1 KB, one worker | 8 | {grpc['checkpoint']['pushes_per_s']:,.0f} | "
-        f"{grpc['wal']['pushes_per_s']:,.0f} | "
-        f"{grpc['wal']['pushes_per_s'] / grpc['checkpoint']['pushes_per_s']:.2f} "
-        "| | | |"
-    )
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
@@ -233,12 +201,9 @@ def main() -> None:
         }
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    table = markdown(results)
+    table = save("durability", results, args.results)
     if args.update_readme:
-        update_readme("durability", table)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "durability.md").write_text(table)
-    (args.results / "durability.json").write_text(json.dumps(results, indent=1) + "\n")
+        update_readme("durability", args.results)
     wal, plain = results["in_process"]["wal"], results["in_process"]["checkpoint"]
     summary = {
         "fsyncs_per_s": results["in_process"]["fsync_floor"]["4 KB"]["appends_per_s"],

@@ -1,7 +1,11 @@
 """Kernel benchmark: the Adamax updates against numpy and the machine's ceiling.
 
-Measured side by side in one process, interleaved round by round (so a noisy
-neighbour hits every implementation alike), medians reported with the spread:
+Measured side by side in one process, interleaved round by round in a rotated
+order (so a noisy neighbour hits every implementation alike), medians reported
+with the spread of the rounds and ratios taken round by round. Every
+implementation has its own copy of the same start state and is given the same
+gradient (dense) or the same index batch (sparse) in the same round: the
+inputs are drawn once from a fixed seed and shared.
 
 - dense, float32, 1e5 to 5e7 parameters: naive numpy (temporaries), the best
   in-place numpy (``out=`` and one scratch buffer), our fused kernel on one
@@ -12,7 +16,8 @@ neighbour hits every implementation alike), medians reported with the spread:
   push (many duplicates): numpy (argsort + add.reduceat) against ours.
 
 Usage: ``python bench/kernels.py [--json] [--quick] [--update-readme]``.
-Writes ``bench/results/kernels.md`` and ``bench/results/kernels.json``.
+Writes ``bench/results/kernels.json`` and its rendering ``kernels.md``
+(``bench/tables.py``).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from readme import update_readme
+from readme import save, update_readme
 
 from adamax_ps.server import adamax, kernels
 from adamax_ps.server.hyperparams import AdamaxConfig
@@ -38,20 +43,26 @@ BYTES_PER_PARAM = 28  # read w, m, v, g and write w, m, v: 7 x 4 bytes
 POOL = ThreadPoolExecutor(2)
 
 
-def timed(fn: Callable[[], object]) -> float:
+def timed(fn: Callable[[int], object], r: int) -> float:
     start = time.perf_counter()
-    fn()
+    fn(r)
     return time.perf_counter() - start
 
 
-def interleave(cases: dict[str, Callable[[], object]], rounds: int) -> dict[str, list]:
-    """Time each case once per round, in the same order every round."""
+def interleave(
+    cases: dict[str, Callable[[int], object]], rounds: int
+) -> dict[str, list]:
+    """Time each case once per round; round ``r`` starts at case ``r`` (a
+    rotated order), and every case is called with the same round number, so
+    cases that take an input per call get the same one in the same round."""
     for fn in cases.values():  # warm: page faults, caches, JIT
-        fn()
+        fn(-1)
+    names = list(cases)
     samples: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(rounds):
-        for name, fn in cases.items():
-            samples[name].append(timed(fn))
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(timed(cases[name], r))
     return samples
 
 
@@ -70,43 +81,55 @@ def split2(fn: Callable[..., None], *arrays: np.ndarray) -> Callable[[], None]:
     return run
 
 
-def dense_cases(n: int, step: adamax.StepScalars) -> dict[str, Callable[[], object]]:
+def dense_cases(n: int, step: adamax.StepScalars) -> dict[str, Callable[[int], None]]:
+    """Each case updates its own copy of the same w, m, v with the same g."""
     rng = np.random.default_rng(0)
-    w = rng.standard_normal(n, dtype=np.float32)
-    m = np.zeros(n, np.float32)
-    v = np.zeros(n, np.float32)
+    w0 = rng.standard_normal(n, dtype=np.float32)
     g = rng.standard_normal(n, dtype=np.float32) * np.float32(0.01)
+
+    def state() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return w0.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
+
     scratch = np.empty(n, np.float32)
     probe = [np.ones(n, np.float32) for _ in range(4)]
     c1, b2, lr, eps = step.one_minus_beta_1, step.beta_2, step.lr_hat, step.epsilon
 
-    def naive() -> None:
-        m[:] = m + (g - m) * c1
-        v[:] = np.maximum(b2 * v, np.abs(g))
-        w[:] = w - lr * (m / (v + eps))
+    def naive(w, m, v) -> Callable[[int], None]:
+        def run(_: int) -> None:
+            m[:] = m + (g - m) * c1
+            v[:] = np.maximum(b2 * v, np.abs(g))
+            w[:] = w - lr * (m / (v + eps))
 
-    def numpy_inplace() -> None:
-        np.subtract(g, m, out=scratch)
-        np.multiply(scratch, c1, out=scratch)
-        np.add(m, scratch, out=m)
-        np.abs(g, out=scratch)
-        np.multiply(v, b2, out=v)
-        np.maximum(v, scratch, out=v)
-        np.add(v, eps, out=scratch)
-        np.divide(m, scratch, out=scratch)
-        np.multiply(scratch, lr, out=scratch)
-        np.subtract(w, scratch, out=w)
+        return run
+
+    def numpy_inplace(w, m, v) -> Callable[[int], None]:
+        def run(_: int) -> None:
+            np.subtract(g, m, out=scratch)
+            np.multiply(scratch, c1, out=scratch)
+            np.add(m, scratch, out=m)
+            np.abs(g, out=scratch)
+            np.multiply(v, b2, out=v)
+            np.maximum(v, scratch, out=v)
+            np.add(v, eps, out=scratch)
+            np.divide(m, scratch, out=scratch)
+            np.multiply(scratch, lr, out=scratch)
+            np.subtract(w, scratch, out=w)
+
+        return run
 
     def fused(w_, m_, v_, g_) -> None:
         kernels.dense_adamax(w_, m_, v_, g_, c1, b2, lr, eps)
 
+    ours_1, ours_2 = state(), state()
+    probe_2 = split2(kernels.stream_4r3w, *probe)
+    fused_2 = split2(fused, *ours_2, g)
     return {
-        "numpy naive (temporaries)": naive,
-        "numpy in-place (out=, scratch)": numpy_inplace,
-        "probe 4R3W, 1 thread": lambda: kernels.stream_4r3w(*probe),
-        "probe 4R3W, 2 threads": split2(kernels.stream_4r3w, *probe),
-        "adamax-ps fused, 1 thread": lambda: adamax.dense_update(w, m, v, g, step),
-        "adamax-ps fused, 2 threads": split2(fused, w, m, v, g),
+        "numpy naive (temporaries)": naive(*state()),
+        "numpy in-place (out=, scratch)": numpy_inplace(*state()),
+        "probe 4R3W, 1 thread": lambda _: kernels.stream_4r3w(*probe),
+        "probe 4R3W, 2 threads": lambda _: probe_2(),
+        "adamax-ps fused, 1 thread": lambda _: adamax.dense_update(*ours_1, g, step),
+        "adamax-ps fused, 2 threads": lambda _: fused_2(),
     }
 
 
@@ -117,53 +140,69 @@ def zipf_indices(rng: np.random.Generator, rows: int, n: int) -> np.ndarray:
 
 
 def sparse_cases(rows: int, width: int, batch: int, step: adamax.StepScalars):
+    """Each case updates its own copy of the same table; in round ``r`` both
+    get index batch ``r`` (of 8, drawn once) and the same row values."""
     rng = np.random.default_rng(1)
-    w = rng.standard_normal((rows, width), dtype=np.float32)
-    m = np.zeros_like(w)
-    v = np.zeros_like(w)
+    w0 = rng.standard_normal((rows, width), dtype=np.float32)
     batches = [zipf_indices(rng, rows, batch) for _ in range(8)]
     values = rng.standard_normal((batch, width), dtype=np.float32)
-    counter = iter(range(1 << 62))
 
-    def indices() -> np.ndarray:
-        return batches[next(counter) % len(batches)]
+    def state() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return w0.copy(), np.zeros_like(w0), np.zeros_like(w0)
 
-    def numpy_reduceat() -> None:
-        idx = indices()
-        order = np.argsort(idx, kind="stable")
-        sorted_idx = idx[order]
-        starts = np.flatnonzero(np.r_[True, sorted_idx[1:] != sorted_idx[:-1]])
-        uniq = sorted_idx[starts]
-        g = np.add.reduceat(values[order], starts, axis=0)
-        m_rows = m[uniq] * step.beta_1 + g * step.one_minus_beta_1
-        v_rows = np.maximum(v[uniq] * step.beta_2, np.abs(g))
-        m[uniq] = m_rows
-        v[uniq] = v_rows
-        w[uniq] += step.neg_lr_hat * (m_rows / (v_rows + step.epsilon))
+    def numpy_reduceat(w, m, v) -> Callable[[int], None]:
+        def run(r: int) -> None:
+            idx = batches[r % len(batches)]
+            order = np.argsort(idx, kind="stable")
+            sorted_idx = idx[order]
+            starts = np.flatnonzero(np.r_[True, sorted_idx[1:] != sorted_idx[:-1]])
+            uniq = sorted_idx[starts]
+            g = np.add.reduceat(values[order], starts, axis=0)
+            m_rows = m[uniq] * step.beta_1 + g * step.one_minus_beta_1
+            v_rows = np.maximum(v[uniq] * step.beta_2, np.abs(g))
+            m[uniq] = m_rows
+            v[uniq] = v_rows
+            w[uniq] += step.neg_lr_hat * (m_rows / (v_rows + step.epsilon))
 
-    def ours() -> None:
-        adamax.sparse_update(w, m, v, indices(), values, step)
+        return run
+
+    def ours(w, m, v) -> Callable[[int], None]:
+        def run(r: int) -> None:
+            adamax.sparse_update(w, m, v, batches[r % len(batches)], values, step)
+
+        return run
 
     unique = statistics.mean(len(np.unique(b)) for b in batches)
-    return {"numpy argsort + add.reduceat": numpy_reduceat, "adamax-ps": ours}, unique
+    cases = {
+        "numpy argsort + add.reduceat": numpy_reduceat(*state()),
+        "adamax-ps": ours(*state()),
+    }
+    return cases, unique
 
 
 def summarize(samples: list[float]) -> tuple[float, float, float]:
     return statistics.median(samples), min(samples), max(samples)
 
 
+def _row(samples: list[float]) -> dict:
+    med, lo, hi = summarize(samples)
+    return {
+        "median_ms": med * 1e3,
+        "min_ms": lo * 1e3,
+        "max_ms": hi * 1e3,
+        "samples_ms": [s * 1e3 for s in samples],
+    }
+
+
 def run(sizes: list[int], rounds: int, sparse_rounds: int) -> dict:
     step = AdamaxConfig.from_keras().step_scalars(10, np.float32)
-    dense: dict[int, dict[str, dict[str, float]]] = {}
+    dense: dict[int, dict[str, dict]] = {}
     for n in sizes:
         samples = interleave(dense_cases(n, step), rounds)
         dense[n] = {}
         for name, s in samples.items():
-            med, lo, hi = summarize(s)
-            dense[n][name] = {
-                "median_ms": med * 1e3,
-                "min_ms": lo * 1e3,
-                "max_ms": hi * 1e3,
+            med = statistics.median(s)
+            dense[n][name] = _row(s) | {
                 "params_per_s": n / med,
                 "gb_per_s": n * BYTES_PER_PARAM / med / 1e9,
             }
@@ -171,15 +210,19 @@ def run(sizes: list[int], rounds: int, sparse_rounds: int) -> dict:
     cases, unique = sparse_cases(1_000_000, 64, 8192, step)
     sparse = {}
     for name, s in interleave(cases, sparse_rounds).items():
-        med, lo, hi = summarize(s)
-        sparse[name] = {
-            "median_ms": med * 1e3,
-            "min_ms": lo * 1e3,
-            "max_ms": hi * 1e3,
+        med = statistics.median(s)
+        sparse[name] = _row(s) | {
             "rows_per_s": 8192 / med,
             "unique_rows_per_s": unique / med,
         }
-    return {"dense": dense, "sparse": sparse, "sparse_unique_rows": unique}
+    return {
+        "rounds": rounds,
+        "sparse_rounds": sparse_rounds,
+        "processor": platform.processor() or platform.machine(),
+        "dense": dense,
+        "sparse": sparse,
+        "sparse_unique_rows": unique,
+    }
 
 
 def headline(results: dict) -> dict:
@@ -208,46 +251,6 @@ def headline(results: dict) -> dict:
     }
 
 
-def markdown(results: dict, head: dict, rounds: int) -> str:
-    lines = [
-        f"Kernel benchmark ({platform.processor() or platform.machine()}, "
-        f"{rounds} interleaved rounds, medians; `python bench/kernels.py`)",
-        "",
-        "| dense float32 | params | median ms | M params/s | GB/s (28 B/param) | "
-        "x numpy in-place |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for n, row in results["dense"].items():
-        base = row["numpy in-place (out=, scratch)"]["params_per_s"]
-        for name, r in row.items():
-            ratio = r["params_per_s"] / base
-            lines.append(
-                f"| {name} | {n:.0e} | {r['median_ms']:.3f} | "
-                f"{r['params_per_s'] / 1e6:,.0f} | {r['gb_per_s']:.1f} | {ratio:.2f} |"
-            )
-    lines += [
-        "",
-        f"| sparse 1e6 x 64 float32, 8192 Zipf indices "
-        f"(~{results['sparse_unique_rows']:.0f} unique) | median ms | M input rows/s |"
-        " x numpy |",
-        "|---|---:|---:|---:|",
-    ]
-    base = results["sparse"]["numpy argsort + add.reduceat"]["rows_per_s"]
-    for name, r in results["sparse"].items():
-        lines.append(
-            f"| {name} | {r['median_ms']:.3f} | {r['rows_per_s'] / 1e6:.2f} | "
-            f"{r['rows_per_s'] / base:.2f} |"
-        )
-    lines += [
-        "",
-        f"Headline: dense {head['dense_params_per_s'] / 1e9:.2f} G params/s at "
-        f"{head['dense_size']:.0e} = {head['dense_bandwidth_fraction']:.0%} of the "
-        f"4R3W probe; {head['dense_speedup_vs_numpy_inplace']:.1f}x the best in-place "
-        f"numpy at 1e7; sparse {head['sparse_rows_per_s'] / 1e6:.1f} M input rows/s.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -262,14 +265,9 @@ def main() -> None:
         sizes, rounds, sparse_rounds = [100_000, 1_000_000], 3, 10
     results = run(sizes, rounds, sparse_rounds)
     head = headline(results)
-    table = markdown(results, head, rounds)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "kernels.md").write_text(table)
-    (args.results / "kernels.json").write_text(
-        json.dumps({"headline": head, **results}, indent=1, default=str) + "\n"
-    )
+    table = save("kernels", {"headline": head, **results}, args.results)
     if args.update_readme:
-        update_readme("kernels", table)
+        update_readme("kernels", args.results)
     print(json.dumps(head) if args.json else table)
 
 

@@ -4,7 +4,10 @@ Each dense implementation takes the start weights and its gradients (cycled)
 and offers ``step(k)`` (apply gradient k) and ``weights()``; the sparse ones
 take a table, index batches and row values. The peers get Keras's
 hyper-parameters (torch's own defaults differ) and gradients already in their
-own tensor type, so conversion is never timed.
+own tensor type, so conversion is never timed. Compiled peers are run as their
+users run them: a ``tf.function`` with a fixed input signature (traced once;
+``traces()`` tells whether it ever traced again), XLA through
+``jit_compile=True``, ``torch.compile`` of the optimizer's step.
 """
 
 from __future__ import annotations
@@ -42,14 +45,30 @@ class Libraries:
         self.threads = threads
 
 
-def compiled_apply(tf, optimizer, var):
-    """``optimizer.apply_gradients([(g, var)])`` as one ``tf.function``."""
+def compiled_apply(tf, optimizer, var, spec=None, jit_compile: bool = False):
+    """``optimizer.apply_gradients([(g, var)])`` as one ``tf.function``; with
+    ``spec`` (a ``tf.TensorSpec`` or ``tf.IndexedSlicesSpec``) as its fixed
+    input signature, so a new batch can never make it trace again."""
 
-    @tf.function
     def apply(gradient) -> None:
         optimizer.apply_gradients([(gradient, var)])
 
-    return apply
+    signature = None if spec is None else [spec]
+    return tf.function(apply, input_signature=signature, jit_compile=jit_compile)
+
+
+def dense_spec(tf, w0):
+    return tf.TensorSpec(w0.shape, tf.float32)
+
+
+def sparse_spec(tf, table, batch: int):
+    return tf.IndexedSlicesSpec(
+        shape=table.shape,
+        dtype=tf.float32,
+        indices_dtype=tf.int64,
+        dense_shape_dtype=tf.int64,
+        indices_shape=[batch],
+    )
 
 
 @cache
@@ -114,13 +133,16 @@ class TfKerasLegacy:
         self.var = tf.Variable(w0)
         self.gradients = [tf.constant(g) for g in gradients]
         optimizer = lib.tf_keras.optimizers.legacy.Adamax()
-        self.apply = compiled_apply(tf, optimizer, self.var)
+        self.apply = compiled_apply(tf, optimizer, self.var, dense_spec(tf, w0))
 
     def step(self, k: int) -> None:
         self.apply(self.gradients[k % len(self.gradients)])
 
     def weights(self) -> np.ndarray:
         return self.var.numpy()
+
+    def traces(self) -> int:
+        return self.apply.experimental_get_tracing_count()
 
 
 class RawAdaMax:
@@ -155,13 +177,18 @@ class RawAdaMax:
 
 
 class Keras3:
-    def __init__(self, lib: Libraries, w0, gradients) -> None:
+    """Keras 3 Adamax in a ``tf.function``; ``jit_compile=True`` is XLA, as
+    ``model.compile(jit_compile=True)`` runs it (Keras's default, "auto",
+    leaves XLA off on a machine without an accelerator, like this one)."""
+
+    def __init__(self, lib: Libraries, w0, gradients, jit_compile: bool) -> None:
         tf, keras = lib.tf, lib.keras
         self.var = keras.Variable(w0)
         self.gradients = [tf.constant(g) for g in gradients]
         optimizer = keras.optimizers.Adamax()
         optimizer.build([self.var])
-        self.apply = compiled_apply(tf, optimizer, self.var)
+        spec = dense_spec(tf, w0)
+        self.apply = compiled_apply(tf, optimizer, self.var, spec, jit_compile)
 
     def step(self, k: int) -> None:
         self.apply(self.gradients[k % len(self.gradients)])
@@ -169,22 +196,40 @@ class Keras3:
     def weights(self) -> np.ndarray:
         return np.asarray(self.var.numpy())
 
+    def traces(self) -> int:
+        return self.apply.experimental_get_tracing_count()
+
 
 class Torch:
     """torch.optim.Adamax with Keras's hyper-parameters (torch's own defaults
     differ: lr 0.002, eps 1e-8; and torch adds eps inside the max)."""
 
-    def __init__(self, lib: Libraries, w0, gradients, foreach: bool) -> None:
+    def __init__(
+        self, lib: Libraries, w0, gradients, foreach: bool | None, compiled=False
+    ) -> None:
+        """``compiled``: the step goes through ``torch.compile`` (inductor), as
+        PyTorch's recipe for a compiled optimizer does; the first call compiles.
+        Dynamo's caches are reset first and inductor's on-disk caches are off,
+        so each instance compiles afresh (the first call is a cold compile,
+        whatever ran on this machine before) and never falls back to eager by
+        running out of recompiles."""
         torch = lib.torch
         self.param = torch.nn.Parameter(torch.from_numpy(w0.copy()))
         self.gradients = [torch.from_numpy(g) for g in gradients]
         self.optimizer = torch.optim.Adamax(
             [self.param], lr=1e-3, betas=(0.9, 0.999), eps=1e-7, foreach=foreach
         )
+        self.run = self.optimizer.step
+        if compiled:
+            from torch._inductor import config as inductor
+
+            inductor.force_disable_caches = True
+            torch._dynamo.reset()
+            self.run = torch.compile(self.optimizer.step)
 
     def step(self, k: int) -> None:
         self.param.grad = self.gradients[k % len(self.gradients)]
-        self.optimizer.step()
+        self.run()
 
     def weights(self) -> np.ndarray:
         return self.param.detach().numpy()
@@ -235,13 +280,24 @@ class SparseOurs:
 
 
 class SparseTf:
-    """tf_keras legacy or Keras 3 Adamax given ``tf.IndexedSlices``."""
+    """tf_keras legacy or Keras 3 Adamax given ``tf.IndexedSlices``.
 
-    def __init__(self, lib: Libraries, table, batches, values, legacy: bool) -> None:
+    ``how``: ``"signature"`` a ``tf.function`` with a fixed input signature (as
+    users run it), ``"plain"`` one without (it could retrace on a new shape;
+    with every batch the same size it traces as often), ``"xla"`` the
+    signature form with ``jit_compile=True``, ``"no reads"`` the legacy class
+    minus its three reads of whole tables (see ``LegacyWithoutReads``)."""
+
+    def __init__(
+        self, lib: Libraries, table, batches, values, legacy: bool, how: str
+    ) -> None:
         tf = lib.tf
         if legacy:
             self.var = tf.Variable(table)
-            optimizer = lib.tf_keras.optimizers.legacy.Adamax()
+            legacy_class = lib.tf_keras.optimizers.legacy.Adamax
+            if how == "no reads":
+                legacy_class = legacy_without_reads(lib)
+            optimizer = legacy_class()
         else:
             self.var = lib.keras.Variable(table)
             optimizer = lib.keras.optimizers.Adamax()
@@ -251,13 +307,42 @@ class SparseTf:
             tf.IndexedSlices(tf.constant(values), tf.constant(b), shape)
             for b in batches
         ]
-        self.apply = compiled_apply(tf, optimizer, self.var)
+        spec = None if how == "plain" else sparse_spec(tf, table, len(batches[0]))
+        self.apply = compiled_apply(tf, optimizer, self.var, spec, how == "xla")
 
     def step(self, k: int) -> None:
         self.apply(self.slices[k % len(self.slices)])
 
     def weights(self) -> np.ndarray:
         return np.asarray(self.var.numpy())
+
+    def traces(self) -> int:
+        return self.apply.experimental_get_tracing_count()
+
+
+def legacy_without_reads(lib: Libraries):
+    """tf_keras legacy Adamax whose scatter helpers return the scatter op
+    instead of ``x.value()`` (a read of the whole slot or table).
+
+    A diagnostic, not a peer: the three dense reads are what makes the legacy
+    class slow in a ``tf.function``. Gather and scatter put a variable in
+    TensorFlow's copy-on-read mode, so each read copies the whole variable
+    (256 MB here) although only a control dependency uses it. The update is
+    the same ops on the same rows, so it stays bit-identical."""
+    tf = lib.tf
+
+    class LegacyWithoutReads(lib.tf_keras.optimizers.legacy.Adamax):
+        def _resource_scatter_update(self, x, i, v):
+            return tf.raw_ops.ResourceScatterUpdate(
+                resource=x.handle, indices=i, updates=v
+            )
+
+        def _resource_scatter_add(self, x, i, v):
+            return tf.raw_ops.ResourceScatterAdd(
+                resource=x.handle, indices=i, updates=v
+            )
+
+    return LegacyWithoutReads
 
 
 def torch_sparse_refusal(lib: Libraries) -> dict:

@@ -51,12 +51,15 @@ def _peers_dense(peers: dict, folder: Path) -> str:
     sizes = sorted(peers["dense"], key=int)
     names = list(peers["dense"][sizes[0]])
     figure, axis = plt.subplots(figsize=(11, 5))
-    x = [int(n) for n in sizes]
-    for name in names:
-        per_size = [peers["dense"][n][name] for n in sizes]
+    for name in names:  # a peer that failed at a size has no point there
+        measured = [n for n in sizes if "seconds" in peers["dense"][n].get(name, {})]
+        if not measured:
+            continue
+        x = [int(n) for n in measured]
+        seconds = [peers["dense"][n][name]["seconds"] for n in measured]
         rates = [
-            {k: int(n) / v for k, v in r["seconds"].items() if k != "n"}
-            for n, r in zip(sizes, per_size, strict=True)
+            {k: int(n) / s[k] for k in ("median", "min", "max")}
+            for n, s in zip(measured, seconds, strict=True)
         ]
         median, error = _errorbars(
             [{"median": r["median"], "min": r["max"], "max": r["min"]} for r in rates],
@@ -88,9 +91,9 @@ def _peers_sparse(peers: dict, folder: Path) -> str:
     import matplotlib.pyplot as plt
 
     cases = peers["sparse"]["cases"]
-    names = list(cases)
+    names = [n for n in cases if "seconds" in cases[n]]  # failed ones have none
     median, error = _errorbars([cases[n]["seconds"] for n in names], 1e3)
-    figure, axis = plt.subplots(figsize=(8, 3.5))
+    figure, axis = plt.subplots(figsize=(8, 1.2 + 0.55 * len(names)))
     colors = [OURS_COLOR if n.startswith("adamax-ps") else "#7f8c8d" for n in names]
     axis.barh(range(len(names)), median, xerr=error, color=colors, capsize=4)
     axis.set_yticks(range(len(names)), [n.replace(", ", ",\n", 1) for n in names])

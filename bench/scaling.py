@@ -20,7 +20,8 @@ workers' pushes, median of the rounds with the spread:
   functions.
 
 Usage: ``python bench/scaling.py [--json] [--quick] [--results DIR]``; writes
-``bench/results/scaling.md`` and ``scaling.json``.
+``bench/results/scaling.json`` and its rendering ``scaling.md``
+(``bench/tables.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import tempfile
 from pathlib import Path
 
 from measure import machine, spread, versions
+from readme import save
 from scaling_cluster import Cluster, Push, Workers
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -147,6 +149,21 @@ def collect(samples: dict) -> dict:
     return sweeps
 
 
+def _rounds_spread(m: dict) -> dict:
+    """Write and restore GB/s over the rounds, when the child kept them."""
+    found = {}
+    for kind, key in (("write", "checkpoint_seconds"), ("restore", "restore_seconds")):
+        rounds = m.get(f"{key}_rounds")
+        if rounds:
+            found[f"{kind}_gb_per_s_rounds"] = {
+                "median": m["checkpoint_bytes"] / rounds["median"] / 1e9,
+                "min": m["checkpoint_bytes"] / rounds["max"] / 1e9,
+                "max": m["checkpoint_bytes"] / rounds["min"] / 1e9,
+                "n": rounds["n"],
+            }
+    return found
+
+
 def checkpoints(sizes_gb: list[float]) -> list[dict]:
     """bench/service.py's child: memory and checkpoint speed against a plain file."""
     from service import memory_and_checkpoint
@@ -167,6 +184,7 @@ def checkpoints(sizes_gb: list[float]) -> list[dict]:
                 "restore_gb_per_s": state / m["restore_seconds"] / 1e9,
                 "plain_read_gb_per_s": state / m["plain"]["read_seconds"] / 1e9,
                 "rounds": m["rounds"],
+                **_rounds_spread(m),
                 "raw": m,
             }
         )
@@ -175,66 +193,6 @@ def checkpoints(sizes_gb: list[float]) -> list[dict]:
 
 
 # Report. ---------------------------------------------------------------------------
-
-
-def markdown(results: dict, rounds: int, seconds: float) -> str:
-    lines = [
-        f"Scaling on one machine (loopback, real servers and worker processes; "
-        f"{rounds} interleaved rounds of {seconds:g} s per point, medians "
-        "[min-max]; `python bench/scaling.py`)",
-    ]
-    titles = {
-        "workers": ("concurrent workers, 1 server", "workers"),
-        "size": ("tensor size, 1 server", "workers"),
-        "shards": ("shards per server (--shards), 1 server", "shards"),
-        "servers": ("servers on one machine, 2 shards each", "servers"),
-    }
-    for sweep, rows in results["sweeps"].items():
-        title, column = titles[sweep]
-        first = rows[0][column]
-        lines += [
-            "",
-            f"| {title} | {column} | pushes/s | MB/s | p50 ms | p99 ms | "
-            f"x {first} {column} |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for row in rows:
-            rate = row["pushes_per_s"]
-            lines.append(
-                f"| {row['push']} | {row[column]} | {rate['median']:,.0f} "
-                f"[{rate['min']:,.0f}-{rate['max']:,.0f}] | "
-                f"{row['bytes_per_s']['median'] / 1e6:,.0f} | "
-                f"{row['p50_ms']['median']:.2f} | {row['p99_ms']['median']:.2f} | "
-                f"{row['x_first']['median']:.2f} |"
-            )
-    lines += [
-        "",
-        "| memory of the servers above (value + m + v = 12 B/param) | M params | "
-        "resident GB | bytes/param | x 12 B |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, m in results["server_memory"].items():
-        lines.append(
-            f"| {name} | {m['params'] / 1e6:.1f} | {m['resident_bytes'] / 1e9:.2f} | "
-            f"{m['bytes_per_param']:.2f} | {m['over_state']:.2f} |"
-        )
-    lines += [
-        "",
-        "| checkpoint (service, 4 shards; median of 3 interleaved) | state GB | "
-        "write GB/s | x plain write | restore GB/s | x plain read | resident / "
-        "state |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for c in results["checkpoints"]:
-        lines.append(
-            f"| {c['variables_gb']:.2f} GB of variables | {c['state_bytes'] / 1e9:.2f}"
-            f" | {c['write_gb_per_s']:.2f} | "
-            f"{c['write_gb_per_s'] / c['plain_write_gb_per_s']:.2f} | "
-            f"{c['restore_gb_per_s']:.2f} | "
-            f"{c['restore_gb_per_s'] / c['plain_read_gb_per_s']:.2f} | "
-            f"{c['over_state_service']:.3f} |"
-        )
-    return "\n".join(lines) + "\n"
 
 
 def headline(results: dict) -> dict:
@@ -276,9 +234,6 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
     results["checkpoints"] = checkpoints(p["memory_gb"])
     head = headline(results)
-    table = markdown(results, args.rounds, args.seconds)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "scaling.md").write_text(table)
     document = {
         "headline": head,
         "plan": p,
@@ -288,7 +243,7 @@ def main() -> None:
         "versions": versions("adamax-ps", "grpcio", "numpy", "numba"),
         **results,
     }
-    (args.results / "scaling.json").write_text(json.dumps(document, indent=1) + "\n")
+    table = save("scaling", document, args.results)
     if args.update_readme:
         from report import build
 

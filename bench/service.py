@@ -12,8 +12,9 @@ In one run, in-process (no transport; the transports have their own bench):
   (with fsync) and read of one file of the same size on the same disk.
 
 The memory part runs in a child process so its numbers are its own.
-Usage: ``python bench/service.py [--json] [--quick]``; writes
-``bench/results/service.md`` and ``bench/results/service.json``.
+Usage: ``python bench/service.py [--json] [--quick] [--update-readme]``;
+writes ``bench/results/service.json`` and its rendering ``service.md``
+(``bench/tables.py``).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from measure import run_threads
-from readme import update_readme
+from measure import run_threads, spread
+from readme import save, update_readme
 
 from adamax_ps.server.gradients import DenseGradient, SparseGradient
 from adamax_ps.server.pushes import PushId
@@ -144,6 +145,8 @@ def memory_child(folder: str, gigabytes: float, shards: int) -> dict:
         "checkpoint_bytes": info.nbytes,
         "checkpoint_seconds": median(writes),
         "restore_seconds": median(restores),
+        "checkpoint_seconds_rounds": spread(writes),
+        "restore_seconds_rounds": spread(restores),
         "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
 
@@ -223,58 +226,6 @@ def memory_and_checkpoint(gigabytes: float, shards: int) -> dict:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def markdown(results: dict) -> str:
-    t = results["throughput"]
-    lines = [
-        f"Service benchmark (in-process, {t['shards']} shards; "
-        "`python bench/service.py`)",
-        "",
-        "| push | threads | pushes/s | p50 ms | p99 ms |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, by_threads in t["cases"].items():
-        for threads, r in by_threads.items():
-            lines.append(
-                f"| {name} | {threads} | {r['pushes_per_s']:,.0f} | {r['p50_ms']:.2f} "
-                f"| {r['p99_ms']:.2f} |"
-            )
-    m = results["memory"]
-    limit = 3.15 * GB + 200e6
-    share = m["state_bytes"] / m["shards"]
-    write_gbs = m["checkpoint_bytes"] / m["checkpoint_seconds"] / GB
-    plain_gbs = m["checkpoint_bytes"] / m["plain"]["write_seconds"] / GB
-    restore_gbs = m["checkpoint_bytes"] / m["restore_seconds"] / GB
-    plain_read = m["checkpoint_bytes"] / m["plain"]["read_seconds"] / GB
-    lines += [
-        "",
-        f"| memory, {m['variables_bytes'] / GB:.2f} GB of float32 variables + slots "
-        f"({m['shards']} shards) | GB | limit GB |",
-        "|---|---:|---:|",
-        f"| resident at rest (process total) | "
-        f"{(m['rss_at_rest'] + m['rss_baseline']) / GB:.3f} | {limit / GB:.3f} |",
-        f"| resident at rest (service only) | {m['rss_at_rest'] / GB:.3f} | |",
-        f"| resident peak while checkpointing (process total) | "
-        f"{(m['rss_peak_checkpoint'] + m['rss_baseline']) / GB:.3f} | "
-        f"{(limit + share) / GB:.3f} |",
-        "",
-        f"| checkpoint of the same state (median of {m['rounds']}, interleaved) | GB | "
-        "seconds | GB/s | x plain file |",
-        "|---|---:|---:|---:|---:|",
-        f"| write (fsync, atomic rename, crc32) | {m['checkpoint_bytes'] / GB:.2f} | "
-        f"{m['checkpoint_seconds']:.2f} | {write_gbs:.2f} | "
-        f"{write_gbs / plain_gbs:.2f} |",
-        f"| plain file write + fsync | {m['checkpoint_bytes'] / GB:.2f} | "
-        f"{m['plain']['write_seconds']:.2f} | {plain_gbs:.2f} | 1.00 |",
-        f"| restore from disk (read, verify crc32) | "
-        f"{m['checkpoint_bytes'] / GB:.2f} | "
-        f"{m['restore_seconds']:.2f} | {restore_gbs:.2f} | "
-        f"{restore_gbs / plain_read:.2f} |",
-        f"| plain file read from disk | {m['checkpoint_bytes'] / GB:.2f} | "
-        f"{m['plain']['read_seconds']:.2f} | {plain_read:.2f} | 1.00 |",
-    ]
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--memory-child":
         folder, gigabytes, shards = sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
@@ -291,12 +242,9 @@ def main() -> None:
         "throughput": throughput(seconds),
         "memory": memory_and_checkpoint(gigabytes, shards=4),
     }
-    table = markdown(results)
+    table = save("service", results, args.results)
     if args.update_readme:
-        update_readme("service", table)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "service.md").write_text(table)
-    (args.results / "service.json").write_text(json.dumps(results, indent=1) + "\n")
+        update_readme("service", args.results)
     summary = {
         "dense_pushes_per_s_1_thread": results["throughput"]["cases"][
             "dense 1M params (4 MB)"

@@ -26,7 +26,8 @@ per second and gradient bytes per second (the gradient a step computes:
 the same number of steps both report the held-out loss, which must agree.
 
 Usage: ``python bench/training.py [--json] [--quick] [--results DIR]``; writes
-``bench/results/training.md`` and ``training.json``.
+``bench/results/training.json`` and its rendering ``training.md``
+(``bench/tables_peers.py``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import training_systems
 from measure import Child, machine, spread, versions
+from readme import save
 from training_systems import (
     BATCH,
     DIM,
@@ -171,52 +173,6 @@ def summarize(result: dict, systems: dict, n: int, steps: int, folder: Path) -> 
     ) / max(final["tensorflow"], 1e-12)
 
 
-def markdown(results: dict, settings: dict) -> str:
-    lines = [
-        "End to end against TensorFlow ParameterServerStrategy (same model, data, "
-        f"initial values and Keras 2 Adamax; 2 workers; {settings['rounds']} "
-        f"interleaved rounds of {settings['steps']} steps, medians [min-max]; "
-        "`python bench/training.py`)",
-        "",
-        "| servers | system | steps/s | gradient MB/s | x TensorFlow | "
-        "held-out loss after "
-        f"{settings['lockstep'] + settings['rounds'] * settings['steps']} steps |",
-        "|---:|---|---:|---:|---:|---:|",
-    ]
-    for n, r in results["servers"].items():
-        for name in ("tensorflow", "adamax-ps"):
-            s = r[name]["steps_per_s"]
-            mb = r[name]["gradient_bytes_per_s"]["median"] / 1e6
-            ratio = "1.00" if name == "tensorflow" else f"{r['speedup']['median']:.2f}"
-            label = "TensorFlow PS strategy" if name == "tensorflow" else "adamax-ps"
-            lines.append(
-                f"| {n} | {label} | {s['median']:.1f} [{s['min']:.1f}-{s['max']:.1f}]"
-                f" | {mb:.1f} | {ratio} | {r[name]['final_heldout_loss']:.4f} |"
-            )
-    lines.append("")
-    for n, r in results["servers"].items():
-        lock = r["lockstep"]
-        verdict = "identical" if lock["identical"] else "DIFFERENT"
-        lines.append(
-            f"- {n} server(s): the first {lock['steps']} steps taken one at a time "
-            f"gave {verdict} weights ({lock['differing']} values differ, max "
-            f"{lock['max_abs']:.2g}) and "
-            f"{'identical' if lock['losses_identical'] else 'different'} losses; "
-            f"after asynchronous training the held-out losses differ by "
-            f"{r['loss_relative_difference']:.2%} (from "
-            f"{results['initial_heldout_loss']:.4f} at the start)."
-        )
-    lines.append(
-        f"- Threads: TensorFlow's in-process servers intra-op {TF_THREADS['intra_op']}"
-        f", inter-op {TF_THREADS['inter_op']}; adamax-ps workers compute gradients "
-        f"with TensorFlow at intra-op {WORKER_THREADS['intra_op']}, inter-op "
-        f"{WORKER_THREADS['inter_op']} each. A step's gradient is "
-        f"{STEP_BYTES / 1e6:.2f} MB ({BATCH * IDS} rows x {DIM} float32 + int64 ids"
-        " + the dense layer)."
-    )
-    return "\n".join(lines) + "\n"
-
-
 def headline(results: dict) -> dict:
     first = results["servers"][min(results["servers"])]
     return {
@@ -253,18 +209,16 @@ def main() -> None:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     head = headline(results)
-    table = markdown(results, settings)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "training.md").write_text(table)
     document = {
         "headline": head,
         "settings": settings,
         "threads": {"tensorflow": TF_THREADS, "adamax_ps_workers": WORKER_THREADS},
+        "model": {"step_bytes": STEP_BYTES, "rows": BATCH * IDS, "dim": DIM},
         "machine": machine(),
         "versions": versions("tensorflow", "tf-keras", "adamax-ps"),
         **results,
     }
-    (args.results / "training.json").write_text(json.dumps(document, indent=1) + "\n")
+    table = save("training", document, args.results)
     if args.update_readme:
         from report import build
 

@@ -15,8 +15,9 @@ each round measures every row once, in an order rotated from round to round:
 - 8192-row Zipf sparse pushes of 64-float rows into a 1,000,000-row table
   from 4 client threads, in input rows per second.
 
-Usage: ``python bench/transport.py [--json] [--quick]``; writes
-``bench/results/transport.md`` and ``.json``.
+Usage: ``python bench/transport.py [--json] [--quick] [--update-readme]``;
+writes ``bench/results/transport.json`` and its rendering ``transport.md``
+(``bench/tables.py``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 from measure import Child, percentile, run_threads, serve_commands, spread
-from readme import update_readme
+from readme import save, update_readme
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MB = 1 << 20
@@ -361,60 +362,6 @@ def _rows(tcp: TcpFloor, children: dict, pushes: int, calls: int, seconds: float
     ]
 
 
-def markdown(r: dict) -> str:
-    floor = r["bare_grpc"]
-    lines = [
-        "Transport benchmark (loopback, one server process, "
-        f"{r['rounds']} interleaved rounds; `python bench/transport.py`)",
-        "",
-        "| 64 MB push | GB/s (median) | GB/s (best) | x raw TCP | x bare gRPC |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    tcp = r["tcp"]["gb_per_s"]
-    bare = floor["stream"]["gb_per_s"]
-    rows = [
-        ("raw TCP, 2 processes (floor)", r["tcp"]),
-        ("bare gRPC, 1 MB raw chunks, no decode (floor)", floor["stream"]),
-        ("adamax-ps dense push applied, grpc://, malloc tuned", r["dense_tuned"]),
-        ("adamax-ps dense push applied, grpc://, default malloc", r["dense_untuned"]),
-        ("adamax-ps dense push applied, http://, malloc tuned", r["http_dense"]),
-    ]
-    for name, row in rows:
-        lines.append(
-            f"| {name} | {row['gb_per_s']:.2f} | {row['best_gb_per_s']:.2f} | "
-            f"{row['gb_per_s'] / tcp:.2f} | {row['gb_per_s'] / bare:.2f} |"
-        )
-    small, unary = r["small"], floor["unary_1kb"]
-    lines += [
-        "",
-        "| 1 KB, sequential | p50 ms | p99 ms | calls/s | p50 - bare p50 |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, row in (
-        ("bare gRPC unary echo (floor)", unary),
-        ("adamax-ps push (256 float32), grpc://", small),
-        ("adamax-ps push (256 float32), http://", r["http_small"]),
-    ):
-        lines.append(
-            f"| {name} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | "
-            f"{row['calls_per_s']:,.0f} | {row['p50_ms'] - unary['p50_ms']:+.3f} |"
-        )
-    lines += [
-        "",
-        "| sparse, 8192 Zipf rows x 64 floats into 1e6 rows, 4 threads | pushes/s | "
-        "M input rows/s | rounds min-max |",
-        "|---|---:|---:|---:|",
-    ]
-    for name, row in (("grpc://", r["sparse"]), ("http://", r["http_sparse"])):
-        rounds = row["rows_per_s_rounds"]
-        lines.append(
-            f"| adamax-ps, {name} | {row['pushes_per_s']:.0f} | "
-            f"{row['rows_per_s'] / 1e6:.2f} | "
-            f"{rounds['min'] / 1e6:.2f}-{rounds['max'] / 1e6:.2f} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         kind = sys.argv[2]
@@ -436,12 +383,9 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     results = measure(args.quick)
-    table = markdown(results)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "transport.md").write_text(table)
-    (args.results / "transport.json").write_text(json.dumps(results, indent=1) + "\n")
+    table = save("transport", results, args.results)
     if args.update_readme:
-        update_readme("transport", table)
+        update_readme("transport", args.results)
     summary = {
         "dense_gb_per_s": results["dense_tuned"]["gb_per_s"],
         "dense_vs_bare_grpc": results["dense_tuned"]["gb_per_s"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
 
 
 def run_bench(script: str, tmp_path: Path) -> dict:
@@ -63,3 +64,36 @@ def test_transport_bench_reports_its_figures(tmp_path):
     for key in ("dense_gb_per_s", "small_p50_ms", "sparse_rows_per_s", "tcp_gb_per_s"):
         assert figures[key] > 0, key
     assert figures["small_p99_ms"] >= figures["small_p50_ms"]
+
+
+class Recorder:
+    """A contender that notes the input index of every call."""
+
+    def __init__(self, seen: list, fails: bool = False) -> None:
+        self.seen, self.fails = seen, fails
+
+    def step(self, k: int) -> None:
+        if self.fails:
+            raise RuntimeError("cannot compile here\nsecond line")
+        self.seen.append(k)
+
+
+def test_peer_contenders_get_the_same_inputs_in_the_same_round():
+    import peers
+
+    seen: dict[str, list[int]] = {name: [] for name in "abc"}
+    contenders = {name: Recorder(seen[name]) for name in seen}
+    contenders["broken"] = Recorder([], fails=True)
+    timing = peers.interleave(contenders, rounds=4, repeats=3)
+    assert seen["a"] == seen["b"] == seen["c"] == list(range(peers.WARM + 4 * 3))
+    assert timing.errors == {"broken": "RuntimeError: cannot compile here"}
+    assert set(timing.samples) == set(seen)
+    assert all(len(s) == 4 for s in timing.samples.values())
+
+
+def test_kernel_contenders_get_the_same_inputs_in_the_same_round():
+    import kernels
+
+    seen: dict[str, list[int]] = {name: [] for name in "xyz"}
+    kernels.interleave({name: seen[name].append for name in seen}, rounds=5)
+    assert seen["x"] == seen["y"] == seen["z"] == [-1, 0, 1, 2, 3, 4]

@@ -102,3 +102,28 @@ def test_scaling_and_the_summary_with_its_plots(results):
     ):
         assert (folder / f"{name}.png").stat().st_size > 1000
         assert f"bench/results/{name}.png" in summary
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_peers_run_as_their_users_run_them(results):
+    """XLA and torch.compile rows exist at every size (timed, or with the error
+    that stopped them); the TensorFlow functions never traced again while
+    timed; the legacy sparse paths stay bit-identical and lazy."""
+    folder, _ = results
+    peers = json.loads((folder / "peers.json").read_text())
+    for rows in peers["dense"].values():
+        for name in (
+            "Keras 3 Adamax (tf.function, jit_compile=True: XLA)",
+            "torch.optim.Adamax, torch.compile(step)",
+        ):
+            assert "seconds" in rows[name] or rows[name]["error"], name
+    cases = peers["sparse"]["cases"]
+    for name, row in cases.items():
+        assert row.get("retraces", 0) == 0, name
+        if "seconds" in row:
+            assert row["first_call_seconds"] > 0, name
+    agreement = peers["agreement"]["sparse"]
+    for name in agreement:
+        if name.startswith("tf_keras legacy"):
+            assert agreement[name]["identical"] and agreement[name]["lazy"], name
