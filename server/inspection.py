@@ -249,7 +249,9 @@ class Inspector:
         for record in self.service.variables():
             stats = variable_stats(self.service.store, record)
             norms = {key: s["l2_norm"] for key, s in stats.items()}
-            for optimizer in {o for o, slot in self._slots(record) if slot == "m"}:
+            slots = self._slots(record)
+            with_m = {o for o, slot in slots if slot == "m"}
+            for optimizer in with_m & {o for o, slot in slots if slot == "v"}:
                 norms[f"{optimizer}/update"] = self.update_norm(record, optimizer)
             variables[record.name] = norms
         return {"time": time.time(), "optimizers": optimizers, "variables": variables}

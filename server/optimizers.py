@@ -69,8 +69,13 @@ class OptimizerState:
             self.weights.insert(0, ITERATIONS)
 
     def without_slots(self, names: list[str]) -> list[str]:
-        """Of ``names`` (maybe repeated), those with no m and v arrays here yet."""
-        return [n for n in dict.fromkeys(names) if n not in self.slotted]
+        """Of ``names`` (maybe repeated), those missing an m or v array here."""
+        return [n for n in dict.fromkeys(names) if self.missing_slots(n)]
+
+    def missing_slots(self, variable: str) -> list[str]:
+        """Of m and v, those not made here yet for ``variable`` (add_slot may
+        have made one, or only slots of other names)."""
+        return [s for s in SLOT_NAMES if s not in self.slotted.get(variable, ())]
 
     def record_call(self, variables: list[str]) -> None:
         """Append m, then v, of the call's variables new to ``weights``: Keras's
@@ -81,10 +86,14 @@ class OptimizerState:
         created for others, as in Keras.
         """
         new = [n for n in dict.fromkeys(variables) if n not in self.ordered]
+        if not new:
+            return
         self.ordered.update(new)
+        listed = set(self.weights)  # an add_slot "m" is listed already
         for slot in SLOT_NAMES:
             for variable in new:
-                self.weights.append(WeightRef("slot", variable, slot))
+                if WeightRef("slot", variable, slot) not in listed:
+                    self.weights.append(WeightRef("slot", variable, slot))
 
     def created_slots(self, variables: list[str]) -> None:
         """m and v arrays now exist here for these variables."""

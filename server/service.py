@@ -970,10 +970,11 @@ class ParameterService:
                         f"the optimizer is at iterations {state.iterations}"
                     )
                 new = state.without_slots([p.record.name for p in pairs])
+                missing = {name: state.missing_slots(name) for name in new}
                 if new:  # counted before anything changes: refused, it is a no-op
                     records = {p.record.name: p.record for p in pairs}
                     self.memory.reserve(
-                        2 * sum(records[n].nbytes for n in new),
+                        sum(len(missing[n]) * records[n].nbytes for n in new),
                         f"the m and v slots of {new} for optimizer {state.name!r}",
                     )
                 state.create_iterations()
@@ -984,8 +985,8 @@ class ParameterService:
                 state.pushes += 1
             for name in new:
                 for part in self.store.parts(self.variable(name)):
-                    part.slots[(state.name, "m")] = np.zeros_like(part.value)
-                    part.slots[(state.name, "v")] = np.zeros_like(part.value)
+                    for slot in missing[name]:  # an add_slot "m" is kept, as in Keras
+                        part.slots[(state.name, slot)] = np.zeros_like(part.value)
             logged = self.journal.write_push(
                 state.name, pairs, push_ids, step, call_variables
             )
