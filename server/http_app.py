@@ -5,7 +5,8 @@ values as JSON or ``.npy``, top rows, history), writes for workers without gRPC
 (tensors as raw bytes in ``application/x-adamax-ps`` framed bodies, never
 number lists), ``/healthz``, ``/readyz``, ``/metrics``, and the dashboard at
 ``/``. Endpoints only decode, call the service, and encode. Every error is a
-JSON body ``{"error", "message"}`` with the status of its class.
+JSON body ``{"error", "message"}`` with the status of its class. The models,
+and what the OpenAPI schema states of each route, are in ``http_models``.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from typing import Annotated, Any, Literal
 import anyio
 import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as PathParameter
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -36,10 +37,38 @@ from adamax_ps.server.errors import (
     ServerBusyError,
 )
 from adamax_ps.server.gradients import DenseGradient, SparseGradient
+from adamax_ps.server.http_models import (
+    BODY,
+    FRAMED_BODY,
+    READ,
+    ROWS_PATTERN,
+    SLOT_PARAMETER,
+    TOP_K_MAX,
+    WRITE,
+    AddSlotRequest,
+    AddWeightRequest,
+    ApplyResponse,
+    CheckpointResponse,
+    CreateOptimizerRequest,
+    HistoryResponse,
+    IterationsRequest,
+    OptimizerResponse,
+    ReserveStepRequest,
+    ServerResponse,
+    StatusResponse,
+    StepResponse,
+    TopResponse,
+    ValueResponse,
+    VariableResponse,
+    errors,
+    links,
+    standard_bounds,
+)
 from adamax_ps.server.inspection import Inspector
 from adamax_ps.server.pushes import PushId
 from adamax_ps.server.security import TokenCheck
 from adamax_ps.server.service import ParameterService
+from adamax_ps.server.validation import MAX_NAME
 
 STATIC = Path(__file__).resolve().parent / "static"
 VIEW_HEADER = "x-adamax-ps-view"
@@ -47,211 +76,45 @@ DEFAULT_JSON_LIMIT = 100_000
 INLINE_BYTES = 64 << 10  # pushes this small are applied on the event loop
 WAITING_BODIES = 64  # requests that may wait at once for room in the budget
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-
-# Responses --------------------------------------------------------------------------
+VariableName = Annotated[str, PathParameter(min_length=1, max_length=MAX_NAME)]
+OptimizerPath = Annotated[str, PathParameter(min_length=1)]
+WeightPath = Annotated[str, PathParameter(min_length=1, max_length=MAX_NAME)]
 
 
-class ErrorResponse(Strict):
-    error: str = Field(description="the error's class, e.g. VariableNotFoundError")
-    message: str
+async def slot_of(
+    optimizer: Annotated[
+        str | None, Query(include_in_schema=False, min_length=1)
+    ] = None,
+    slot: Annotated[
+        str | None, Query(include_in_schema=False, min_length=1, max_length=MAX_NAME)
+    ] = None,
+) -> dict[str, str | None]:
+    """The ``slot_of`` query object (``SLOT_PARAMETER``): an optimizer's slot,
+    both names or neither."""
+    if (optimizer is None) != (slot is None):
+        missing = "slot" if slot is None else "optimizer"
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("query", missing),
+                    "msg": "optimizer and slot come together (a slot of an optimizer)",
+                    "type": "missing",
+                }
+            ]
+        )
+    return {"optimizer": optimizer, "slot": slot}
 
 
-class StatusResponse(Strict):
-    status: str
-    reason: str | None = Field(None, description="why it is not ready, if known")
+SlotOf = Annotated[dict[str, str | None], Depends(slot_of)]
 
-
-class CheckpointStatus(Strict):
-    folder: str | None
-    last_path: str | None
-    last_sequence: int | None
-    last_bytes: int | None
-    last_seconds: float | None
-    age_seconds: float | None
-
-
-class LimitsModel(Strict):
-    memory_limit_bytes: int
-    memory_used_bytes: int
-    max_inflight_bytes: int
-    max_request_rows: int
-
-
-class ServerResponse(Strict):
-    version: str
-    server_index: int
-    num_servers: int
-    shards: int
-    replicas: int
-    replicas_to_aggregate: int
-    ready: bool
-    uptime_seconds: float
-    resident_bytes: int
-    state_bytes: int
-    shard_state_bytes: list[int]
-    limits: LimitsModel
-    writes_stopped: str | None = Field(
-        description="why the server refuses changes (fail-stop), or null"
-    )
-    checkpoint: CheckpointStatus
-
-
-class WeightRefModel(Strict):
-    kind: Literal["iterations", "slot", "weight"]
-    variable: str
-    name: str
-
-
-class OptimizerResponse(Strict):
-    name: str
-    config: dict[str, Any]
-    iterations: int
-    pushes: int
-    push_rate: float | None = Field(description="pushes/s over the sampled history")
-    slot_names: list[str]
-    weights: list[WeightRefModel]
-    created: bool = False
-
-
-class StatsModel(Strict):
-    l2_norm: float
-    min: float
-    max: float
-    mean: float
-    nonzero_rows: int
-
-
-class PlacementModel(Strict):
-    shard: int
-    lo: int
-    hi: int
-
-
-class SlotRefModel(Strict):
-    optimizer: str
-    slot: str
-
-
-class VariableResponse(Strict):
-    name: str
-    shape: list[int]
-    dtype: str
-    global_shape: list[int]
-    row_offset: int
-    value_bytes: int
-    bytes: int
-    placement: list[PlacementModel]
-    slots: list[SlotRefModel]
-    stats: dict[str, StatsModel] | None
-    created: bool = False
-
-
-class ValueResponse(Strict):
-    name: str
-    shape: list[int]
-    dtype: str
-    rows: list[int] | None
-    values: Any = Field(description="nested lists of numbers, shaped as `shape`")
-
-
-class TopRowModel(Strict):
-    row: int
-    score: float
-    values: list[float] | None
-
-
-class TopResponse(Strict):
-    variable: str
-    optimizer: str
-    by: Literal["update", "m"]
-    rows: list[TopRowModel]
-
-
-class HistorySample(Strict):
-    time: float
-    optimizers: dict[str, dict[str, int]]
-    variables: dict[str, dict[str, float]]
-
-
-class HistoryResponse(Strict):
-    interval_seconds: float
-    samples: list[HistorySample]
-
-
-class ApplyResponse(Strict):
-    step: int
-    iterations: int
-
-
-class StepResponse(Strict):
-    step: int
-
-
-class CheckpointResponse(Strict):
-    path: str
-    sequence: int
-    bytes: int
-    seconds: float
-
-
-# Requests ---------------------------------------------------------------------------
-
-
-class PushIdModel(Strict):
-    client: str
-    sequence: int = Field(ge=0)
-    attempt: int = Field(0, ge=0, description="0 when first sent; 1, 2... for retries")
-
-
-class CreateOptimizerRequest(Strict):
-    config: dict[str, Any] = Field(description="an Adamax get_config() dict")
-
-
-class ReserveStepRequest(Strict):
-    variables: list[str]
-    push_id: PushIdModel | None = None
-
-
-class IterationsRequest(Strict):
-    iterations: int = Field(ge=0, lt=1 << 63)
-
-
-class AddSlotRequest(Strict):
-    variable: str
-    slot: str
-    initializer: str = "zeros"
-
-
-class AddWeightRequest(Strict):
-    name: str
-    shape: list[int] = []
-    dtype: Literal["float16", "float32", "float64"] = "float32"
-    initializer: str = "zeros"
-
-
-ERRORS = {
-    400: {"model": ErrorResponse, "description": "bad input"},
-    401: {"model": ErrorResponse, "description": "a token is required"},
-    404: {"model": ErrorResponse, "description": "no such thing"},
-    409: {
-        "model": ErrorResponse,
-        "description": "exists otherwise, or refused by state",
-    },
-    413: {"model": ErrorResponse, "description": "too large"},
-    422: {"model": ErrorResponse, "description": "malformed parameters or body"},
-}
-READ_ERRORS = {k: ERRORS[k] for k in (400, 401, 404, 413, 422)}
-FRAMED_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {codec.FRAMED: {"schema": {"type": "string", "format": "binary"}}},
-        "description": "a 4-byte little-endian header length, a JSON header, then "
-        "the tensors' raw little-endian bytes in the header's order",
-    }
+# Link parameters: where the linked operation finds its path's names.
+NAMED = {"name": "$response.body#/name"}
+FIRST_NAMED = {"name": "$response.body#/0/name"}
+IN_PATH = {"name": "$request.path.name"}
+WEIGHT_ADDED = {"name": "$response.body#/name", "weight": "$request.body#/name"}
+WEIGHT_IN_PATH = {"name": "$request.path.name", "weight": "$request.path.weight"}
+VARIABLE_LINKS = {  # from a list of variables to the first one
+    op: FIRST_NAMED for op in ("variable", "value", "rows", "top", "assign")
 }
 
 
@@ -276,9 +139,11 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
         description="Inspection and pushes of an Adamax parameter server.",
+        generate_unique_id_function=lambda route: route.name,  # operationIds
     )
     app.state.service = service
     app.state.inspector = inspector
+    app.openapi = _exact_openapi(app)
     app.add_middleware(_EndOfRequest)
     settings = service.settings
 
@@ -463,11 +328,13 @@ def create_app(
 
     # Inspection ------------------------------------------------------------------
 
+    most_rows = settings.max_request_rows
+
     @app.get(
         "/api/v1/server",
         response_model=ServerResponse,
         dependencies=reads,
-        responses=READ_ERRORS,
+        responses=errors(401),
         tags=["inspection"],
     )
     def server_info() -> dict:
@@ -478,7 +345,17 @@ def create_app(
         "/api/v1/optimizers",
         response_model=list[OptimizerResponse],
         dependencies=reads,
-        responses=READ_ERRORS,
+        responses={
+            **errors(401),
+            200: links(
+                optimizer=FIRST_NAMED,
+                apply=FIRST_NAMED,
+                add_slot=FIRST_NAMED,
+                add_weight=FIRST_NAMED,
+                set_iterations=FIRST_NAMED,
+                reserve_step=FIRST_NAMED,
+            ),
+        },
         tags=["inspection"],
     )
     def optimizers() -> list[dict]:
@@ -489,7 +366,7 @@ def create_app(
         "/api/v1/variables",
         response_model=list[VariableResponse],
         dependencies=reads,
-        responses=READ_ERRORS,
+        responses={**errors(*READ), 200: links(**VARIABLE_LINKS)},
         tags=["inspection"],
     )
     def variables(stats: bool = True) -> list[dict]:
@@ -502,19 +379,22 @@ def create_app(
         tags=["inspection"],
         response_model=ValueResponse,
         responses={
-            **READ_ERRORS,
+            **errors(*READ, 400, 404, 413, 503),
             200: {
                 "content": {"application/json": {}, codec.NPY: {}},
                 "description": "JSON (format=json, limited size) or .npy bytes",
             },
         },
+        openapi_extra=SLOT_PARAMETER,
     )
     def value(
-        name: str,
+        name: VariableName,
         request: Request,
-        optimizer: str | None = None,
-        slot: str | None = None,
-        rows: Annotated[str | None, Query(pattern=r"^\d+(,\d+)*$")] = None,
+        slot: SlotOf,
+        rows: Annotated[
+            str | None,
+            Query(pattern=ROWS_PATTERN, description="row numbers, e.g. 3,17"),
+        ] = None,
         format: Literal["json", "npy"] = "json",
     ):
         """A variable's value, or a slot's, or selected rows (``rows=3,17``)."""
@@ -528,14 +408,14 @@ def create_app(
                     f"answers are limited to {json_limit} (--json-limit): ask "
                     "format=npy, or select fewer rows"
                 )
-        array = reading(request, name, optimizer=optimizer, slot=slot, rows=picked)
+        array = reading(request, name, **slot, rows=picked)
         if format == "npy":
             return _npy(array)
         return {
             "name": name,
             "shape": list(array.shape),
             "dtype": array.dtype.name,
-            "rows": None if rows is None else [int(r) for r in rows.split(",")],
+            "rows": None if picked is None else picked.tolist(),
             "values": array.tolist(),
         }
 
@@ -543,13 +423,14 @@ def create_app(
         "/api/v1/variables/{name:path}/top",
         response_model=TopResponse,
         dependencies=reads,
-        responses=READ_ERRORS,
+        responses=errors(*READ, 404),
         tags=["inspection"],
     )
     def top(
-        name: str,
-        optimizer: str,
-        k: Annotated[int, Query(ge=1, le=1000)] = 10,
+        name: VariableName,
+        optimizer: Annotated[str, Query(min_length=1)],
+        # Query() as the default: k's bound depends on this server's settings.
+        k: int = Query(10, ge=1, le=min(TOP_K_MAX, most_rows)),
         by: Literal["update", "m"] = "update",
     ) -> dict:
         """The k rows with the largest ``||m / (v + eps)||`` (by=update) or ||m||."""
@@ -574,24 +455,23 @@ def create_app(
         "/api/v1/variables/{name:path}/rows",
         dependencies=reads,
         tags=["inspection"],
-        openapi_extra=FRAMED_BODY,
+        openapi_extra={**FRAMED_BODY, **SLOT_PARAMETER},
         responses={
-            **READ_ERRORS,
+            **errors(*READ, *BODY, 404),
             200: {"content": {codec.NPY: {}}, "description": ".npy bytes of the rows"},
         },
     )
     async def rows(
-        name: str,
+        name: VariableName,
         request: Request,
-        optimizer: str | None = None,
-        slot: str | None = None,
+        slot: SlotOf,
     ) -> Response:
         """Selected rows of a variable or slot, for lists too long for a URL.
         Header: ``{"rows": {shape, dtype}}``; the int32/int64 row numbers follow."""
         header, data = codec.unframe(await body(request))
         (picked,) = codec.split_framed([header.get("rows")], data, max_request_bytes)
         array = await run_in_threadpool(
-            lambda: reading(request, name, optimizer=optimizer, slot=slot, rows=picked)
+            lambda: reading(request, name, **slot, rows=picked)
         )
         return _npy(array)
 
@@ -599,7 +479,7 @@ def create_app(
         "/api/v1/history",
         response_model=HistoryResponse,
         dependencies=reads,
-        responses=READ_ERRORS,
+        responses=errors(401),
         tags=["inspection"],
     )
     def history() -> dict:
@@ -611,11 +491,11 @@ def create_app(
         dependencies=reads,
         tags=["inspection"],
         responses={
-            **READ_ERRORS,
+            **errors(*READ, 404),
             200: {"content": {codec.NPY: {}}, "description": ".npy bytes"},
         },
     )
-    def read_weight(name: str, weight: str) -> Response:
+    def read_weight(name: OptimizerPath, weight: WeightPath) -> Response:
         """An optimizer's extra weight (add_weight), as .npy."""
         return _npy(service.weight(name, weight))
 
@@ -625,19 +505,30 @@ def create_app(
         "/api/v1/optimizers",
         response_model=OptimizerResponse,
         dependencies=writes,
-        responses=ERRORS,
+        responses={
+            **errors(*WRITE),
+            200: links(
+                optimizer=NAMED,
+                set_iterations=NAMED,
+                add_weight=NAMED,
+                reserve_step=NAMED,
+            ),
+        },
         tags=["writes"],
     )
     def create_optimizer(request: CreateOptimizerRequest) -> dict:
         """Create an optimizer from its Keras config, or attach to the same one."""
-        state, created = service.create_optimizer(request.config)
+        state, created = service.create_optimizer(request.config.to_keras())
         return {**inspector.optimizer(state.name), "created": created}
 
     @app.post(
         "/api/v1/variables",
         response_model=list[VariableResponse],
         dependencies=writes,
-        responses=ERRORS,
+        responses={
+            **errors(*WRITE, *BODY, 507),
+            200: links(**VARIABLE_LINKS),
+        },
         tags=["writes"],
         openapi_extra=FRAMED_BODY,
     )
@@ -668,11 +559,14 @@ def create_app(
         "/api/v1/optimizers/{name:path}/apply",
         response_model=ApplyResponse,
         dependencies=writes,
-        responses=ERRORS,
+        responses={
+            **errors(*WRITE, *BODY, 404, 504, 507),
+            200: links(optimizer=IN_PATH),
+        },
         tags=["writes"],
         openapi_extra=FRAMED_BODY,
     )
-    async def apply(name: str, request: Request) -> dict:
+    async def apply(name: OptimizerPath, request: Request) -> dict:
         """Apply a push. Header: ``{"gradients": [{variable, values: {shape,
         dtype}, indices?: {shape, dtype}}], push_id?, step?, aggregated?,
         call_variables?, clipped?}``; for each gradient its indices' bytes (if
@@ -717,10 +611,10 @@ def create_app(
         "/api/v1/optimizers/{name:path}/reserve-step",
         response_model=StepResponse,
         dependencies=writes,
-        responses=ERRORS,
+        responses={**errors(*WRITE, 404), 200: links(optimizer=IN_PATH)},
         tags=["writes"],
     )
-    def reserve_step(name: str, request: ReserveStepRequest) -> dict:
+    def reserve_step(name: OptimizerPath, request: ReserveStepRequest) -> dict:
         """Coordinator (server 0): take the step of one apply_gradients call."""
         push_id = None
         if request.push_id is not None:
@@ -735,10 +629,10 @@ def create_app(
         "/api/v1/optimizers/{name:path}/iterations",
         response_model=OptimizerResponse,
         dependencies=writes,
-        responses=ERRORS,
+        responses={**errors(*WRITE, 404), 200: links(optimizer=NAMED)},
         tags=["writes"],
     )
-    def set_iterations(name: str, request: IterationsRequest) -> dict:
+    def set_iterations(name: OptimizerPath, request: IterationsRequest) -> dict:
         service.set_iterations(name, request.iterations)
         return inspector.optimizer(name)
 
@@ -746,10 +640,13 @@ def create_app(
         "/api/v1/optimizers/{name:path}/slots",
         response_model=OptimizerResponse,
         dependencies=writes,
-        responses=ERRORS,
+        responses={
+            **errors(*WRITE, 404, 507),
+            200: links(optimizer=NAMED, variable={"name": "$request.body#/variable"}),
+        },
         tags=["writes"],
     )
-    def add_slot(name: str, request: AddSlotRequest) -> dict:
+    def add_slot(name: OptimizerPath, request: AddSlotRequest) -> dict:
         """Keras add_slot: arrays where the variable lives, order at server 0."""
         service.add_slot(name, request.variable, request.slot, request.initializer)
         return inspector.optimizer(name)
@@ -758,10 +655,15 @@ def create_app(
         "/api/v1/optimizers/{name:path}/weights",
         response_model=OptimizerResponse,
         dependencies=writes,
-        responses=ERRORS,
+        responses={
+            **errors(*WRITE, 404, 507),
+            200: links(
+                optimizer=NAMED, read_weight=WEIGHT_ADDED, assign_weight=WEIGHT_ADDED
+            ),
+        },
         tags=["writes"],
     )
-    def add_weight(name: str, request: AddWeightRequest) -> dict:
+    def add_weight(name: OptimizerPath, request: AddWeightRequest) -> dict:
         """Keras add_weight on the optimizer."""
         service.add_weight(
             name, request.name, tuple(request.shape), request.dtype, request.initializer
@@ -772,33 +674,38 @@ def create_app(
         "/api/v1/variables/{name:path}/value",
         status_code=204,
         dependencies=writes,
-        responses=ERRORS,
+        responses={
+            **errors(*WRITE, *BODY, 404),
+            204: links(value=IN_PATH, variable=IN_PATH),
+        },
         tags=["writes"],
-        openapi_extra=FRAMED_BODY,
+        openapi_extra={**FRAMED_BODY, **SLOT_PARAMETER},
     )
     async def assign(
-        name: str,
+        name: VariableName,
         request: Request,
-        optimizer: str | None = None,
-        slot: str | None = None,
+        slot: SlotOf,
     ) -> Response:
         """Replace a variable's value or a slot's. Header: {"value": {shape, dtype}}."""
         header, data = codec.unframe(await body(request))
         (array,) = codec.split_framed([header.get("value")], data, max_request_bytes)
-        await run_in_threadpool(
-            lambda: service.assign(name, array, optimizer=optimizer, slot=slot)
-        )
+        await run_in_threadpool(lambda: service.assign(name, array, **slot))
         return Response(status_code=204)
 
     @app.put(
         "/api/v1/optimizers/{name:path}/weights/{weight}",
         status_code=204,
         dependencies=writes,
-        responses=ERRORS,
+        responses={
+            **errors(*WRITE, *BODY, 404),
+            204: links(read_weight=WEIGHT_IN_PATH),
+        },
         tags=["writes"],
         openapi_extra=FRAMED_BODY,
     )
-    async def assign_weight(name: str, weight: str, request: Request) -> Response:
+    async def assign_weight(
+        name: OptimizerPath, weight: WeightPath, request: Request
+    ) -> Response:
         header, data = codec.unframe(await body(request))
         (array,) = codec.split_framed([header.get("value")], data, max_request_bytes)
         service.assign_weight(name, weight, array)
@@ -808,7 +715,7 @@ def create_app(
         "/api/v1/checkpoint",
         response_model=CheckpointResponse,
         dependencies=admin,
-        responses=ERRORS,
+        responses=errors(401, 409, 500, 503),
         tags=["writes"],
     )
     def checkpoint() -> dict:
@@ -828,20 +735,20 @@ def create_app(
         "/api/v1/variables/{name:path}",
         response_model=VariableResponse,
         dependencies=reads,
-        responses=READ_ERRORS,
+        responses=errors(*READ, 404),
         tags=["inspection"],
     )
-    def variable(name: str, stats: bool = True) -> dict:
+    def variable(name: VariableName, stats: bool = True) -> dict:
         return inspector.variable(name, stats)
 
     @app.get(
         "/api/v1/optimizers/{name:path}",
         response_model=OptimizerResponse,
         dependencies=reads,
-        responses=READ_ERRORS,
+        responses=errors(*READ, 404, 503),
         tags=["inspection"],
     )
-    def optimizer(name: str, create_iterations: bool = False) -> dict:
+    def optimizer(name: OptimizerPath, create_iterations: bool = False) -> dict:
         """One optimizer (``create_iterations``: read it as Keras does, creating it)."""
         if create_iterations:
             service.iterations(name)
@@ -928,12 +835,22 @@ def _allowed(app: FastAPI, request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
+def _exact_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """``app.openapi`` with bounds as JSON Schema spells them (``standard_bounds``)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = standard_bounds(build())
+        return app.openapi_schema
+
+    return openapi
+
+
 def _row_numbers(text: str) -> np.ndarray:
-    """``"3,17"`` as row numbers (the service checks them against the variable)."""
-    numbers = [int(r) for r in text.split(",")]
-    if any(n >= 1 << 62 for n in numbers):
-        raise InvalidArgumentError(f"row numbers must be below 2**62. Received: {text}")
-    return np.asarray(numbers, np.int64)
+    """``"3,17"`` (the route's pattern) as row numbers; the service checks them
+    against the variable."""
+    return np.asarray([int(r) for r in text.split(",")], np.int64)
 
 
 def _list(header: dict, key: str) -> list:
