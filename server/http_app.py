@@ -219,7 +219,8 @@ def create_app(
         declared = int(length) if length is not None and length.isdigit() else None
         if declared is not None and declared > max_request_bytes:
             raise TooLargeError(
-                f"the request has {length} bytes, over the limit of {max_request_bytes}"
+                f"the request has {length} bytes, over this server's limit of "
+                f"{max_request_bytes} (--max-request-bytes)"
             )
         if declared:
             await hold(request, declared, wait=True)
@@ -231,7 +232,8 @@ def create_app(
             end = filled + len(chunk)
             if end > max_request_bytes:
                 raise TooLargeError(
-                    f"the request exceeds the limit of {max_request_bytes} bytes"
+                    f"the request exceeds this server's limit of {max_request_bytes} "
+                    "bytes (--max-request-bytes)"
                 )
             if end > _held(request):  # no length declared (or more than it)
                 await hold(request, max(end, _held(request)), wait=False)

@@ -241,3 +241,22 @@ def test_the_default_host_is_loopback_and_exposure_without_a_token_warns(tmp_pat
     text = (tmp_path / "exposed.log").read_text()
     assert "listening on 0.0.0.0 without a token" in text
     assert "anyone who can reach this address can change" in text
+
+
+def test_a_request_over_the_size_limit_is_a_resource_error_naming_the_flag(tmp_path):
+    """The same refusal over both transports: a ResourceExhaustedError (a
+    ValueError) whose message names --max-request-bytes; nothing is created."""
+    server = start(tmp_path, "--max-request-bytes", "16M")
+    try:
+        value = np.ones(8 * MB, F32)  # 32 MB: streamed over gRPC
+        for address in (server.grpc_address, server.http_address):
+            with (
+                connect(address) as cluster,
+                pytest.raises(
+                    errors.ResourceExhaustedError, match="--max-request-bytes"
+                ),
+            ):
+                cluster.variable("too-big", initial_value=value)
+        assert server_info(server)["limits"]["memory_used_bytes"] == 0
+    finally:
+        server.kill()
