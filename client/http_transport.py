@@ -210,10 +210,11 @@ class HttpTransport:
     def get_optimizer(
         self, name: str, create_iterations: bool = False
     ) -> OptimizerInfo:
-        params = {"create_iterations": "true"} if create_iterations else None
-        return _optimizer_info(
-            self._send("GET", f"/optimizers/{_q(name)}", params=params).json()
-        )
+        if create_iterations:  # Keras's read of iterations creates it: a POST
+            answer = self._send("POST", f"/optimizers/{_q(name)}/iterations")
+        else:
+            answer = self._send("GET", f"/optimizers/{_q(name)}")
+        return _optimizer_info(answer.json())
 
     def reserve_step(
         self, view: View, optimizer: str, variables: Sequence[str], push_id: PushId

@@ -639,6 +639,19 @@ def create_app(
         return inspector.optimizer(name)
 
     @app.post(
+        "/api/v1/optimizers/{name:path}/iterations",
+        response_model=OptimizerResponse,
+        dependencies=admin,
+        responses={**errors(*WRITE, 404), 200: links(optimizer=NAMED)},
+        tags=["writes"],
+    )
+    def create_iterations(name: OptimizerPath) -> dict:
+        """Read ``iterations`` as Keras does, which creates it (it then heads
+        ``weights``): a change, logged like any other. Idempotent."""
+        service.iterations(name)
+        return inspector.optimizer(name)
+
+    @app.post(
         "/api/v1/optimizers/{name:path}/slots",
         response_model=OptimizerResponse,
         dependencies=writes,
@@ -750,10 +763,8 @@ def create_app(
         responses=errors(*READ, 404, 503),
         tags=["inspection"],
     )
-    def optimizer(name: OptimizerPath, create_iterations: bool = False) -> dict:
-        """One optimizer (``create_iterations``: read it as Keras does, creating it)."""
-        if create_iterations:
-            service.iterations(name)
+    def optimizer(name: OptimizerPath) -> dict:
+        """One optimizer, as it is (a read never creates ``iterations``)."""
         return inspector.optimizer(name)
 
     # Dashboard ------------------------------------------------------------------

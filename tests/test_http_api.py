@@ -649,3 +649,20 @@ def test_schemathesis_finds_nothing(tmp_path):
     finally:
         fuzzed.kill()
     assert "Traceback" not in (tmp_path / "fuzz.log").read_text()
+
+
+def test_a_read_never_creates_iterations_a_post_does(api):
+    """Keras's read of ``iterations`` creates it; over HTTP that is a POST,
+    and no GET changes anything (the old ``create_iterations`` query is gone)."""
+    config = {"name": "lazy", "learning_rate": 0.01}
+    assert api.post("/optimizers", json={"config": config}).status_code == 200
+    for _ in range(2):
+        read = api.get("/optimizers/lazy", params={"create_iterations": "true"})
+        assert read.status_code == 200
+        assert read.json()["weights"] == []
+    created = api.post("/optimizers/lazy/iterations")
+    assert created.status_code == 200
+    assert created.json()["weights"][0]["kind"] == "iterations"
+    again = api.post("/optimizers/lazy/iterations")  # idempotent
+    assert again.json()["weights"] == created.json()["weights"]
+    assert api.post("/optimizers/nothing/iterations").status_code == 404

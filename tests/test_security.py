@@ -186,3 +186,28 @@ def test_bad_security_settings(args, message):
         [SCRIPT, "serve", *args], capture_output=True, text=True, timeout=60
     )
     assert result.returncode != 0 and message in result.stderr
+
+
+def test_every_http_route_that_changes_state_needs_the_token(tmp_path, token_file):
+    """Each route the schema tags ``writes`` (every change) answers 401 without
+    the token, before anything else; no GET is one of them, and every other
+    route (reads, including the POST of a row list) answers without it
+    (``--auth-reads`` off)."""
+    server = serve(tmp_path, "--token-file", str(token_file))
+    try:
+        with httpx.Client(base_url=server.http_address, timeout=30) as http:
+            schema = http.get("/openapi.json").json()
+            writes = 0
+            for path, operations in schema["paths"].items():
+                concrete = path.replace("{name}", "w").replace("{weight}", "x")
+                for method, operation in operations.items():
+                    response = http.request(method.upper(), concrete)
+                    if "writes" not in operation.get("tags", []):
+                        assert response.status_code != 401, (method, path)
+                        continue
+                    writes += 1
+                    assert method != "get", path
+                    assert response.status_code == 401, (method, path)
+            assert writes >= 10
+    finally:
+        server.kill()
