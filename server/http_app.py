@@ -315,6 +315,7 @@ def create_app(
         "/metrics",
         tags=["probes"],
         response_class=Response,
+        dependencies=reads,  # with --auth-reads, scrapers send the token
         responses={
             200: {
                 "content": {CONTENT_TYPE_LATEST: {}},

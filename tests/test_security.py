@@ -71,6 +71,13 @@ def test_token_from_the_environment_and_reads_protected(tmp_path):
             headers={"authorization": f"Bearer {TOKEN}"},
         )
         assert ok.status_code == 200
+        metrics = httpx.get(server.http_address + "/metrics")
+        assert metrics.status_code == 401  # the counters are reads too
+        scraped = httpx.get(
+            server.http_address + "/metrics",
+            headers={"authorization": f"Bearer {TOKEN}"},
+        )
+        assert scraped.status_code == 200 and "adamax_ps_" in scraped.text
         assert httpx.get(server.http_address + "/healthz").status_code == 200
         channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
         health = health_pb2_grpc.HealthStub(channel).Check(
