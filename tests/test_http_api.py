@@ -591,6 +591,10 @@ def test_schemathesis_finds_nothing(tmp_path):
             "2",
             "--max-request-bytes",
             str(2 << 20),
+            # Generated shapes reach gigabytes: a small state budget refuses
+            # them at once (507) rather than fill them for seconds.
+            "--memory-limit",
+            "256M",
         ],
         tmp_path / "fuzz.log",
     ).start()
