@@ -565,9 +565,9 @@ def stateful_transitions(ndjson: Path) -> Counter:
         finished = json.loads(line).get("ScenarioFinished")
         if not finished or finished["phase"] != "stateful":
             continue
-        recorder = finished["recorder"]
-        for case_id, case in recorder["cases"].items():
-            interaction = recorder["interactions"].get(case_id)
+        recorder = finished["recorder"]  # a skipped scenario records no case
+        for case_id, case in recorder.get("cases", {}).items():
+            interaction = recorder.get("interactions", {}).get(case_id)
             if case.get("is_transition_applied") and interaction:
                 operation = f"{case['value']['method']} {case['value']['path']}"
                 reached[operation, interaction["response"]["status_code"]] += 1
