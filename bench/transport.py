@@ -93,7 +93,7 @@ def grpc_sink() -> None:
     """Child: a bare gRPC server with raw-bytes methods (no protobuf at all)."""
     import grpc
 
-    from adamax_ps.proto.malloc import tune_malloc
+    from adamax_ps.common.malloc import tune_malloc
 
     tune_malloc()
 
@@ -371,7 +371,7 @@ def main() -> None:
         if kind == "sink":
             grpc_sink()
             return
-        from adamax_ps.proto.malloc import tune_malloc
+        from adamax_ps.common.malloc import tune_malloc
 
         tune_malloc()
         {"bare": bare_client, "ours": our_client}[kind](sys.argv[3])

@@ -13,7 +13,6 @@ thread.
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import ssl
 import threading
@@ -42,7 +41,8 @@ from adamax_ps.client.transports import (
     new_client_id,
 )
 from adamax_ps.client.variables import RemoteVariable
-from adamax_ps.proto.malloc import tune_malloc
+from adamax_ps.common.malloc import tune_malloc
+from adamax_ps.common.placement import place_rows
 
 SPLIT_BYTES = 64 << 20
 ADDRESS_ENV = "ADAMAX_PS_ADDRESS"
@@ -77,14 +77,8 @@ def place(
     name: str, shape: tuple[int, ...], dtype: np.dtype, servers: int
 ) -> Placement:
     """Where a variable lives; the same on every worker with the same servers."""
-    rows = shape[0] if shape else 1
-    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-    if servers == 1 or not shape or nbytes < SPLIT_BYTES or rows < servers:
-        server = zlib.crc32(name.encode()) % servers
-        return Placement(name, shape, np.dtype(dtype), (Slice(server, 0, rows),))
-    bounds = [rows * i // servers for i in range(servers + 1)]
-    slices = tuple(Slice(i, bounds[i], bounds[i + 1]) for i in range(servers))
-    return Placement(name, shape, np.dtype(dtype), slices)
+    ranges = place_rows(name, shape, np.dtype(dtype).itemsize, servers, SPLIT_BYTES)
+    return Placement(name, shape, np.dtype(dtype), tuple(Slice(*r) for r in ranges))
 
 
 def parse_addresses(addresses: str | Sequence[str]) -> list[str]:

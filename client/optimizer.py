@@ -31,7 +31,7 @@ from adamax_ps.client.variables import (
     RemoteVariable,
     RemoteWeight,
 )
-from adamax_ps.proto import keras, slices
+from adamax_ps.common import dedup, keras
 
 log = logging.getLogger("adamax_ps.client")
 HYPER_PARAMETERS = (
@@ -414,7 +414,7 @@ def _compact(name: str, values: np.ndarray, indices: np.ndarray | None):
     """A sparse gradient with its duplicate rows summed (dense ones as they are)."""
     if indices is None or len(indices) == 0:
         return name, values, indices
-    rows, summed = slices.deduplicate(indices, values.reshape(len(indices), -1))
+    rows, summed = dedup.deduplicate(indices, values.reshape(len(indices), -1))
     if len(rows) == len(indices):
         return name, values, indices
     return name, summed.reshape(len(rows), *values.shape[1:]), rows

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adamax_ps.proto.keras import clip_gradients
-from adamax_ps.proto.slices import deduplicate
+from adamax_ps.common.dedup import deduplicate
+from adamax_ps.common.keras import clip_gradients
 from adamax_ps.server import kernels
 
 __all__ = [

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from adamax_ps.proto import keras
+from adamax_ps.common import keras
 from adamax_ps.server.adamax import StepScalars, clip_gradients
 from adamax_ps.server.schedules import LearningRateSchedule, schedule_from_config
 
@@ -71,7 +71,7 @@ class AdamaxConfig(BaseModel):
         **kwargs: Any,
     ) -> AdamaxConfig:
         """The config ``Adamax(learning_rate, beta_1, ..., **kwargs)`` would have,
-        with Keras's checks and messages (``adamax_ps.proto.keras``)."""
+        with Keras's checks and messages (``adamax_ps.common.keras``)."""
         arguments = keras.adamax_arguments(
             learning_rate, beta_1, beta_2, epsilon, name, stacklevel=4, **kwargs
         )

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from adamax_ps.proto import keras
+from adamax_ps.common import keras
 from adamax_ps.server import adamax, checkpoint, limits, persistence
 from adamax_ps.server.errors import (
     CheckpointError,

@@ -17,13 +17,14 @@ from __future__ import annotations
 import math
 import os
 import threading
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from adamax_ps.common.placement import place_rows
 
 DEFAULT_SPLIT_BYTES = 16 << 20
 
@@ -126,14 +127,11 @@ class ShardedStore:
     def placement(
         self, name: str, shape: tuple[int, ...], dtype: np.dtype
     ) -> tuple[tuple[int, int, int], ...]:
-        """Where a variable goes: one shard by name hash, or row ranges over all."""
-        rows = shape[0] if shape else 1
-        nbytes = math.prod(shape) * dtype.itemsize
-        n = self.num_shards
-        if n == 1 or not shape or nbytes < self.split_bytes or rows < n:
-            return ((zlib.crc32(name.encode()) % n, 0, rows),)
-        bounds = [rows * i // n for i in range(n + 1)]
-        return tuple((i, bounds[i], bounds[i + 1]) for i in range(n))
+        """Where a variable goes: one shard by name hash, or row ranges over all
+        (``common.placement``, the rule that places variables on servers)."""
+        return place_rows(
+            name, shape, dtype.itemsize, self.num_shards, self.split_bytes
+        )
 
     # Registry -------------------------------------------------------------------
 

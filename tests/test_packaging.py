@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCE_FOLDERS = {
     "server": "adamax_ps/server",
     "client": "adamax_ps/client",
+    "common": "adamax_ps/common",
     "proto": "adamax_ps/proto",
 }
 
@@ -27,7 +28,7 @@ def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("bare", ["server", "client", "proto"])
+@pytest.mark.parametrize("bare", ["server", "client", "common", "proto"])
 def test_bare_folder_names_are_not_importable(bare, tmp_path):
     result = run_python(f"import {bare}", tmp_path)
     assert result.returncode != 0

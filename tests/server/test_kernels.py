@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adamax_ps.proto import slices
+from adamax_ps.common import dedup_kernels
 from adamax_ps.server import kernels
 
 KERNELS = [
     kernels.dense_adamax,
-    slices.first_appearance,
-    slices.segment_sum,
+    dedup_kernels.first_appearance,
+    dedup_kernels.segment_sum,
     kernels.sparse_adamax,
     kernels.stream_4r3w,
 ]
@@ -31,11 +31,11 @@ def test_an_unsupported_type_is_refused_not_compiled():
 
 def test_first_appearance_keeps_order_and_positions():
     indices = np.array([7, 3, 7, 7, 0, 3, 9], np.int64)
-    unique, position = slices.first_appearance(indices)
+    unique, position = dedup_kernels.first_appearance(indices)
     assert unique.tolist() == [7, 3, 0, 9]
     assert (unique[position] == indices).all()
     big = np.random.default_rng(0).integers(-(2**62), 2**62, 5000)
-    unique, position = slices.first_appearance(np.concatenate([big, big[::-1]]))
+    unique, position = dedup_kernels.first_appearance(np.concatenate([big, big[::-1]]))
     assert unique.tolist() == list(dict.fromkeys(big.tolist()))
 
 

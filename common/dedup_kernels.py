@@ -1,11 +1,8 @@
-"""Summing the duplicate rows of a sparse gradient, exactly as TensorFlow does.
+"""The numba kernels of ``dedup``: first appearances and segment sums.
 
-Keras sums the values of repeated indices (``tf.unique``, then
-``unsorted_segment_sum``: rows in order of first appearance, each sum starting
-at zero and adding its inputs in order) before a sparse update. The server does
-it for every sparse push; a client pushing asynchronously does it first, after
-clipping, so it sends each row once. Compiled by numba like the update kernels
-(``error_model="numpy"``, ``nogil``, explicit signatures cached on disk).
+Compiled like the update kernels (``error_model="numpy"``, ``nogil``, explicit
+signatures cached on disk). Imported only by ``dedup.deduplicate`` on first
+use, so importing the client never loads numba.
 """
 
 from __future__ import annotations
@@ -76,20 +73,3 @@ def segment_sum(values, position, count):
         for j in range(width):
             out[p, j] += values[k, j]
     return out
-
-
-def deduplicate(
-    indices: np.ndarray, values: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sum the values of repeated indices, in order of first appearance.
-
-    ``values`` is ``[len(indices), row_size]``. Returns ``(rows, summed)`` with
-    unique int64 ``rows``, rounded as TensorFlow rounds them.
-    """
-    rows, position = first_appearance(np.ascontiguousarray(indices))
-    values = np.ascontiguousarray(values)
-    if values.dtype == np.float16:  # numba has no half arithmetic
-        summed = np.zeros((rows.shape[0], values.shape[1]), values.dtype)
-        np.add.at(summed, position, values)  # unbuffered: one add at a time, in order
-        return rows, summed
-    return rows, segment_sum(values, position, rows.shape[0])
