@@ -29,9 +29,7 @@ from adamax_ps.client.transports import (
     WireGradient,
 )
 from adamax_ps.proto import codec
-
-VIEW_HEADER = "x-adamax-ps-view"
-API = "/api/v1"
+from adamax_ps.proto.wire import API, VIEW_HEADER
 
 
 class HttpTransport:

@@ -19,13 +19,12 @@ import grpc
 import numpy as np
 
 from adamax_ps.client import errors
-from adamax_ps.proto import codec
+from adamax_ps.proto import codec, streams
 from adamax_ps.proto.v1 import parameter_server_pb2 as pb
 from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
+from adamax_ps.proto.wire import ERROR_KEY, MESSAGE_LIMIT
 
-STREAM_ABOVE = codec.CHUNK_BYTES  # pushes larger than this travel as a stream
-MESSAGE_LIMIT = 64 << 20
-ERROR_KEY = "adamax-ps-error"
+STREAM_ABOVE = streams.CHUNK_BYTES  # pushes larger than this travel as a stream
 
 View = tuple[int, int]  # (server index, number of servers)
 
@@ -219,17 +218,17 @@ class GrpcTransport:
         service = "/adamax_ps.v1.ParameterServer/"
         self.apply_stream = self.channel.stream_unary(
             service + "ApplyGradientsStream",
-            request_serializer=codec.chunk_serializer,
+            request_serializer=streams.chunk_serializer,
             response_deserializer=pb.ApplyResponse.FromString,
         )
         self.assign_stream = self.channel.stream_unary(
             service + "Assign",
-            request_serializer=codec.chunk_serializer,
+            request_serializer=streams.chunk_serializer,
             response_deserializer=pb.AssignResponse.FromString,
         )
         self.create_stream = self.channel.stream_unary(
             service + "CreateVariablesStream",
-            request_serializer=codec.chunk_serializer,
+            request_serializer=streams.chunk_serializer,
             response_deserializer=pb.CreateVariablesResponse.FromString,
         )
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
@@ -327,8 +326,8 @@ class GrpcTransport:
 
             def stream() -> Iterator[pb.CreateVariablesChunk | bytes]:
                 yield pb.CreateVariablesChunk(header=request())
-                for piece in codec.chunks(initials):
-                    yield codec.data_chunk(piece)
+                for piece in streams.chunks(initials):
+                    yield streams.data_chunk(piece)
 
             response = self._call(self.create_stream, stream)
         return [_variable_info(v) for v in response.variables]
@@ -415,8 +414,8 @@ class GrpcTransport:
 
             def stream(attempt: int) -> Iterator[pb.ApplyChunk | bytes]:
                 yield pb.ApplyChunk(header=request(False, attempt))
-                for piece in codec.chunks(arrays):
-                    yield codec.data_chunk(piece)
+                for piece in streams.chunks(arrays):
+                    yield streams.data_chunk(piece)
 
             response = self._call(self.apply_stream, stream, counted=True)
         return response.step, response.iterations
@@ -464,7 +463,7 @@ class GrpcTransport:
                     value=codec.header(value),
                 )
             )
-            for piece in codec.chunks([value]):
+            for piece in streams.chunks([value]):
                 yield pb.AssignChunk(data=bytes(piece))
 
         self._call(self.stub.Assign, stream)

@@ -21,9 +21,10 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from adamax_ps.proto import codec
+from adamax_ps.proto import codec, streams
 from adamax_ps.proto.v1 import parameter_server_pb2 as pb
 from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
+from adamax_ps.proto.wire import ERROR_KEY, MESSAGE_LIMIT
 from adamax_ps.server.errors import ParameterServerError, ResourceExhaustedError
 from adamax_ps.server.gradients import DenseGradient, SparseGradient
 from adamax_ps.server.optimizers import OptimizerState
@@ -34,14 +35,12 @@ from adamax_ps.server.validation import NonFinitePolicy, StreamFiniteScan
 
 log = logging.getLogger("adamax_ps.grpc")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ParameterServer"].full_name
-UNARY_LIMIT = 64 << 20  # larger requests must stream
 # Bytes gRPC reads ahead on each stream before its handler asks for them. With
 # the default bandwidth-delay probing the window grows to megabytes, so
 # streams waiting for the in-flight budget were buffered whole by gRPC
 # itself (16 waiting 3 MB pushes grew the server by 74 MB); a fixed 1 MB
 # window bounds that to 1 MB a stream and moved 64 MB pushes as fast.
 READ_AHEAD = 1 << 20
-ERROR_KEY = "adamax-ps-error"  # trailing metadata: the domain error's class name
 
 
 def _domain_errors(method: Callable) -> Callable:
@@ -50,7 +49,7 @@ def _domain_errors(method: Callable) -> Callable:
     @functools.wraps(method)
     def wrapper(self, request, context):
         try:
-            if isinstance(request, codec.Malformed):
+            if isinstance(request, streams.Malformed):
                 raise codec.CodecError(request.error)
             return method(self, request, context)
         except (ParameterServerError, codec.CodecError) as e:
@@ -85,7 +84,7 @@ def _streaming_errors(method: Callable) -> Callable:
     @functools.wraps(method)
     def wrapper(self, request, context):
         try:
-            if isinstance(request, codec.Malformed):
+            if isinstance(request, streams.Malformed):
                 raise codec.CodecError(request.error)
             yield from method(self, request, context)
         except (ParameterServerError, codec.CodecError) as e:
@@ -101,11 +100,11 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         self,
         service: ParameterService,
         max_request_bytes: int,
-        buffers: codec.BufferPool | None = None,
+        buffers: streams.BufferPool | None = None,
     ) -> None:
         self.service = service
         self.max_request_bytes = max_request_bytes
-        self.buffers = buffers or codec.BufferPool()  # streams' receive buffers
+        self.buffers = buffers or streams.BufferPool()  # streams' receive buffers
         settings = service.settings
         self.index, self.size = settings.server_index, settings.num_servers
         self.ready = False
@@ -127,7 +126,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             replicas=sync.replicas if sync else 0,
             replicas_to_aggregate=sync.needed if sync else 0,
             ready=self.ready,
-            max_message_bytes=UNARY_LIMIT,
+            max_message_bytes=MESSAGE_LIMIT,
             max_request_rows=self.service.settings.max_request_rows,
         )
 
@@ -319,7 +318,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         held: ExitStack,
         what: str,
         declared: Callable[[Any], list[pb.Tensor]],
-    ) -> tuple[Any, codec.StreamAssembler, Iterator]:
+    ) -> tuple[Any, streams.StreamAssembler, Iterator]:
         """A streamed request's header (its view checked), an assembler for
         the tensors ``declared`` names in it (their bytes counted in the
         in-flight budget until ``held`` ends, the header's own data fed), and
@@ -330,7 +329,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             raise codec.CodecError(f"a streamed {what} starts with its header")
         request = first.header
         self._check_view(request.view)
-        assembler = codec.StreamAssembler(
+        assembler = streams.StreamAssembler(
             declared(request), self.max_request_bytes, self.buffers, self._holding(held)
         )
         if first.data:
@@ -411,14 +410,14 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
 def _tensor_chunks(value: np.ndarray) -> Iterator[pb.TensorChunk]:
     """A tensor as a server stream: its header, then its bytes in chunks."""
     yield pb.TensorChunk(header=codec.header(value))
-    for piece in codec.chunks([value]):
+    for piece in streams.chunks([value]):
         yield pb.TensorChunk(data=bytes(piece))
 
 
 def _parsed(chunks):
     """Stream messages, a malformed one raising ``CodecError``."""
     for chunk in chunks:
-        if isinstance(chunk, codec.Malformed):
+        if isinstance(chunk, streams.Malformed):
             raise codec.CodecError(chunk.error)
         yield chunk
 
@@ -507,9 +506,9 @@ class GrpcServer:
 
 class _ChunkParsing:
     """Registers the generated handlers with our deserializers: streamed
-    chunks' bytes parsed without protobuf (``codec.chunk_parser``: one copy
+    chunks' bytes parsed without protobuf (``streams.chunk_parser``: one copy
     fewer per chunk), and a message that does not parse handed to the handler
-    as ``codec.Malformed`` (answered INVALID_ARGUMENT, not INTERNAL)."""
+    as ``streams.Malformed`` (answered INVALID_ARGUMENT, not INTERNAL)."""
 
     STREAMS: ClassVar[dict] = {
         "ApplyGradientsStream": pb.ApplyChunk,
@@ -529,11 +528,11 @@ class _ChunkParsing:
             if name in self.STREAMS:
                 handlers[name] = grpc.stream_unary_rpc_method_handler(
                     handler.stream_unary,
-                    request_deserializer=codec.chunk_parser(self.STREAMS[name]),
+                    request_deserializer=streams.chunk_parser(self.STREAMS[name]),
                     **options,
                 )
                 continue
-            options["request_deserializer"] = codec.safe_parser(
+            options["request_deserializer"] = streams.safe_parser(
                 handler.request_deserializer
             )
             if handler.response_streaming:
@@ -557,7 +556,7 @@ def create_grpc_server(
     workers: int = 32,
     interceptors: tuple = (),
     credentials: grpc.ServerCredentials | None = None,
-    buffers: codec.BufferPool | None = None,
+    buffers: streams.BufferPool | None = None,
 ) -> GrpcServer:
     """Build and start a gRPC server on ``address`` ("host:0" picks a port).
 
@@ -570,8 +569,8 @@ def create_grpc_server(
         ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
         interceptors=interceptors,
         options=[
-            ("grpc.max_receive_message_length", UNARY_LIMIT),
-            ("grpc.max_send_message_length", UNARY_LIMIT),
+            ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+            ("grpc.max_send_message_length", MESSAGE_LIMIT),
             ("grpc.so_reuseport", 0),
             ("grpc.http2.bdp_probe", 0),
             ("grpc.http2.lookahead_bytes", READ_AHEAD),

@@ -29,7 +29,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from adamax_ps.proto import codec
+from adamax_ps.proto import codec, streams
+from adamax_ps.proto.wire import VIEW_HEADER
 from adamax_ps.server.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -71,7 +72,7 @@ from adamax_ps.server.service import ParameterService
 from adamax_ps.server.validation import MAX_NAME
 
 STATIC = Path(__file__).resolve().parent / "static"
-VIEW_HEADER = "x-adamax-ps-view"
+
 DEFAULT_JSON_LIMIT = 100_000
 INLINE_BYTES = 64 << 10  # pushes this small are applied on the event loop
 WAITING_BODIES = 64  # requests that may wait at once for room in the budget
@@ -127,7 +128,7 @@ def create_app(
     max_request_bytes: int = 1 << 31,
     json_limit: int = DEFAULT_JSON_LIMIT,
     version: str = "unknown",
-    buffers: codec.BufferPool | None = None,
+    buffers: streams.BufferPool | None = None,
 ) -> FastAPI:
     """The app; ``ready()`` says whether the server restored its checkpoint and
     warmed its kernels. Large bodies are received into ``buffers``."""
@@ -177,7 +178,7 @@ def create_app(
     writes = [Depends(write_access)]
     admin = [Depends(admin_access)]
 
-    buffers = buffers or codec.BufferPool()
+    buffers = buffers or streams.BufferPool()
 
     inflight = service.inflight
     waits = anyio.CapacityLimiter(WAITING_BODIES)
@@ -828,8 +829,8 @@ def _npy(array: np.ndarray) -> StreamingResponse:
     def pieces() -> Iterator[bytes | memoryview]:
         yield codec.npy_header(array)
         view = memoryview(array.reshape(-1)).cast("B")
-        for start in range(0, len(view), codec.CHUNK_BYTES):
-            yield bytes(view[start : start + codec.CHUNK_BYTES])
+        for start in range(0, len(view), streams.CHUNK_BYTES):
+            yield bytes(view[start : start + streams.CHUNK_BYTES])
 
     return StreamingResponse(pieces(), media_type=codec.NPY)
 

@@ -27,7 +27,7 @@ import numpy as np
 import uvicorn
 
 from adamax_ps.common.malloc import tune_malloc
-from adamax_ps.proto.codec import BufferPool
+from adamax_ps.proto.streams import BufferPool
 from adamax_ps.server import adamax
 from adamax_ps.server.config import ServerConfig
 from adamax_ps.server.errors import CheckpointError

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers.servers import start_fuzz_target
 
-from adamax_ps.proto import codec
+from adamax_ps.proto import codec, streams
 from adamax_ps.proto.v1 import parameter_server_pb2 as pb
 
 SERVICE = "/adamax_ps.v1.ParameterServer/"
@@ -217,7 +217,7 @@ def hostile_pushes() -> list[tuple[str, object]]:
             data += values.tobytes()
         chunks = [data[k : k + cut] for k in range(0, len(data), cut)]
         return [pb.ApplyChunk(header=header).SerializeToString()] + [
-            codec.data_chunk(c) for c in chunks
+            streams.data_chunk(c) for c in chunks
         ]
 
     nan_tail = np.array([1, 1, 1, 1, 1, np.nan])
@@ -302,9 +302,9 @@ def hostile_pushes() -> list[tuple[str, object]]:
         ("ApplyGradientsStream", [lying.SerializeToString(), b"\x12\x04abcd"]),
         (
             "ApplyGradientsStream",
-            [lying.SerializeToString(), codec.data_chunk(np.ones(7).tobytes())],
+            [lying.SerializeToString(), streams.data_chunk(np.ones(7).tobytes())],
         ),
-        ("ApplyGradientsStream", [codec.data_chunk(b"no header first")]),
+        ("ApplyGradientsStream", [streams.data_chunk(b"no header first")]),
         # NaN or Inf in a later chunk, elements split across chunks: the scan
         # made while the stream arrives must still find them.
         ("ApplyGradientsStream", streamed([("w", None, nan_tail)], 20)),
@@ -323,7 +323,7 @@ def hostile_pushes() -> list[tuple[str, object]]:
                         value=pb.Tensor(shape=[7], dtype=pb.FLOAT64),
                     )
                 ).SerializeToString(),
-                codec.data_chunk(np.ones(7).tobytes()),
+                streams.data_chunk(np.ones(7).tobytes()),
             ],
         ),
         (
@@ -354,7 +354,7 @@ def hostile_pushes() -> list[tuple[str, object]]:
                 pb.AssignChunk(
                     header=pb.AssignRequest(view=view, variable="w", value=huge_header)
                 ).SerializeToString(),
-                codec.data_chunk(b"x" * 64),
+                streams.data_chunk(b"x" * 64),
             ],
         ),
         (

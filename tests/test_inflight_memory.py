@@ -23,7 +23,7 @@ from helpers import memory
 from helpers.servers import Server
 
 from adamax_ps.client import Adamax, connect
-from adamax_ps.proto import codec
+from adamax_ps.proto import codec, streams
 from adamax_ps.proto.v1 import parameter_server_pb2 as pb
 from adamax_ps.server.grpc_servicer import READ_AHEAD
 
@@ -100,7 +100,9 @@ def grpc_sender(server: Server) -> Callable[[int], str]:
         )
         body = rows.tobytes() + values.tobytes()
         chunks = [pb.ApplyChunk(header=header).SerializeToString()]
-        chunks += [codec.data_chunk(body[k : k + MB]) for k in range(0, len(body), MB)]
+        chunks += [
+            streams.data_chunk(body[k : k + MB]) for k in range(0, len(body), MB)
+        ]
         try:
             stream_unary(iter(chunks), timeout=120)
         except grpc.RpcError as e:

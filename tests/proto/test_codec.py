@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adamax_ps.proto import codec
+from adamax_ps.proto import codec, streams
 from adamax_ps.proto.v1 import parameter_server_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,12 +56,12 @@ def test_unsupported_dtypes_cannot_travel():
 def test_stream_assembler_checks_sizes_before_allocating():
     enormous = pb.Tensor(shape=[1 << 40, 1 << 20], dtype=pb.FLOAT64)
     with pytest.raises(codec.CodecError, match="exceeds the request limit"):
-        codec.StreamAssembler([enormous], limit=1 << 30)
+        streams.StreamAssembler([enormous], limit=1 << 30)
     parts = [
         pb.Tensor(shape=[3], dtype=pb.FLOAT32),
         pb.Tensor(shape=[2], dtype=pb.INT64),
     ]
-    assembler = codec.StreamAssembler(parts, limit=1 << 20)
+    assembler = streams.StreamAssembler(parts, limit=1 << 20)
     payload = np.array([1, 2, 3], np.float32).tobytes() + np.array([7, 8]).tobytes()
     assembler.feed(payload[:5])
     with pytest.raises(codec.CodecError, match="ended after 5 of the 28 bytes"):
@@ -74,7 +74,7 @@ def test_stream_assembler_checks_sizes_before_allocating():
 
 
 def test_buffer_pool_reuses_a_buffer_only_once_nothing_views_it():
-    pool = codec.BufferPool(budget=1 << 20, min_bytes=1 << 10)
+    pool = streams.BufferPool(budget=1 << 20, min_bytes=1 << 10)
     first = pool.take(4096)
     first[:] = 1
     address = first.__array_interface__["data"][0]
@@ -100,7 +100,7 @@ def test_stream_assembler_exposes_its_layout():
         pb.Tensor(shape=[2], dtype=pb.INT64),
         pb.Tensor(shape=[2, 3], dtype=pb.FLOAT32),
     ]
-    assembler = codec.StreamAssembler(parts, 1 << 20, codec.BufferPool(min_bytes=0))
+    assembler = streams.StreamAssembler(parts, 1 << 20, streams.BufferPool(min_bytes=0))
     assert assembler.layout == [(0, 16, np.dtype("<i8")), (16, 24, np.dtype("<f4"))]
     assembler.feed(b"\0" * 10)
     assert assembler.filled == 10 and len(assembler.buffer) == 40
@@ -108,7 +108,7 @@ def test_stream_assembler_exposes_its_layout():
 
 def test_chunks_split_without_copying():
     array = np.arange(10, dtype=np.float32)
-    pieces = list(codec.chunks([array], size=16))
+    pieces = list(streams.chunks([array], size=16))
     assert [len(p) for p in pieces] == [16, 16, 8]
     assert b"".join(pieces) == array.tobytes()
 
@@ -127,17 +127,17 @@ def test_generated_code_is_fresh():
 @pytest.mark.parametrize("size", [0, 1, 127, 128, 300_000, 1 << 20])
 def test_data_chunks_are_protobuf_on_the_wire(size):
     payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
-    raw = codec.data_chunk(memoryview(payload))
+    raw = streams.data_chunk(memoryview(payload))
     assert pb.ApplyChunk.FromString(raw).data == payload
     if size:  # protobuf leaves an empty field out; ours writes it, also valid
         assert raw == pb.ApplyChunk(data=payload).SerializeToString()
-    parsed = codec.chunk_parser(pb.ApplyChunk)(raw)
+    parsed = streams.chunk_parser(pb.ApplyChunk)(raw)
     assert bytes(parsed.data) == payload and not parsed.HasField("header")
 
 
 def test_header_chunks_go_through_protobuf():
     header = pb.ApplyChunk(header=pb.ApplyRequest(optimizer="Adamax"))
-    raw = codec.chunk_serializer(header)
-    parsed = codec.chunk_parser(pb.ApplyChunk)(raw)
+    raw = streams.chunk_serializer(header)
+    parsed = streams.chunk_parser(pb.ApplyChunk)(raw)
     assert parsed.HasField("header") and parsed.header.optimizer == "Adamax"
-    assert codec.chunk_serializer(b"abc") == b"abc"
+    assert streams.chunk_serializer(b"abc") == b"abc"

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adamax_ps.proto import codec
+from adamax_ps.proto import codec, streams
 from adamax_ps.server.validation import StreamFiniteScan
 
 
-def stream(*arrays: np.ndarray, cut: int) -> tuple[codec.StreamAssembler, list]:
+def stream(*arrays: np.ndarray, cut: int) -> tuple[streams.StreamAssembler, list]:
     declared = [codec.header(a) for a in arrays]
     data = b"".join(a.tobytes() for a in arrays)
-    assembler = codec.StreamAssembler(declared, 1 << 20)
+    assembler = streams.StreamAssembler(declared, 1 << 20)
     return assembler, [data[k : k + cut] for k in range(0, len(data), cut)]
 
 
