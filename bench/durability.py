@@ -32,8 +32,8 @@ import numpy as np
 from measure import run_threads, spread
 from readme import save, update_readme
 
-from adamax_ps.server.gradients import DenseGradient, SparseGradient
-from adamax_ps.server.pushes import PushId
+from adamax_ps.server.gradients import Gradient
+from adamax_ps.server.ledger import PushId
 from adamax_ps.server.service import ParameterService, ServiceSettings
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -73,10 +73,10 @@ def cases() -> dict:
     rows = [rng.integers(0, 100_000, 256) for _ in range(16)]
     values = rng.normal(size=(256, 64)).astype(np.float32)
     return {
-        "dense 1 KB": lambda k, i: [DenseGradient("small", small[(k + i) % 16])],
-        "dense 4 MB": lambda k, i: [DenseGradient("large", large[k % 4])],
+        "dense 1 KB": lambda k, i: [Gradient.dense("small", small[(k + i) % 16])],
+        "dense 4 MB": lambda k, i: [Gradient.dense("large", large[k % 4])],
         "sparse 256 x 64 rows": lambda k, i: [
-            SparseGradient("emb", rows[(k * 7 + i) % 16], values)
+            Gradient.sparse("emb", rows[(k * 7 + i) % 16], values)
         ],
     }
 

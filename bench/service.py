@@ -36,8 +36,8 @@ import numpy as np
 from measure import run_threads, spread
 from readme import save, update_readme
 
-from adamax_ps.server.gradients import DenseGradient, SparseGradient
-from adamax_ps.server.pushes import PushId
+from adamax_ps.server.gradients import Gradient
+from adamax_ps.server.ledger import PushId
 from adamax_ps.server.service import ParameterService, ServiceSettings
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -85,9 +85,9 @@ def throughput(seconds: float) -> dict:
     rows = [zipf_rows(rng, 1_000_000, 4096) for _ in range(16)]
     values = rng.normal(size=(4096, 64)).astype(np.float32)
     cases = {
-        "dense 1M params (4 MB)": lambda k, i: [DenseGradient("dense", dense[k % 4])],
+        "dense 1M params (4 MB)": lambda k, i: [Gradient.dense("dense", dense[k % 4])],
         "sparse 4096 x 64 rows": lambda k, i: [
-            SparseGradient("emb", rows[(k * 7 + i) % 16], values)
+            Gradient.sparse("emb", rows[(k * 7 + i) % 16], values)
         ],
     }
     results: dict[str, dict[int, dict]] = {}
@@ -112,7 +112,7 @@ def memory_child(folder: str, gigabytes: float, shards: int) -> dict:
     gradient = np.full(per_variable, 0.01, np.float32)
     for k in range(count):
         service.create_variable(f"v{k}", shape=(per_variable,), initializer="zeros")
-        service.apply("Adamax", [DenseGradient(f"v{k}", gradient)])  # slots resident
+        service.apply("Adamax", [Gradient.dense(f"v{k}", gradient)])  # slots resident
     del gradient
     state = count * per_variable * 4 * 3
     at_rest = rss() - baseline

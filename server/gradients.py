@@ -1,112 +1,106 @@
-"""Gradients as the service takes them, and as it prepares them for the kernels.
+"""Gradient: the one type a push's gradients have on the server, from the
+transport's decoding to the kernels.
 
-A push is a list of ``DenseGradient`` and ``SparseGradient`` (IndexedSlices).
-Once validated, each becomes a ``PreparedGradient``: clipped (Keras order) and,
-if sparse, with duplicate rows summed; it also knows which shards it touches.
-``aggregate`` sums the pushes of synchronous replicas.
+A transport makes ``Gradient.dense`` or ``Gradient.sparse`` (IndexedSlices:
+``values[k]`` is the gradient of row ``indices[k]``). Validation binds it to
+its variable's ``record`` (sparse values then ``[n, row_size]``); clipping
+replaces its values; ``deduplicated`` sums its duplicate rows (``unique``),
+and then it knows which shards it touches. ``aggregate`` sums the pushes of
+synchronous replicas.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
-from adamax_ps.server import adamax
+from adamax_ps.common.dedup import deduplicate
 from adamax_ps.server.store import VariableRecord
 
 
 @dataclass(frozen=True)
-class DenseGradient:
-    """A gradient for the whole variable. ``finite``: the transport has already
-    searched ``values`` for NaN and Inf as they arrived and found none."""
+class Gradient:
+    """A gradient of one variable; dense when ``indices`` is None.
 
-    variable: str
-    values: np.ndarray
-    finite: bool = False
-
-
-@dataclass(frozen=True)
-class SparseGradient:
-    """An IndexedSlices gradient: ``values[k]`` is the gradient of ``indices[k]``.
-    ``finite`` as for ``DenseGradient``."""
-
-    variable: str
-    indices: np.ndarray
-    values: np.ndarray
-    finite: bool = False
-
-
-Gradient = DenseGradient | SparseGradient
-
-
-@dataclass(frozen=True)
-class PreparedGradient:
-    """A validated gradient of one variable.
-
-    Dense: ``dense``. Sparse before deduplication: ``indices`` and raw
-    ``values`` ``[n, row_size]``; after: unique ``rows`` and ``summed`` values.
+    ``finite``: the transport already searched ``values`` for NaN and Inf as
+    they arrived and found none. ``record``: the variable, once validated.
+    ``unique``: sparse rows already summed (each index once).
     """
 
-    record: VariableRecord
-    dense: np.ndarray | None = None
+    variable: str
+    values: np.ndarray
     indices: np.ndarray | None = None
-    values: np.ndarray | None = None
-    rows: np.ndarray | None = None
-    summed: np.ndarray | None = None
+    finite: bool = False
+    record: VariableRecord | None = None
+    unique: bool = False
+
+    @classmethod
+    def dense(cls, variable: str, values: np.ndarray, finite: bool = False):
+        return cls(variable, values, None, finite)
+
+    @classmethod
+    def sparse(
+        cls,
+        variable: str,
+        indices: np.ndarray,
+        values: np.ndarray,
+        finite: bool = False,
+    ):
+        return cls(variable, values, indices, finite)
 
     @property
     def is_dense(self) -> bool:
-        return self.dense is not None
+        return self.indices is None
 
-    @property
-    def gradient(self) -> np.ndarray:
-        """What clipping sees: the dense gradient or the raw sparse values."""
-        return self.dense if self.is_dense else self.values
+    def bound(
+        self, record: VariableRecord, values: np.ndarray, indices=None
+    ) -> Gradient:
+        """This gradient, checked against ``record`` (validation's result)."""
+        return Gradient(self.variable, values, indices, self.finite, record)
 
-    def with_gradient(self, gradient: np.ndarray) -> PreparedGradient:
-        if self.is_dense:
-            return PreparedGradient(self.record, dense=gradient)
-        return PreparedGradient(self.record, indices=self.indices, values=gradient)
+    def with_values(self, values: np.ndarray) -> Gradient:
+        """The same gradient with other values (clipping's result)."""
+        return dataclasses.replace(self, values=values)
 
-    def deduplicated(self) -> PreparedGradient:
+    def deduplicated(self) -> Gradient:
         """Sum duplicate rows (Keras does it after clipping, before the update)."""
-        if self.is_dense:
+        if self.is_dense or self.unique:
             return self
-        rows, summed = adamax.deduplicate(self.indices, self.values)
-        return PreparedGradient(self.record, rows=rows, summed=summed)
+        rows, summed = deduplicate(self.indices, self.values)
+        return dataclasses.replace(self, indices=rows, values=summed, unique=True)
 
     def shards(self) -> set[int]:
         """Shards holding what this gradient updates (a sparse one: its rows')."""
-        if self.rows is None or len(self.record.parts) == 1:
-            return set(self.record.shards)
-        bounds = np.asarray([lo for _, lo, _ in self.record.parts[1:]])
-        hit = np.unique(np.searchsorted(bounds, self.rows, side="right"))
-        return {self.record.parts[i][0] for i in hit.tolist()}
+        record = self.record
+        if self.is_dense or len(record.parts) == 1:
+            return set(record.shards)
+        bounds = np.asarray([lo for _, lo, _ in record.parts[1:]])
+        hit = np.unique(np.searchsorted(bounds, self.indices, side="right"))
+        return {record.parts[i][0] for i in hit.tolist()}
 
 
-def aggregate(
-    pushes: list[list[PreparedGradient]], average: bool
-) -> list[PreparedGradient]:
-    """Sum the replicas' gradients per variable, in the given replica order.
+def aggregate(pushes: list[list[Gradient]], average: bool) -> list[Gradient]:
+    """Sum the replicas' validated gradients per variable, in replica order.
 
     Dense gradients add; sparse ones concatenate their rows (the update sums
     duplicates), as an all-reduce of IndexedSlices gathers them. ``average``
     divides by the number of replicas.
     """
     dense: dict[str, np.ndarray] = {}
-    sparse: dict[str, list[PreparedGradient]] = {}
+    sparse: dict[str, list[Gradient]] = {}
     order: dict[tuple[str, bool], VariableRecord] = {}
-    for pairs in pushes:
-        for pair in pairs:
-            name = pair.record.name
-            order.setdefault((name, pair.is_dense), pair.record)
-            if not pair.is_dense:
-                sparse.setdefault(name, []).append(pair)
+    for gradients in pushes:
+        for g in gradients:
+            name = g.record.name
+            order.setdefault((name, g.is_dense), g.record)
+            if not g.is_dense:
+                sparse.setdefault(name, []).append(g)
             elif name in dense:
-                dense[name] += pair.dense
+                dense[name] += g.values
             else:
-                dense[name] = pair.dense.copy()
+                dense[name] = g.values.copy()
     n = len(pushes)
     result = []
     for (name, is_dense), record in order.items():
@@ -114,11 +108,11 @@ def aggregate(
             total = dense[name]
             if average:
                 total /= record.dtype.type(n)
-            result.append(PreparedGradient(record, dense=total))
+            result.append(Gradient(name, total, record=record))
             continue
-        values = np.concatenate([p.values for p in sparse[name]])
+        values = np.concatenate([g.values for g in sparse[name]])
         if average:
             values /= record.dtype.type(n)
-        indices = np.concatenate([p.indices.astype(np.int64) for p in sparse[name]])
-        result.append(PreparedGradient(record, indices=indices, values=values))
+        indices = np.concatenate([g.indices.astype(np.int64) for g in sparse[name]])
+        result.append(Gradient(name, values, indices, record=record))
     return result

@@ -26,9 +26,9 @@ from adamax_ps.proto.v1 import parameter_server_pb2 as pb
 from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
 from adamax_ps.proto.wire import ERROR_KEY, MESSAGE_LIMIT
 from adamax_ps.server.errors import ParameterServerError, ResourceExhaustedError
-from adamax_ps.server.gradients import DenseGradient, SparseGradient
-from adamax_ps.server.optimizers import OptimizerState
-from adamax_ps.server.pushes import PushId
+from adamax_ps.server.gradients import Gradient
+from adamax_ps.server.ledger import PushId
+from adamax_ps.server.optimizer_state import OptimizerState
 from adamax_ps.server.service import ParameterService
 from adamax_ps.server.store import VariableRecord
 from adamax_ps.server.validation import NonFinitePolicy, StreamFiniteScan
@@ -429,8 +429,8 @@ def _gradient(
     finite: bool = False,
 ):
     if indices is None:
-        return DenseGradient(variable, values, finite)
-    return SparseGradient(variable, indices, values, finite)
+        return Gradient.dense(variable, values, finite)
+    return Gradient.sparse(variable, indices, values, finite)
 
 
 def _push_id(request: Any) -> PushId | None:

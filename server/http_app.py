@@ -37,7 +37,7 @@ from adamax_ps.server.errors import (
     ParameterServerError,
     ServerBusyError,
 )
-from adamax_ps.server.gradients import DenseGradient, SparseGradient
+from adamax_ps.server.gradients import Gradient
 from adamax_ps.server.http_models import (
     BODY,
     FRAMED_BODY,
@@ -66,7 +66,7 @@ from adamax_ps.server.http_models import (
     standard_bounds,
 )
 from adamax_ps.server.inspection import Inspector
-from adamax_ps.server.pushes import PushId
+from adamax_ps.server.ledger import PushId
 from adamax_ps.server.security import TokenCheck
 from adamax_ps.server.service import ParameterService
 from adamax_ps.server.validation import MAX_NAME
@@ -591,9 +591,9 @@ def create_app(
             values = next(arrays)
             variable = _string(g.get("variable"), "variable")
             gradients.append(
-                DenseGradient(variable, values)
+                Gradient.dense(variable, values)
                 if indices is None
-                else SparseGradient(variable, indices, values)
+                else Gradient.sparse(variable, indices, values)
             )
         apply = functools.partial(
             service.apply,

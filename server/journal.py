@@ -1,12 +1,11 @@
-"""What each state change writes to the write-ahead log, and how it is replayed.
+"""The service's write-ahead log: what each state change writes, and reading
+the records back in order for ``replay``.
 
-The service calls ``Journal.write`` inside the locks of the change it makes
-(shard locks, then the optimizer's lock, then the log's), so a checkpoint's cut
-(which holds them all while it rotates the log) sees every change either with
-its record in the old segment, or neither the change nor the record. Replaying
-a record calls the same service method with the values the original call
-ended up with (a push's step, a variable's seed), so the state comes back bit
-for bit. Without ``--durability wal`` the journal writes nothing.
+Every part of the service calls ``Journal.write`` inside the locks of the
+change it makes (shard locks, then the optimizer's lock, then the log's), so a
+checkpoint's cut (which holds them all while it rotates the log) sees every
+change either with its record in the old segment, or neither the change nor
+the record. Without ``--durability wal`` the journal writes nothing.
 """
 
 from __future__ import annotations
@@ -16,18 +15,15 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from adamax_ps.server import wal as wal_files
 from adamax_ps.server.durable import make_dirs, write_file
 from adamax_ps.server.errors import CheckpointError, WritesStoppedError
-from adamax_ps.server.gradients import PreparedGradient
-from adamax_ps.server.pushes import PushId
-
-if TYPE_CHECKING:
-    from adamax_ps.server.service import ParameterService
+from adamax_ps.server.gradients import Gradient
+from adamax_ps.server.ledger import PushId
 
 OWNER_FILE = "server.json"
 log = logging.getLogger("adamax_ps.wal")
@@ -107,15 +103,18 @@ class Journal:
         """``CheckpointError`` unless every segment from ``since`` on is there."""
         wal_files.check_segments(self.folder, since, what)
 
-    def replay(self, service: ParameterService, since: int) -> int:
-        """Apply the records of segments ``since`` and up; then append to the
-        newest. Returns how many records were replayed."""
+    def replay(
+        self, apply: Callable[[dict[str, Any], list[np.ndarray]], None], since: int
+    ) -> int:
+        """``apply`` each record of segments ``since`` and up (nothing is
+        logged meanwhile); then append to the newest. Returns how many records
+        were replayed."""
         self.check_replayable(since, f"replaying {self.folder}")
         count = 0
         self.replaying = True
         try:
             for header, arrays in wal_files.read(self.folder, since):
-                replay(service, header, arrays)
+                apply(header, arrays)
                 count += 1
         finally:
             self.replaying = False
@@ -149,8 +148,8 @@ class Journal:
     def write_push(
         self,
         optimizer: str,
-        pairs: Sequence[PreparedGradient],
-        push_ids,
+        gradients: Sequence[Gradient],
+        push_ids: Sequence[PushId | None],
         step: int,
         call_variables: Sequence[str],
     ) -> int:
@@ -158,7 +157,7 @@ class Journal:
         without building the record: this is every push's path."""
         if not self.enabled or self.replaying:
             return 0
-        header, arrays = push_record(pairs, push_ids, step, call_variables)
+        header, arrays = push_record(gradients, push_ids, step, call_variables)
         return self.write("push", {"optimizer": optimizer, **header}, arrays)
 
     def wait(self, number: int) -> None:
@@ -181,98 +180,20 @@ class Journal:
 
 
 def push_record(
-    pairs: Sequence[PreparedGradient],
-    push_ids,
+    gradients: Sequence[Gradient],
+    push_ids: Sequence[PushId | None],
     step: int,
     call_variables: Sequence[str],
 ) -> tuple[dict, list[np.ndarray]]:
-    """A push as applied: prepared gradients (clipped, duplicates summed)."""
-    gradients, arrays = [], []
-    for pair in pairs:
-        if pair.dense is not None:
-            gradients.append({"variable": pair.record.name, "dense": True})
-            arrays.append(pair.dense)
-        else:
-            gradients.append({"variable": pair.record.name, "dense": False})
-            arrays += [pair.rows, pair.summed]
+    """A push as applied: its gradients clipped, duplicate rows summed."""
+    described, arrays = [], []
+    for g in gradients:
+        described.append({"variable": g.variable, "dense": g.is_dense})
+        arrays += [g.values] if g.is_dense else [g.indices, g.values]
     header = {
-        "gradients": gradients,
+        "gradients": described,
         "push_ids": [[p.client, p.sequence] for p in push_ids if p is not None],
         "step": step,
         "call_variables": list(call_variables),
     }
     return header, arrays
-
-
-def replay(service: ParameterService, header: dict, arrays: list[np.ndarray]) -> None:
-    """Apply one record to ``service`` (whose journal is in replay mode)."""
-    kind = header["kind"]
-    if kind == "push":
-        _replay_push(service, header, arrays)
-    elif kind == "variable":
-        service.create_variable(
-            header["name"],
-            shape=header["shape"],
-            dtype=header["dtype"],
-            initial_value=arrays[0] if arrays else None,
-            initializer=header["initializer"],
-            seed=header["seed"],
-            global_shape=header["global_shape"],
-            row_offset=header["row_offset"],
-        )
-    elif kind == "optimizer":
-        service.create_optimizer(header["config"])
-    elif kind == "reserve":
-        push_id = PushId(*header["push_id"]) if header["push_id"] else None
-        service.reserve_step(
-            header["optimizer"], header["variables"], push_id, step=header["step"]
-        )
-    elif kind == "assign":
-        service.assign(
-            header["variable"],
-            arrays[0],
-            optimizer=header["optimizer"],
-            slot=header["slot"],
-        )
-    elif kind == "weights":
-        service.set_weights(header["optimizer"], arrays)
-    elif kind == "assign_weight":
-        service.assign_weight(header["optimizer"], header["name"], arrays[0])
-    elif kind == "iterations":
-        service.set_iterations(header["optimizer"], header["iterations"])
-    elif kind == "slot":
-        service.add_slot(
-            header["optimizer"],
-            header["variable"],
-            header["slot"],
-            header["initializer"],
-        )
-    elif kind == "weight":
-        service.add_weight(
-            header["optimizer"],
-            header["name"],
-            tuple(header["shape"]),
-            header["dtype"],
-            header["initializer"],
-        )
-    else:
-        raise CheckpointError(f"unknown write-ahead log record {kind!r}")
-
-
-def _replay_push(service: ParameterService, header: dict, arrays: list) -> None:
-    push_ids = [PushId(c, s) for c, s in header["push_ids"]]
-    if push_ids and all(service.ledger.answered(p) for p in push_ids):
-        return  # already in the checkpoint: never apply twice
-    values = iter(arrays)
-    pairs = []
-    for item in header["gradients"]:
-        record = service.variable(item["variable"])
-        if item["dense"]:
-            pairs.append(PreparedGradient(record, dense=next(values)))
-        else:
-            rows = next(values)
-            pairs.append(PreparedGradient(record, rows=rows, summed=next(values)))
-    state = service.optimizer(header["optimizer"])
-    service._apply_pairs(
-        state, pairs, push_ids, header["step"], False, header["call_variables"]
-    )

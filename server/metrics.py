@@ -9,14 +9,35 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from adamax_ps.server.service import ParameterService
+from adamax_ps.server.journal import Journal
+from adamax_ps.server.limits import InflightBudget, MemoryBudget
+from adamax_ps.server.store import ShardedStore
+from adamax_ps.server.sync import SyncCoordinator
+
+
+class Watched(Protocol):
+    """What the gauges read at each scrape (a ``ParameterService`` has it)."""
+
+    store: ShardedStore
+    memory: MemoryBudget
+    inflight: InflightBudget
+    journal: Journal
+    sync: SyncCoordinator | None
+
+    @property
+    def last_checkpoint(self) -> Any: ...
+
+    @property
+    def writes_stopped(self) -> str | None: ...
+
+    def optimizers(self) -> list[Any]: ...
+
 
 LATENCY_BUCKETS = (
     0.0001,
@@ -88,13 +109,13 @@ class Metrics:
             registry=r,
         )
 
-    def watch(self, service: ParameterService) -> None:
+    def watch(self, service: Watched) -> None:
         """Add gauges read from ``service`` at every scrape."""
         self.registry.register(_ServiceGauges(service))
 
 
 class _ServiceGauges(Collector):
-    def __init__(self, service: ParameterService) -> None:
+    def __init__(self, service: Watched) -> None:
         self.service = service
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:

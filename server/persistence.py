@@ -1,146 +1,324 @@
-"""Consistent cuts of a service's state into checkpoint files, and back.
+"""Persistence: a server's checkpoints, its restore at start (with the
+write-ahead log's replay), and the periodic checkpoint thread.
 
-``write_cut`` locks every shard (ascending), snapshots the metadata (variables,
-optimizers, remembered pushes), then writes shard by shard, releasing each
-shard as soon as its bytes are on disk. A push holds all its shards' locks
-while it takes its step and applies, so none is half inside the cut; pushes
-to shards already written flow again while the rest is taken; no state is
-copied (arrays are written from their own memory).
-
-``load`` reads a checkpoint into an empty store with any shard count: saved
-row ranges are read straight into the new placement's arrays.
+A checkpoint is a consistent cut (``snapshot.write_cut``) written atomically
+under the checkpoint folder; with ``--durability wal`` the cut also rotates
+the log, and log segments are kept while any kept checkpoint needs them. A
+restore loads the newest intact checkpoint into the empty service, passing
+over a damaged one only when the log still holds every change since the one
+before it, then replays the log after it.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np
+from adamax_ps.server import checkpoint, snapshot
+from adamax_ps.server.errors import (
+    CheckpointError,
+    FailedPreconditionError,
+    ResourceExhaustedError,
+)
+from adamax_ps.server.journal import Journal
+from adamax_ps.server.ledger import PushLedger
+from adamax_ps.server.limits import MemoryBudget
+from adamax_ps.server.metrics import Metrics
+from adamax_ps.server.optimizers import Optimizers
+from adamax_ps.server.replay import Replayer
+from adamax_ps.server.store import ShardedStore
 
-from adamax_ps.server.checkpoint import CheckpointReader, CheckpointWriter
-from adamax_ps.server.optimizers import OptimizerState
-from adamax_ps.server.store import ShardedStore, VariableRecord
-
-Metadata = tuple[list[tuple[dict[str, Any], dict[str, np.ndarray]]], dict[str, Any]]
-
-
-def write_cut(
-    store: ShardedStore,
-    snapshot: Callable[[], Metadata],
-    writer: CheckpointWriter,
-    progress: Callable[[int], None] | None = None,
-) -> tuple[dict[str, Any], int]:
-    """Write the state as one consistent cut; returns (manifest, bytes of arrays).
-
-    ``snapshot()`` is called with every shard locked and returns the
-    optimizers (JSON and extra weights) and the remembered pushes, taken under
-    their own locks (the service also rotates its write-ahead log there).
-    """
-    entries: list[dict[str, Any]] = []
-    nbytes = 0
-    with store.all_locked() as release:
-        records = store.records()
-        saved, remembered = snapshot()
-        extra = writer.open("extra.bin")
-        for data, weights in saved:
-            for name, array in weights.items():
-                entry = extra.write(np.asarray(array, order="C"))
-                entry.update(kind="weight", optimizer=data["config"]["name"], name=name)
-                entries.append(entry)
-        writer.closed(extra)
-        for shard in store.shards:
-            data_file = writer.open(f"shard-{shard.index}.bin")
-            for part in shard.parts.values():
-                arrays = [("value", None, part.value)]
-                arrays += [("slot", key, array) for key, array in part.slots.items()]
-                for kind, key, array in arrays:
-                    entry = data_file.write(array)
-                    nbytes += entry["nbytes"]
-                    entry.update(
-                        kind=kind, variable=part.variable, lo=part.lo, hi=part.hi
-                    )
-                    if key is not None:
-                        entry.update(optimizer=key[0], slot=key[1])
-                    entries.append(entry)
-            writer.closed(data_file)
-            release(shard.index)
-            if progress is not None:
-                progress(shard.index)
-    manifest = {
-        "created": time.time(),
-        "num_shards": store.num_shards,
-        "variables": [_record_json(r) for r in records],
-        "optimizers": [data for data, _ in saved],
-        "ledger": remembered,
-        "arrays": entries,
-    }
-    return manifest, nbytes
+log = logging.getLogger("adamax_ps.service")
 
 
-def load(
-    store: ShardedStore, reader: CheckpointReader
-) -> tuple[dict[str, OptimizerState], dict[str, Any], int]:
-    """Fill an empty store; returns (optimizers, ledger snapshot, bytes read)."""
-    manifest = reader.manifest
-    records = {}
-    for item in manifest["variables"]:
-        shape, dtype = tuple(item["shape"]), np.dtype(item["dtype"])
-        record = VariableRecord(
-            item["name"],
-            shape,
-            dtype,
-            store.placement(item["name"], shape, dtype),
-            item["initializer"],
-            int(item["seed"]),
-        )
-        records[record.name] = store.add(record, lambda out, lo: None)
-    weights: dict[str, dict[str, np.ndarray]] = {}
-    nbytes = 0
-    for entry in manifest["arrays"]:
-        if entry["kind"] == "weight":
-            weights.setdefault(entry["optimizer"], {})[entry["name"]] = reader.read(
-                entry
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    sequence: int
+    nbytes: int
+    seconds: float
+    created: float
+    wal_segment: int = 0  # the first log segment after this checkpoint
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The server a checkpoint folder belongs to: its index and cluster size."""
+
+    server_index: int
+    num_servers: int
+
+
+class Persistence:
+    """Checkpoints and restores of one service's state. Thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        folder: Path | None,
+        keep: int,
+        owner: Owner,
+        store: ShardedStore,
+        optimizers: Optimizers,
+        ledger: PushLedger,
+        journal: Journal,
+        memory: MemoryBudget,
+        metrics: Metrics,
+        replayer: Replayer,
+    ) -> None:
+        self.folder = Path(folder) if folder is not None else None
+        self.keep = keep
+        self.owner = owner
+        self.store = store
+        self.optimizers = optimizers
+        self.ledger = ledger
+        self.journal = journal
+        self.memory = memory
+        self.metrics = metrics
+        self.replayer = replayer
+        self.last: CheckpointInfo | None = None
+        self.replayed = 0  # write-ahead log records replayed at restore
+        self._lock = threading.Lock()
+        self._sequence = 0
+        self._stop: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    # Checkpoints --------------------------------------------------------------------
+
+    def checkpoint(
+        self,
+        root: Path | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> CheckpointInfo:
+        """Write a consistent checkpoint; ``progress(shard)`` is called after
+        each shard's bytes are on disk."""
+        root = Path(root) if root is not None else self.folder
+        if root is None:
+            raise FailedPreconditionError(
+                "no checkpoint folder is configured (start the server with "
+                "--checkpoint-dir)"
             )
-            continue
-        key = None if entry["kind"] == "value" else (entry["optimizer"], entry["slot"])
-        record = records[entry["variable"]]
-        reader.read_into(entry, _targets(store, record, key, entry))
-        nbytes += entry["nbytes"]
-    optimizers = {}
-    for data in manifest["optimizers"]:
-        name = data["config"]["name"]
-        optimizers[name] = OptimizerState.from_json(data, weights.get(name, {}))
-    return optimizers, manifest["ledger"], nbytes
+        if self.journal.enabled and root != self.folder:
+            raise FailedPreconditionError(
+                "with --durability wal, checkpoints go to the server's own folder"
+            )
+        self.journal.check()  # fail-stop: the disk is not to be trusted
+        with self._lock:
+            started = time.perf_counter()
+            existing = checkpoint.checkpoints(root)
+            sequence = max(self._sequence, existing[-1][0] if existing else 0) + 1
+            writer = checkpoint.CheckpointWriter(root, sequence, self.keep)
+            segment = [0]
+
+            def remembered_and_rotated() -> dict:
+                # Called with the shard and optimizer locks held, the log's
+                # lock last: no change lands between the cut and the rotation.
+                remembered = self.ledger.snapshot()
+                if self.journal.log is not None:
+                    with self.journal.log.lock:
+                        segment[0] = self.journal.rotate()
+                return remembered
+
+            def metadata() -> snapshot.Metadata:
+                return self.optimizers.snapshot(remembered_and_rotated)
+
+            try:
+                manifest, nbytes = snapshot.write_cut(
+                    self.store, metadata, writer, progress
+                )
+                manifest["wal_segment"] = segment[0]
+                manifest["server_index"] = self.owner.server_index
+                manifest["num_servers"] = self.owner.num_servers
+                path = writer.commit(manifest)
+            except BaseException as e:
+                writer.abort()
+                if isinstance(e, OSError):
+                    raise CheckpointError(f"checkpoint to {root} failed: {e}") from e
+                raise
+            self._sequence = sequence
+            info = CheckpointInfo(
+                path,
+                sequence,
+                nbytes,
+                time.perf_counter() - started,
+                time.time(),
+                segment[0],
+            )
+            writer.prune()
+            # Keep the log segments of every kept checkpoint: if the newest is
+            # found damaged at restore, the one before it plus them stand in.
+            kept = [
+                checkpoint.wal_segment(path) for _, path in checkpoint.checkpoints(root)
+            ]
+            self.journal.prune(before=min(kept, default=segment[0]))
+            self.metrics.checkpoint_seconds.observe(info.seconds)
+            self.last = info
+            return info
+
+    def start_periodic(
+        self,
+        every: float,
+        on_done: Callable[[CheckpointInfo | Exception], None] | None = None,
+    ) -> None:
+        """Checkpoint every ``every`` seconds on a background thread until
+        ``stop``. A failed checkpoint is reported to ``on_done`` and retried
+        next period."""
+        if every <= 0:
+            raise ValueError(
+                f"The checkpoint period must be positive. Received: {every}"
+            )
+        stop = self._stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(every):
+                try:
+                    outcome: CheckpointInfo | Exception = self.checkpoint()
+                except Exception as e:  # reported, then tried again next period
+                    outcome = e
+                if on_done is not None:
+                    on_done(outcome)
+
+        self._thread = threading.Thread(target=loop, name="checkpointer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the periodic checkpoints (the one being written finishes)."""
+        if self._stop is not None:
+            self._stop.set()
+            self._thread.join()
+
+    # Restore ------------------------------------------------------------------------
+
+    def restore(self, root: Path | None = None) -> CheckpointInfo | None:
+        """Load the newest checkpoint under ``root`` into the (empty) service,
+        then (``--durability wal``) replay the write-ahead log after it.
+
+        Works with any shard count: saved row ranges are read straight into
+        the new placement's arrays. Returns None when there is no checkpoint.
+        """
+        if self.store.records() or self.optimizers.all():
+            raise FailedPreconditionError("restore needs an empty service")
+        info = self._load_newest(Path(root) if root is not None else self.folder)
+        if self.journal.enabled:
+            owner = self.journal.claim(self.owner.server_index, self.owner.num_servers)
+            self._check_owner(f"write-ahead log {self.journal.folder}", owner)
+            since = info.wal_segment if info is not None else 0
+            self.replayed = self.journal.replay(self.replayer, since)
+        return info
+
+    def _check_owner(self, what: str, saved_as: tuple[int, int]) -> None:
+        """Refuse state written by another server of the cluster (or another
+        cluster size): it holds other rows."""
+        index, count = self.owner.server_index, self.owner.num_servers
+        if tuple(saved_as) != (index, count):
+            raise CheckpointError(
+                f"{what} was written by server {saved_as[0]} of {saved_as[1]}; "
+                f"this server is {index} of {count}, and would hold other rows. "
+                f"Start it with --server-index {saved_as[0]} --num-servers "
+                f"{saved_as[1]}, or a resized cluster from empty folders"
+            )
+
+    def _load_newest(self, root: Path | None) -> CheckpointInfo | None:
+        """Load the newest intact checkpoint. One found damaged (a checksum, a
+        short file) is passed over for the one before it only when nothing
+        is lost by it: the write-ahead log still holds every change since
+        that one. Otherwise a ``CheckpointError`` names both."""
+        found = checkpoint.checkpoints(root) if root is not None else []
+        damaged: list[tuple[Path, str]] = []
+        for _, path in reversed(found):
+            try:
+                info = self._load(path)
+            except _DamagedCheckpointError as e:
+                damaged.append((path, str(e)))
+                continue
+            if damaged:
+                self._stand_in(info, damaged)
+            return info
+        if damaged:
+            names = "; ".join(f"{path}: {why}" for path, why in damaged)
+            raise CheckpointError(f"every checkpoint under {root} is damaged: {names}")
+        return None
+
+    def _stand_in(self, info: CheckpointInfo, damaged: list[tuple[Path, str]]) -> None:
+        """Accept ``info`` in place of the damaged newer checkpoints, or refuse."""
+        newest, why = damaged[0]
+        problem = None
+        if not self.journal.enabled:
+            problem = "without --durability wal no log holds the changes made after it"
+        else:
+            try:
+                self.journal.check_replayable(
+                    info.wal_segment, f"checkpoint {info.path}"
+                )
+            except CheckpointError as e:
+                problem = str(e)
+        if problem is not None:
+            self._reset()
+            raise CheckpointError(
+                f"the newest checkpoint {newest} is damaged ({why}), and the one "
+                f"before it, {info.path}, cannot stand in for it: {problem}. Move "
+                f"{newest} aside to start from {info.path} (losing the changes "
+                "made between them), or put back an intact copy of it"
+            )
+        log.warning(
+            "checkpoint %s is damaged (%s): starting from %s and its log",
+            newest,
+            why,
+            info.path,
+        )
+
+    def _load(self, path: Path) -> CheckpointInfo:
+        """Load one checkpoint into the empty service; ``_DamagedCheckpointError``
+        (with the service emptied again) when its bytes fail their checks."""
+        started = time.perf_counter()
+        try:
+            reader = checkpoint.CheckpointReader(path)
+        except CheckpointError as e:
+            raise _DamagedCheckpointError(str(e)) from None
+        manifest = reader.manifest
+        self._check_owner(
+            f"checkpoint {path}",
+            (manifest.get("server_index", 0), manifest.get("num_servers", 1)),
+        )
+        needed = sum(
+            int(entry.get("nbytes", 0)) for entry in manifest.get("arrays", [])
+        )
+        try:
+            self.memory.reserve(needed, f"checkpoint {path}")
+        except ResourceExhaustedError as e:
+            raise CheckpointError(str(e)) from None
+        try:
+            optimizers, ledger, nbytes = snapshot.load(self.store, reader)
+        except (CheckpointError, KeyError, TypeError, ValueError) as e:
+            self._reset()
+            raise _DamagedCheckpointError(
+                str(e) if isinstance(e, CheckpointError) else f"inconsistent: {e!r}"
+            ) from None
+        self.optimizers.restore(optimizers)
+        self.ledger.restore(ledger)
+        self._sequence = manifest["sequence"]
+        info = CheckpointInfo(
+            path,
+            manifest["sequence"],
+            nbytes,
+            time.perf_counter() - started,
+            manifest["created"],
+            manifest.get("wal_segment", 0),
+        )
+        self.last = info
+        return info
+
+    def _reset(self) -> None:
+        """Empty the service again after a restore that failed part way."""
+        self.store.clear()
+        self.optimizers.restore({})
+        self.ledger.restore({"clients": {}, "forgotten": 0})
+        self.memory.release(self.memory.used)
 
 
-def _targets(
-    store: ShardedStore, record: VariableRecord, key, entry
-) -> list[memoryview]:
-    """Byte views of the new parts' rows that a saved row range covers, in order."""
-    targets = []
-    for part in store.parts(record):
-        if key is not None and key not in part.slots:
-            part.slots[key] = np.zeros_like(part.value)
-        array = part.value if key is None else part.slots[key]
-        if not record.shape:
-            targets.append(memoryview(array.reshape(-1)).cast("B"))
-            continue
-        lo, hi = max(part.lo, entry["lo"]), min(part.hi, entry["hi"])
-        if hi > lo:
-            rows = part.rows(array)[lo - part.lo : hi - part.lo]
-            targets.append(memoryview(rows.reshape(-1)).cast("B"))
-    return targets
-
-
-def _record_json(record: VariableRecord) -> dict[str, Any]:
-    return {
-        "name": record.name,
-        "shape": list(record.shape),
-        "dtype": record.dtype.str,
-        "initializer": record.initializer,
-        "seed": record.seed,
-        "global_shape": list(record.global_shape),
-        "row_offset": record.row_offset,
-    }
+class _DamagedCheckpointError(Exception):
+    """A checkpoint whose bytes fail their checks (the message says where)."""

@@ -1,223 +1,337 @@
-"""Exactly-once pushes: the bounded memory of answered push ids.
+"""Pushes: one ``apply_gradients`` call applied to all of its variables or
+none, exactly once per push id.
 
-Every push carries a client id and a sequence number. The first push with an
-id is applied and its answer remembered; a repeat (a retry after a lost
-answer) gets the same answer and applies nothing, and a repeat that arrives
-while the first is still being applied waits for it.
+The pipeline (``apply``):
 
-Bounds: the last ``per_client`` answers of each of the ``max_clients`` most
-recently active clients (defaults 1024 and 4096). A client's forgotten ids
-are below its *floor*; a push at or below the floor that is not remembered
-is refused (``PushTooOldError``): it may have been applied, and refusing is
-the only answer that can never apply it twice. Clients number their pushes
-upwards, so only a retry of a push older than the last 1024 hits the floor.
+1. Exactly once: a push id already answered returns that answer (once its
+   record is on disk).
+2. Validate every gradient before anything changes: variable exists, dtype,
+   shape, index dtype and range, finiteness (see ``NonFinitePolicy``).
+3. Clip (Keras order) and sum duplicate sparse rows: pure work on the
+   gradients, no lock held.
+4. Take the locks of the shards the push touches (ascending), then take the
+   step ``t`` from the optimizer: a push that shares a shard with another is
+   applied entirely before or after it, in ``t`` order. Create slots for
+   variables new to the optimizer, run the kernels on every shard in
+   parallel, log the push, remember the answer, release.
 
-A client forgotten altogether (more clients than the ledger keeps) leaves no
-floor behind, so the ledger counts them: once it has forgotten any client, a
-*retry* (``PushId.attempt > 0``) from a client it does not know is refused,
-and a client it meets again starts with its floor just below its push, so no
-older push of it can be applied again. A step reservation shares its call's
-push id and the client's entry (answers are kept per operation kind).
-The memory is part of every checkpoint and restored with it.
+Synchronous mode hands step 2's gradients to the ``SyncCoordinator``, whose
+round sums the replicas' and runs steps 3 and 4 once. A rejected push leaves
+every variable, slot and counter bit for bit as it was.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any
+import time
+from collections.abc import Sequence
 
-from adamax_ps.server.errors import InvalidArgumentError, PushTooOldError
+import numpy as np
 
-DEFAULT_PER_CLIENT = 1024
-DEFAULT_MAX_CLIENTS = 4096
-MAX_CLIENT_ID = 256
-
-
-@dataclass(frozen=True, order=True)
-class PushId:
-    """Identifies one push: the client that sent it and its sequence number.
-
-    ``attempt`` is not part of the identity: 0 for the first sending, more for
-    a client's retries of the same push.
-    """
-
-    client: str
-    sequence: int
-    attempt: int = field(default=0, compare=False)
-
-    def __post_init__(self) -> None:
-        if (
-            not isinstance(self.client, str)
-            or not 0 < len(self.client) <= MAX_CLIENT_ID
-        ):
-            raise InvalidArgumentError(
-                f"A push's client id must be a string of 1 to {MAX_CLIENT_ID} "
-                f"characters. Received: {self.client!r}"
-            )
-        for what, value in (
-            ("sequence number", self.sequence),
-            ("attempt", self.attempt),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise InvalidArgumentError(
-                    f"A push's {what} must be a non-negative integer. "
-                    f"Received: {value!r}"
-                )
+from adamax_ps.server import adamax
+from adamax_ps.server.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    ParameterServerError,
+    StalePushError,
+)
+from adamax_ps.server.gradients import Gradient, aggregate
+from adamax_ps.server.journal import Journal
+from adamax_ps.server.ledger import STEP, ApplyResult, PushId, PushLedger
+from adamax_ps.server.limits import MemoryBudget
+from adamax_ps.server.metrics import Metrics
+from adamax_ps.server.optimizer_state import OptimizerState
+from adamax_ps.server.optimizers import Optimizers
+from adamax_ps.server.store import ShardedStore
+from adamax_ps.server.sync import SyncCoordinator
+from adamax_ps.server.validation import NonFinitePolicy, check_gradient
+from adamax_ps.server.variables import Variables
 
 
-@dataclass(frozen=True)
-class ApplyResult:
-    """The answer to an applied push: the step it took and the iterations after."""
-
-    optimizer: str
-    step: int  # iterations before this push: the step's t is step + 1
-    iterations: int
-    record: int = field(default=0, compare=False)  # its log record, while new
-
-
-PUSH, STEP = "push", "step"  # the operations a push id can name
-
-
-@dataclass
-class _Client:
-    answers: OrderedDict[tuple[int, str], ApplyResult] = field(
-        default_factory=OrderedDict
-    )
-    floor: int = -1
-
-
-class PushLedger:
-    """Remembers answered pushes; thread-safe. See the module docstring."""
+class PushPipeline:
+    """Applies pushes and reserves steps for one server. Thread-safe."""
 
     def __init__(
         self,
-        per_client: int = DEFAULT_PER_CLIENT,
-        max_clients: int = DEFAULT_MAX_CLIENTS,
+        *,
+        store: ShardedStore,
+        variables: Variables,
+        optimizers: Optimizers,
+        ledger: PushLedger,
+        journal: Journal,
+        memory: MemoryBudget,
+        metrics: Metrics,
+        nonfinite: NonFinitePolicy,
+        sync: SyncCoordinator | None,
+        server_index: int,
     ) -> None:
-        self.per_client = per_client
-        self.max_clients = max_clients
-        self.forgotten = 0  # clients dropped whole, over max_clients
-        self._lock = threading.Lock()
-        self._clients: OrderedDict[str, _Client] = OrderedDict()
-        self._in_flight: dict[tuple[PushId, str], threading.Event] = {}
+        self.store = store
+        self.variables = variables
+        self.optimizers = optimizers
+        self.ledger = ledger
+        self.journal = journal
+        self.memory = memory
+        self.metrics = metrics
+        self.nonfinite = nonfinite
+        self.sync = sync
+        self.server_index = server_index  # server 0 reserves the steps
 
-    def begin(self, push_id: PushId, kind: str = PUSH) -> ApplyResult | None:
-        """The remembered answer, or None when the caller now owns the push.
-
-        An owner must call ``complete`` or ``abandon``. A duplicate of a push
-        in flight waits for its owner, then answers like it (or takes over if
-        the owner abandoned it). ``kind``: a push, or a step reservation.
-        """
-        key = (push_id.sequence, kind)
-        while True:
-            with self._lock:
-                client = self._clients.get(push_id.client)
-                if client is not None:
-                    self._clients.move_to_end(push_id.client)
-                    answer = client.answers.get(key)
-                    if answer is not None:
-                        return answer
-                event = self._in_flight.get((push_id, kind))
-                if event is None:
-                    self._refuse_forgotten(push_id, client)
-                    self._in_flight[(push_id, kind)] = threading.Event()
-                    return None
-            event.wait()
-
-    def _refuse_forgotten(self, push_id: PushId, client: _Client | None) -> None:
-        """``PushTooOldError`` for a push that may have been applied and forgotten."""
-        if client is not None and push_id.sequence <= client.floor:
-            raise PushTooOldError(
-                f"push {push_id.sequence} of client {push_id.client!r} is older "
-                f"than the server remembers (the last {self.per_client} per "
-                "client): it may have been applied, so it is refused rather than "
-                "risk applying it twice"
+    def apply(
+        self,
+        optimizer: str,
+        gradients: Sequence[Gradient],
+        push_id: PushId | None = None,
+        *,
+        step: int | None = None,
+        aggregate: bool = True,
+        call_variables: Sequence[str] | None = None,
+        clipped: bool = False,
+    ) -> ApplyResult:
+        """Apply one push; see ``ParameterService.apply``."""
+        started = time.perf_counter()
+        if step is not None and (not isinstance(step, int) or step < 0):
+            raise InvalidArgumentError(
+                f"a step is a non-negative integer. Received: {step}"
             )
-        if client is None and push_id.attempt > 0 and self.forgotten:
-            raise PushTooOldError(
-                f"push {push_id.sequence} of client {push_id.client!r} is a retry, "
-                "and this server no longer remembers that client (it keeps the "
-                f"{self.max_clients} most recently active): it may have been "
-                "applied, so it is refused rather than risk applying it twice"
+        try:
+            result = self._apply(
+                optimizer, gradients, push_id, step, aggregate, call_variables, clipped
             )
+        except ParameterServerError as e:
+            self.metrics.rejected.labels(type(e).__name__).inc()
+            if isinstance(e, StalePushError):
+                self.metrics.stale.inc()
+            raise
+        mode = "sync" if self.sync is not None else "async"
+        self.metrics.apply_seconds.labels(mode).observe(time.perf_counter() - started)
+        self.metrics.pushes.labels(optimizer).inc()
+        return result
 
-    def answered(self, push_id: PushId, kind: str = PUSH) -> bool:
-        """Whether the push's answer is remembered."""
-        with self._lock:
-            client = self._clients.get(push_id.client)
-            return client is not None and (push_id.sequence, kind) in client.answers
+    def _apply(
+        self, optimizer, gradients, push_id, step, aggregate, call_variables, clipped
+    ) -> ApplyResult:
+        state = self.optimizers.get(optimizer)
+        if push_id is not None:
+            answer = self.ledger.begin(push_id)
+            if answer is not None:
+                self.journal.wait(answer.record)  # never repeat one not on disk
+                return answer
+        try:
+            self.journal.check()
+            checked = [
+                check_gradient(self.variables.get(g.variable), g, self.nonfinite)
+                for g in gradients
+            ]
+            names = list(call_variables or [g.variable for g in checked])
+            if self.sync is not None:
+                return self._apply_sync(state, checked, push_id, step, aggregate, names)
+            if not checked and not names:  # Keras: apply_gradients([]) is a no-op
+                with state.lock:
+                    return ApplyResult(state.name, state.iterations, state.iterations)
+            prepared = _prepared(state, checked, clip=not clipped)
+            return self.apply_prepared(state, prepared, [push_id], step, False, names)
+        except BaseException:
+            if push_id is not None:
+                self.ledger.abandon(push_id)
+            raise
 
-    def complete(self, push_id: PushId, answer: ApplyResult, kind: str = PUSH) -> None:
-        """Remember the answer of an owned push and release its duplicates."""
-        with self._lock:
-            self._remember(push_id, answer, kind)
-            event = self._in_flight.pop((push_id, kind), None)
-        if event is not None:
-            event.set()
+    def reserve_step(
+        self,
+        optimizer: str,
+        variables: Sequence[str],
+        push_id: PushId | None = None,
+        *,
+        step: int | None = None,
+    ) -> int:
+        """See ``ParameterService.reserve_step``."""
+        if self.server_index != 0:
+            raise FailedPreconditionError(
+                "steps are reserved at server 0 of the cluster; this is server "
+                f"{self.server_index}"
+            )
+        state = self.optimizers.get(optimizer)
+        if push_id is not None:
+            answer = self.ledger.begin(push_id, STEP)
+            if answer is not None:
+                self.journal.wait(answer.record)
+                return answer.step
+        try:
+            self.journal.check()
+        except BaseException:
+            if push_id is not None:
+                self.ledger.abandon(push_id, STEP)
+            raise
+        with state.lock:
+            step = state.iterations if step is None else step
+            state.create_iterations()
+            state.hypers_created = True
+            state.record_call(list(variables))
+            state.iterations = max(state.iterations, step + 1)
+            logged = self.journal.write(
+                "reserve",
+                {
+                    "optimizer": state.name,
+                    "variables": list(variables),
+                    "step": step,
+                    "push_id": [push_id.client, push_id.sequence] if push_id else None,
+                },
+            )
+            if push_id is not None:
+                result = ApplyResult(state.name, step, step + 1, logged)
+                self.ledger.complete(push_id, result, STEP)
+        self.journal.wait(logged)
+        return step
 
-    def abandon(self, push_id: PushId, kind: str = PUSH) -> None:
-        """The owned push failed and changed nothing: duplicates may retry it."""
-        with self._lock:
-            event = self._in_flight.pop((push_id, kind), None)
-        if event is not None:
-            event.set()
-
-    def _remember(self, push_id: PushId, answer: ApplyResult, kind: str) -> None:
-        client = self._clients.get(push_id.client)
-        if client is None:
-            # Met again after being forgotten: none of its older pushes may
-            # apply now, whatever they are (a first meeting has no floor).
-            floor = push_id.sequence - 1 if self.forgotten else -1
-            client = self._clients[push_id.client] = _Client(floor=floor)
-            while len(self._clients) > self.max_clients:
-                self._clients.popitem(last=False)
-                self.forgotten += 1
-        self._clients.move_to_end(push_id.client)
-        client.answers[(push_id.sequence, kind)] = answer
-        while len(client.answers) > self.per_client:
-            (sequence, _), _ = client.answers.popitem(last=False)
-            client.floor = max(client.floor, sequence)
-
-    # Checkpoints ----------------------------------------------------------------
-
-    def snapshot(self) -> dict[str, Any]:
-        """A JSON-ready copy of the memory (answered pushes only)."""
-        with self._lock:
-            clients = {
-                name: {
-                    "floor": c.floor,
-                    "answers": [
-                        [seq, kind, a.optimizer, a.step, a.iterations]
-                        for (seq, kind), a in c.answers.items()
-                    ],
-                }
-                for name, c in self._clients.items()
-            }
-            return {"clients": clients, "forgotten": self.forgotten}
-
-    def restore(self, snapshot: dict[str, Any]) -> None:
-        """Replace the memory with a snapshot's (or an older checkpoint's,
-        which held the clients alone and named no operation kind)."""
-        current = set(snapshot) == {"clients", "forgotten"}
-        saved = snapshot["clients"] if current else snapshot
-        clients: OrderedDict[str, _Client] = OrderedDict()
-        for name, entry in saved.items():
-            client = _Client(floor=int(entry["floor"]))
-            for item in entry["answers"]:
-                if len(item) == 4:  # an older checkpoint's: pushes only
-                    item = [item[0], PUSH, *item[1:]]
-                seq, kind, optimizer, step, iterations = item
-                client.answers[(int(seq), kind)] = ApplyResult(
-                    optimizer, int(step), int(iterations)
+    def _apply_sync(self, state, checked, push_id, step, aggregate_, names):
+        if step is None:
+            raise InvalidArgumentError(
+                "this server runs synchronous training: a push must carry the step "
+                "(iterations) its gradients were computed at"
+            )
+        if push_id is None:
+            raise InvalidArgumentError(
+                "synchronous pushes need a push id: its client id names the replica"
+            )
+        with state.lock:
+            current = state.iterations
+        if not aggregate_:
+            self.sync.close_step(state.name, step, current)
+            try:
+                prepared = _prepared(state, checked)
+                return self.apply_prepared(
+                    state, prepared, [push_id], step, True, names
                 )
-            clients[name] = client
-        forgotten = int(snapshot["forgotten"]) if current else 0
-        with self._lock:
-            self._clients = clients
-            self.forgotten = forgotten
+            except BaseException:
+                self.sync.reopen(state.name, step)
+                raise
 
-    def __len__(self) -> int:
-        with self._lock:
-            return sum(len(c.answers) for c in self._clients.values())
+        def apply_round(step: int, contributions: dict[str, tuple]) -> ApplyResult:
+            replicas = sorted(contributions)
+            summed = aggregate(
+                [contributions[r][1] for r in replicas], self.sync.settings.average
+            )
+            ids = [contributions[r][0] for r in replicas]
+            every = [n for r in replicas for n in contributions[r][2]]
+            prepared = _prepared(state, summed)
+            return self.apply_prepared(state, prepared, ids, step, True, every)
+
+        self.metrics.sync_waits.inc()
+        return self.sync.contribute(
+            state.name,
+            step,
+            current,
+            push_id.client,
+            (push_id, checked, names),
+            apply_round,
+        )
+
+    def apply_prepared(
+        self,
+        state: OptimizerState,
+        gradients: list[Gradient],
+        push_ids: Sequence[PushId | None],
+        step: int | None,
+        exact: bool,
+        call_variables: list[str],
+    ) -> ApplyResult:
+        """Take the push's shards, its step, then update every shard in parallel
+        (step 4). ``gradients`` are validated, clipped and deduplicated; so is
+        a logged push, which the log's replay applies here.
+
+        ``step`` None: take the optimizer's next step. ``exact``: the step must
+        be the optimizer's next (synchronous mode). Otherwise a given step is
+        used as is and the counter only moves forward.
+        """
+        shards = set().union(*(g.shards() for g in gradients))
+        with self.store.locked(shards):
+            with state.lock:
+                if step is None:
+                    step = state.iterations
+                elif exact and step != state.iterations:
+                    raise FailedPreconditionError(
+                        f"step {step} of optimizer {state.name!r} cannot be applied: "
+                        f"the optimizer is at iterations {state.iterations}"
+                    )
+                new = state.without_slots([g.variable for g in gradients])
+                missing = {name: state.missing_slots(name) for name in new}
+                if new:  # counted before anything changes: refused, it is a no-op
+                    records = {g.variable: g.record for g in gradients}
+                    self.memory.reserve(
+                        sum(len(missing[n]) * records[n].nbytes for n in new),
+                        f"the m and v slots of {new} for optimizer {state.name!r}",
+                    )
+                state.create_iterations()
+                state.hypers_created = True
+                state.record_call(call_variables)
+                state.created_slots(new)
+                state.iterations = max(state.iterations, step + 1)
+                state.pushes += 1
+            for name in new:
+                for part in self.store.parts(self.variables.get(name)):
+                    for slot in missing[name]:  # an add_slot "m" is kept, as in Keras
+                        part.slots[(state.name, slot)] = np.zeros_like(part.value)
+            logged = self.journal.write_push(
+                state.name, gradients, push_ids, step, call_variables
+            )
+            scalars = {
+                dtype: state.config.step_scalars(step, dtype)
+                for dtype in {g.record.dtype for g in gradients}
+            }
+            tasks = [
+                _ShardTask(self.store, state.name, shard, gradients, scalars)
+                for shard in sorted(shards)
+            ]
+            self.store.run_parallel(tasks)
+            result = ApplyResult(state.name, step, step + 1, logged)
+            for push_id in push_ids:
+                if push_id is not None:
+                    self.ledger.complete(push_id, result)
+        self.journal.wait(logged)  # acknowledged only once on disk (wal mode)
+        return result
+
+
+def _prepared(
+    state: OptimizerState, gradients: list[Gradient], clip: bool = True
+) -> list[Gradient]:
+    """Clip (Keras order, raw sparse values), then sum duplicate rows (step 3)."""
+    if clip and state.config.clips:
+        try:
+            clipped = state.config.clip([g.values for g in gradients])
+        except ValueError as e:
+            raise InvalidArgumentError(str(e)) from None
+        gradients = [g.with_values(c) for g, c in zip(gradients, clipped, strict=True)]
+    return [g.deduplicated() for g in gradients]
+
+
+class _ShardTask:
+    """Runs one push's kernel calls for the parts held by one shard, in order
+    (a variable named twice in a push is updated twice, as in Keras)."""
+
+    def __init__(
+        self, store: ShardedStore, optimizer: str, shard: int, gradients, scalars
+    ):
+        parts = store.shards[shard].parts
+        self.parts = [(g, parts[g.variable]) for g in gradients if g.variable in parts]
+        self.optimizer = optimizer
+        self.scalars = scalars
+
+    def __call__(self) -> None:
+        for g, part in self.parts:
+            m = part.slots[(self.optimizer, "m")]
+            v = part.slots[(self.optimizer, "v")]
+            record = g.record
+            step = self.scalars[record.dtype]
+            if g.is_dense:
+                values = g.values
+                if len(record.parts) > 1:
+                    values = values.reshape(record.rows, -1)[part.lo : part.hi]
+                adamax.dense_update(part.value, m, v, values, step)
+            else:
+                adamax.sparse_rows_update(
+                    part.rows(part.value),
+                    part.rows(m),
+                    part.rows(v),
+                    g.indices,
+                    g.values,
+                    step,
+                    lo=part.lo,
+                )

@@ -230,6 +230,13 @@ class ShardedStore:
         if error is not None:
             raise error
 
+    def clear(self) -> None:
+        """Drop every variable (a restore that failed part way starts again)."""
+        with self.all_locked(), self._registry_lock:
+            self._variables.clear()
+            for shard in self.shards:
+                shard.parts.clear()
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from adamax_ps.server import adamax, kernels
 from adamax_ps.server.errors import InvalidArgumentError
-from adamax_ps.server.gradients import DenseGradient, PreparedGradient, SparseGradient
+from adamax_ps.server.gradients import Gradient
 from adamax_ps.server.store import VariableRecord
 
 MAX_NAME = 256
@@ -148,12 +148,12 @@ def check_indices(record: VariableRecord, indices: Any, what: str) -> np.ndarray
 
 
 def check_gradient(
-    record: VariableRecord,
-    gradient: DenseGradient | SparseGradient,
-    policy: NonFinitePolicy,
-) -> PreparedGradient:
+    record: VariableRecord, gradient: Gradient, policy: NonFinitePolicy
+) -> Gradient:
     """Validate one gradient of ``record``; nothing is changed by a refusal."""
-    if isinstance(gradient, DenseGradient):
+    if not isinstance(gradient, Gradient):
+        raise InvalidArgumentError(f"not a gradient: {type(gradient).__name__}")
+    if gradient.is_dense:
         values = _values(record, gradient.values)
         if values.shape != record.shape:
             raise InvalidArgumentError(
@@ -162,9 +162,7 @@ def check_gradient(
             )
         if not gradient.finite:
             _finite(record, values, policy)
-        return PreparedGradient(record, dense=np.asarray(values, order="C"))
-    if not isinstance(gradient, SparseGradient):
-        raise InvalidArgumentError(f"not a gradient: {type(gradient).__name__}")
+        return gradient.bound(record, np.asarray(values, order="C"))
     if not record.shape:
         raise InvalidArgumentError(
             f"a sparse gradient needs a variable of rank >= 1; {record.name!r} is a "
@@ -182,7 +180,7 @@ def check_gradient(
         _finite(record, values, policy)
     row_size = math.prod(record.shape[1:])
     values = np.ascontiguousarray(values).reshape(len(indices), row_size)
-    return PreparedGradient(record, indices=indices, values=values)
+    return gradient.bound(record, values, indices)
 
 
 def _values(record: VariableRecord, values: Any) -> np.ndarray:

@@ -32,13 +32,7 @@ from helpers.servers import Server
 from adamax_ps.client import Adamax, IndexedSlices, connect, errors
 from adamax_ps.proto.v1 import parameter_server_pb2 as pb
 from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
-from adamax_ps.server.service import (
-    DenseGradient,
-    ParameterService,
-    PushId,
-    ServiceSettings,
-    SparseGradient,
-)
+from adamax_ps.server.service import Gradient, ParameterService, PushId, ServiceSettings
 
 pytestmark = pytest.mark.slow
 
@@ -225,7 +219,7 @@ def replay(clients: dict[str, int], applied: dict[str, dict[int, int]]):
             rows, values, g = call(clients[client], seq)
             service.apply(
                 "Adamax",
-                [SparseGradient("emb", rows, values), DenseGradient("dense", g)],
+                [Gradient.sparse("emb", rows, values), Gradient.dense("dense", g)],
                 PushId(client, seq),
                 step=step,
             )

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from adamax_ps.server.pushes import PushId
-from adamax_ps.server.service import DenseGradient, ParameterService, SparseGradient
+from adamax_ps.server.ledger import PushId
+from adamax_ps.server.service import Gradient, ParameterService
 
 F32 = np.float32
 
@@ -63,19 +63,19 @@ def build_state(service, pushes: int = 6) -> None:
         service.apply(
             "Adamax",
             [
-                SparseGradient(
+                Gradient.sparse(
                     "emb",
                     rng.integers(0, 300, 16),
                     rng.normal(size=(16, 4)).astype(F32),
                 ),
-                DenseGradient("dense", rng.normal(size=7)),
-                DenseGradient("scalar", np.array(rng.normal(), F32)),
+                Gradient.dense("dense", rng.normal(size=7)),
+                Gradient.dense("scalar", np.array(rng.normal(), F32)),
             ],
             PushId("worker-a", i),
         )
     service.apply(
         "second",
-        [DenseGradient("half", np.full((5, 2), 0.5, np.float16))],
+        [Gradient.dense("half", np.full((5, 2), 0.5, np.float16))],
         PushId("worker-b", 0),
     )
     service.add_slot("Adamax", "dense", "z", initializer="ones")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from adamax_ps.server.pushes import PushId
-from adamax_ps.server.service import DenseGradient, ParameterService, SparseGradient
+from adamax_ps.server.ledger import PushId
+from adamax_ps.server.service import Gradient, ParameterService
 
 
 def setup(service: ParameterService) -> None:
@@ -19,12 +19,12 @@ def push(service: ParameterService, sequence: int) -> None:
     service.apply(
         "Adamax",
         [
-            SparseGradient(
+            Gradient.sparse(
                 "emb",
                 rng.integers(0, 500, 32),
                 rng.normal(size=(32, 8)).astype(np.float32),
             ),
-            DenseGradient("dense", rng.normal(size=64).astype(np.float32)),
+            Gradient.dense("dense", rng.normal(size=64).astype(np.float32)),
         ],
         PushId("worker", sequence),
     )

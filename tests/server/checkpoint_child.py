@@ -11,7 +11,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: helpers
 from helpers.state import build_state
 
-from adamax_ps.server.service import DenseGradient, ParameterService, ServiceSettings
+from adamax_ps.server.service import Gradient, ParameterService, ServiceSettings
 
 
 def main(root: str) -> None:
@@ -19,7 +19,7 @@ def main(root: str) -> None:
     build_state(service)
     service.checkpoint(root)
     print("checkpoint 1 written", flush=True)
-    service.apply("Adamax", [DenseGradient("dense", np.ones(7))])
+    service.apply("Adamax", [Gradient.dense("dense", np.ones(7))])
 
     def hold(shard: int) -> None:
         print(f"checkpoint 2 shard {shard} written", flush=True)

@@ -17,8 +17,8 @@ from helpers.state import build_state, snapshot
 
 from adamax_ps.server import checkpoint
 from adamax_ps.server.errors import CheckpointError, FailedPreconditionError
-from adamax_ps.server.pushes import PushId
-from adamax_ps.server.service import CheckpointInfo, DenseGradient, SparseGradient
+from adamax_ps.server.ledger import PushId
+from adamax_ps.server.service import CheckpointInfo, Gradient
 
 F32 = np.float32
 HELPER = Path(__file__).with_name("checkpoint_child.py")
@@ -39,13 +39,15 @@ def test_restore_is_bit_identical_on_any_shard_count(make_service, tmp_path, sha
 def test_answered_pushes_survive_a_restore(make_service, tmp_path):
     source = make_service(shards=2)
     build_state(source)
-    first = source.apply("Adamax", [DenseGradient("dense", np.ones(7))], PushId("w", 1))
+    first = source.apply(
+        "Adamax", [Gradient.dense("dense", np.ones(7))], PushId("w", 1)
+    )
     source.checkpoint(tmp_path)
     restored = make_service(shards=2)
     restored.restore(tmp_path)
     before = snapshot(restored)
     assert (
-        restored.apply("Adamax", [DenseGradient("dense", np.ones(7))], PushId("w", 1))
+        restored.apply("Adamax", [Gradient.dense("dense", np.ones(7))], PushId("w", 1))
         == first
     )
     assert snapshot(restored) == before
@@ -172,10 +174,10 @@ def test_a_checkpoint_taken_while_pushes_continue_is_a_consistent_cut(
     rng = np.random.default_rng(5)
     plans = {
         (f"w{t}", i): [
-            SparseGradient(
+            Gradient.sparse(
                 "e", rng.integers(0, 200, 8), rng.normal(size=(8, 4)).astype(F32)
             ),
-            DenseGradient("d", rng.normal(size=64).astype(F32)),
+            Gradient.dense("d", rng.normal(size=64).astype(F32)),
         ]
         for t in range(4)
         for i in range(150)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from adamax_ps.server.errors import PushTooOldError
-from adamax_ps.server.pushes import PUSH, STEP, ApplyResult, PushId, PushLedger
-from adamax_ps.server.service import DenseGradient
+from adamax_ps.server.ledger import PUSH, STEP, ApplyResult, PushId, PushLedger
+from adamax_ps.server.service import Gradient
 
 
 def answered(ledger: PushLedger, push_id: PushId, kind: str = PUSH) -> ApplyResult:
@@ -85,7 +85,7 @@ def test_a_service_with_more_clients_than_it_remembers_applies_nothing_twice(
     for client in range(5):
         service.apply(
             "Adamax",
-            [DenseGradient("a", np.ones(2, np.float32))],
+            [Gradient.dense("a", np.ones(2, np.float32))],
             PushId(f"c{client}", 0),
         )
     value, iterations = service.pull("a"), service.iterations("Adamax")
@@ -93,12 +93,12 @@ def test_a_service_with_more_clients_than_it_remembers_applies_nothing_twice(
         with pytest.raises(PushTooOldError):
             service.apply(
                 "Adamax",
-                [DenseGradient("a", np.ones(2, np.float32))],
+                [Gradient.dense("a", np.ones(2, np.float32))],
                 PushId(f"c{client}", 0, attempt=1),
             )
     again = service.apply(
         "Adamax",
-        [DenseGradient("a", np.ones(2, np.float32))],
+        [Gradient.dense("a", np.ones(2, np.float32))],
         PushId("c4", 0, attempt=1),
     )
     assert again.iterations == 5  # remembered: the same answer, nothing applied

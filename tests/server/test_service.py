@@ -19,22 +19,18 @@ from adamax_ps.server.errors import (
     VariableNotFoundError,
 )
 from adamax_ps.server.hyperparams import AdamaxConfig
-from adamax_ps.server.pushes import ApplyResult, PushId
-from adamax_ps.server.service import (
-    DenseGradient,
-    NonFinitePolicy,
-    SparseGradient,
-)
+from adamax_ps.server.ledger import ApplyResult, PushId
+from adamax_ps.server.service import Gradient, NonFinitePolicy
 
 F32 = np.float32
 
 
 def dense(name, values):
-    return DenseGradient(name, np.asarray(values, F32))
+    return Gradient.dense(name, np.asarray(values, F32))
 
 
 def sparse(name, indices, values):
-    return SparseGradient(name, np.asarray(indices, np.int64), np.asarray(values, F32))
+    return Gradient.sparse(name, np.asarray(indices, np.int64), np.asarray(values, F32))
 
 
 class TestVariables:
@@ -226,18 +222,18 @@ class TestApply:
         ("bad", "message"),
         [
             (dense("b", [1, 1, 1]), r"'b' must have shape \(2,\). Received: \(3,\)"),
-            (DenseGradient("b", np.ones(2, np.float64)), "must have dtype float32"),
+            (Gradient.dense("b", np.ones(2, np.float64)), "must have dtype float32"),
             (
                 sparse("e", [0, 5], np.ones((2, 3))),
                 r"indices\[1\] = 5 is not in \[0, 4\)",
             ),
             (sparse("e", [-1], np.ones((1, 3))), r"indices\[0\] = -1 is not in"),
             (
-                SparseGradient("e", np.array([0.5]), np.ones((1, 3), F32)),
+                Gradient.sparse("e", np.array([0.5]), np.ones((1, 3), F32)),
                 "int32 or int64",
             ),
             (
-                SparseGradient("e", np.zeros((1, 1), np.int64), np.ones((1, 3), F32)),
+                Gradient.sparse("e", np.zeros((1, 1), np.int64), np.ones((1, 3), F32)),
                 "1-D",
             ),
             (sparse("e", [0], np.ones((1, 2))), r"must have shape \(1, 3\)"),
@@ -380,7 +376,7 @@ class TestConcurrency:
             for i in range(pushes):
                 concurrent.apply(
                     "Adamax",
-                    [SparseGradient("e", indices[t][i], grads[t, i])],
+                    [Gradient.sparse("e", indices[t][i], grads[t, i])],
                     PushId(f"w{t}", i),
                 )
 
@@ -395,7 +391,7 @@ class TestConcurrency:
         for t in range(threads):
             for i in range(pushes):
                 serial.apply(
-                    "Adamax", [SparseGradient("e", indices[t][i], grads[t, i])]
+                    "Adamax", [Gradient.sparse("e", indices[t][i], grads[t, i])]
                 )
         assert concurrent.iterations("Adamax") == serial.iterations("Adamax") == 1600
         for slot in "mv":
@@ -413,12 +409,12 @@ class TestConcurrency:
         rng = np.random.default_rng(9)
         plan = [
             [
-                SparseGradient(
+                Gradient.sparse(
                     "e", rng.integers(0, 30, 3), rng.normal(size=(3, 2)).astype(F32)
                 )
             ]
             + (
-                [DenseGradient("d", rng.normal(size=5).astype(F32))]
+                [Gradient.dense("d", rng.normal(size=5).astype(F32))]
                 if i % 3 == 0
                 else []
             )
@@ -477,5 +473,5 @@ def test_global_clipnorm_over_mixed_dtypes_is_refused(make_service):
     service.create_variable("b", shape=(2,), dtype="float64")
     with pytest.raises(InvalidArgumentError, match="one dtype"):
         service.apply(
-            "Adamax", [dense("a", [1, 1]), DenseGradient("b", np.ones(2, np.float64))]
+            "Adamax", [dense("a", [1, 1]), Gradient.dense("b", np.ones(2, np.float64))]
         )

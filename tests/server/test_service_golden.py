@@ -8,13 +8,8 @@ import pytest
 from helpers.golden import assert_matches, case_names, load_case
 
 from adamax_ps.server.hyperparams import AdamaxConfig
-from adamax_ps.server.optimizers import WeightRef
-from adamax_ps.server.service import (
-    DenseGradient,
-    ParameterService,
-    ServiceSettings,
-    SparseGradient,
-)
+from adamax_ps.server.optimizer_state import WeightRef
+from adamax_ps.server.service import Gradient, ParameterService, ServiceSettings
 
 LAYOUTS = {
     "one-shard": ServiceSettings(shards=1),
@@ -49,9 +44,9 @@ def test_service_replays_tensorflow(name, layout):
             service.create_variable(f"w{j}", initial_value=case.init(j))
         for i, step in enumerate(case.steps()):
             gradients = [
-                DenseGradient(f"w{p.var}", p.grad)
+                Gradient.dense(f"w{p.var}", p.grad)
                 if p.kind == "dense"
-                else SparseGradient(f"w{p.var}", p.indices, p.grad)
+                else Gradient.sparse(f"w{p.var}", p.indices, p.grad)
                 for p in step
                 if p.kind != "none"
             ]

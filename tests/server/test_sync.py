@@ -13,8 +13,8 @@ from adamax_ps.server.errors import (
     StalePushError,
     SyncTimeoutError,
 )
-from adamax_ps.server.pushes import PushId
-from adamax_ps.server.service import DenseGradient, SparseGradient
+from adamax_ps.server.ledger import PushId
+from adamax_ps.server.service import Gradient
 from adamax_ps.server.sync import SyncSettings
 
 F32 = np.float32
@@ -47,8 +47,8 @@ def replica_grads(n, seed=0):
     rng = np.random.default_rng(seed)
     return {
         f"r{k}": [
-            DenseGradient("w", rng.normal(size=40).astype(F32)),
-            SparseGradient(
+            Gradient.dense("w", rng.normal(size=40).astype(F32)),
+            Gradient.sparse(
                 "e", rng.integers(0, 20, 4), rng.normal(size=(4, 3)).astype(F32)
             ),
         ]
@@ -71,7 +71,7 @@ def single_push_of_the_sum(make_service, pushes, average=False):
         total /= F32(len(replicas))
         values = values / F32(len(replicas))
     reference.apply(
-        "Adamax", [DenseGradient("w", total), SparseGradient("e", indices, values)]
+        "Adamax", [Gradient.dense("w", total), Gradient.sparse("e", indices, values)]
     )
     return reference
 

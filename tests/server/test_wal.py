@@ -16,8 +16,8 @@ from helpers.state import build_state, snapshot
 
 from adamax_ps.server import wal
 from adamax_ps.server.errors import CheckpointError
-from adamax_ps.server.pushes import PushId
-from adamax_ps.server.service import DenseGradient, SparseGradient
+from adamax_ps.server.ledger import PushId
+from adamax_ps.server.service import Gradient
 
 F32 = np.float32
 CHILD = Path(__file__).with_name("wal_child.py")
@@ -35,12 +35,12 @@ def pushes(service, count, start=0, client="w"):
         service.apply(
             "Adamax",
             [
-                SparseGradient(
+                Gradient.sparse(
                     "emb",
                     rng.integers(0, 300, 16),
                     rng.normal(size=(16, 4)).astype(F32),
                 ),
-                DenseGradient("dense", rng.normal(size=7)),
+                Gradient.dense("dense", rng.normal(size=7)),
             ],
             PushId(client, i),
         )
@@ -72,11 +72,11 @@ def test_replayed_pushes_keep_their_steps_and_apply_once(make_service, tmp_path)
     service = wal_service(make_service, tmp_path, shards=2)
     build_state(service, pushes=3)
     first = service.apply(
-        "Adamax", [DenseGradient("dense", np.ones(7))], PushId("r", 1)
+        "Adamax", [Gradient.dense("dense", np.ones(7))], PushId("r", 1)
     )
     restored = wal_service(make_service, tmp_path, shards=2)
     again = restored.apply(
-        "Adamax", [DenseGradient("dense", np.ones(7))], PushId("r", 1)
+        "Adamax", [Gradient.dense("dense", np.ones(7))], PushId("r", 1)
     )
     assert again == first
     assert restored.optimizer("Adamax").iterations == first.iterations
