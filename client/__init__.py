@@ -23,7 +23,7 @@ from adamax_ps.client.errors import (
     TransportError,
 )
 from adamax_ps.client.optimizer import Adamax
-from adamax_ps.client.transports import RetryPolicy
+from adamax_ps.client.retry import RetryPolicy
 from adamax_ps.client.variables import IndexedSlices, RemoteSlot, RemoteVariable
 
 

@@ -27,17 +27,16 @@ import grpc
 import numpy as np
 
 from adamax_ps.client import errors
-from adamax_ps.client.http_transport import HttpTransport
-from adamax_ps.client.transports import (
+from adamax_ps.client.grpc_transport import GrpcTransport
+from adamax_ps.client.retry import RetryPolicy
+from adamax_ps.client.transport import (
     ApplyOptions,
-    GrpcTransport,
+    Gradient,
     OptimizerInfo,
     PushId,
-    RetryPolicy,
     ServerInfo,
     Transport,
     VariableSpec,
-    WireGradient,
     new_client_id,
 )
 from adamax_ps.client.variables import RemoteVariable
@@ -411,14 +410,14 @@ class Cluster:
     def push(
         self,
         optimizer: str,
-        gradients: list[tuple[str, np.ndarray, np.ndarray | None]],
+        gradients: list[Gradient],
         *,
         step: int | None = None,
         aggregated: bool = False,
         clipped: bool = False,
     ) -> tuple[int, int]:
-        """Apply one call's gradients, ``(variable, values, indices or None)``
-        in call order, on every server concerned; returns (step, iterations).
+        """Apply one call's gradients, in call order, on every server
+        concerned; returns (step, iterations).
 
         Asynchronous with several servers: the coordinator reserves the step,
         then every server holding a gradient applies it with that step.
@@ -426,13 +425,14 @@ class Cluster:
         call's rows are its), so every server's round completes.
         """
         push_id = self.next_push_id()
-        names = [name for name, _, _ in gradients]
-        shares: dict[int, list[WireGradient]] = {}
+        names = [g.variable for g in gradients]
+        shares: dict[int, list[Gradient]] = {}
         first_seen = []
-        for name, values, indices in gradients:
+        for gradient in gradients:
+            name = gradient.variable
             placement = self.placement(name)
             hit = set()
-            for server, share in self._split(placement, values, indices):
+            for server, share in self._split(placement, gradient):
                 shares.setdefault(server, []).append(share)
                 hit.add(server)
             with self._lock:
@@ -444,7 +444,7 @@ class Cluster:
                     if piece.server not in hit:
                         empty = np.zeros((0, *placement.shape[1:]), placement.dtype)
                         shares.setdefault(piece.server, []).append(
-                            WireGradient(name, empty, np.zeros(0, np.int64))
+                            Gradient(name, empty, np.zeros(0, np.int64))
                         )
                 first_seen.append((optimizer, name))
         options = {
@@ -477,23 +477,21 @@ class Cluster:
         iterations = max(r[1] for r in results)
         return step_taken, iterations
 
-    def _split(
-        self, placement: Placement, values: np.ndarray, indices: np.ndarray | None
-    ):
+    def _split(self, placement: Placement, gradient: Gradient):
         """Each server's share of one gradient (sparse rows made local)."""
-        name = placement.name
+        name, values, indices = placement.name, gradient.values, gradient.indices
         if not placement.split:
-            yield placement.slices[0].server, WireGradient(name, values, indices)
+            yield placement.slices[0].server, gradient
             return
         if indices is None:
             for piece in placement.slices:
-                yield piece.server, WireGradient(name, values[piece.lo : piece.hi])
+                yield piece.server, Gradient(name, values[piece.lo : piece.hi])
             return
         for piece in placement.slices:
             where = np.flatnonzero((indices >= piece.lo) & (indices < piece.hi))
             if where.size:
                 local = (indices[where] - piece.lo).astype(indices.dtype)
-                yield piece.server, WireGradient(name, values[where], local)
+                yield piece.server, Gradient(name, values[where], local)
 
     def checkpoint(self) -> list[dict[str, Any]]:
         """Ask every server to write a checkpoint now."""
@@ -518,6 +516,8 @@ def _transport(address: str, **options: Any) -> Transport:
             roots = None if tls is True else Path(tls).read_bytes()
             credentials = grpc.ssl_channel_credentials(root_certificates=roots)
         return GrpcTransport(address, credentials=credentials, **options)
+    from adamax_ps.client.http_transport import HttpTransport  # httpx: on first use
+
     verify = (
         True if tls in (None, True) else ssl.create_default_context(cafile=str(tls))
     )

@@ -8,7 +8,6 @@ Retries and errors follow the gRPC transport's rules.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
@@ -17,16 +16,16 @@ import httpx
 import numpy as np
 
 from adamax_ps.client import errors
-from adamax_ps.client.transports import (
+from adamax_ps.client.retry import RetryableError, RetryPolicy, with_retries
+from adamax_ps.client.transport import (
     ApplyOptions,
+    Gradient,
     OptimizerInfo,
     PushId,
-    RetryPolicy,
     ServerInfo,
     VariableInfo,
     VariableSpec,
     View,
-    WireGradient,
 )
 from adamax_ps.proto import codec
 from adamax_ps.proto.wire import API, VIEW_HEADER
@@ -77,16 +76,15 @@ class HttpTransport:
             headers[VIEW_HEADER] = f"{view[0]}/{view[1]}"
         if framed is not None:
             headers["content-type"] = codec.FRAMED
-        delays = self.retry.delays()
-        attempt = 0
-        while True:
+
+        def attempt(number: int) -> httpx.Response:
+            content = None
             if push_id is not None:
-                stamped = _push_id_json(push_id, attempt)
+                stamped = _push_id_json(push_id, number)
                 if framed is not None:
                     framed[0]["push_id"] = stamped
                 else:
                     json["push_id"] = stamped
-            content = None
             if framed is not None:
                 pieces = codec.frame(*framed)  # sent as they are: no joined copy
                 headers["content-length"] = str(sum(len(p) for p in pieces))
@@ -107,28 +105,20 @@ class HttpTransport:
                 httpx.WriteError,
                 httpx.PoolTimeout,
             ) as e:
-                delay = next(delays, None)
-                if delay is None:
-                    raise errors.TransportError(f"{self.address}: {e}") from None
-                self.retry.retrying(self.address, type(e).__name__)
-                time.sleep(delay)
-                attempt += 1
-                continue
+                error = errors.TransportError(f"{self.address}: {e}")
+                raise RetryableError(type(e).__name__, error) from None
             except httpx.TimeoutException as e:
                 raise errors.TransportError(f"{self.address}: timed out: {e}") from None
             if (
                 response.status_code == 503
                 and _error_name(response) not in errors.FINAL
             ):
-                delay = next(delays, None)
-                if delay is not None:
-                    self.retry.retrying(self.address, "503")
-                    time.sleep(delay)
-                    attempt += 1
-                    continue
+                raise RetryableError("503", self._error(response))
             if response.status_code >= 400:
                 raise self._error(response)
             return response
+
+        return with_retries(self.retry, self.address, attempt)
 
     def _error(self, response: httpx.Response) -> errors.ParameterServerError:
         try:
@@ -229,7 +219,7 @@ class HttpTransport:
         self,
         view: View,
         optimizer: str,
-        gradients: list[WireGradient],
+        gradients: list[Gradient],
         push_id: PushId,
         options: ApplyOptions,
     ) -> tuple[int, int]:

@@ -25,6 +25,7 @@ import numpy as np
 
 from adamax_ps.client import errors
 from adamax_ps.client.cluster import Cluster, default_cluster
+from adamax_ps.client.transport import Gradient
 from adamax_ps.client.variables import (
     Iterations,
     RemoteSlot,
@@ -155,21 +156,24 @@ class Adamax:
                 f"({[v.name for _, v in pairs]},). Provided `grads_and_vars` is "
                 f"({tuple(pairs)},)."
             )
-        wire = [_wire(g, v) for g, v in gradients]
+        wire = [_gradient(g, v) for g, v in gradients]
         sync = self._cluster.synchronous
         clipped = False
         if any(value is not None for value in self._clip.values()):
             if sync:
                 self._check_sync_clipping(wire)
             else:
-                raw = keras.clip_gradients([w[1] for w in wire], **self._clip)
-                wire = [(n, g, i) for (n, _, i), g in zip(wire, raw, strict=True)]
+                raw = keras.clip_gradients([w.values for w in wire], **self._clip)
+                wire = [
+                    Gradient(w.variable, g, w.indices)
+                    for w, g in zip(wire, raw, strict=True)
+                ]
                 clipped = True
         if not sync:
             # After clipping, Keras sums duplicate rows: do it here, exactly as
             # the server would, and send each row once. (In synchronous mode the
             # server sums the replicas' raw rows, so they travel as they are.)
-            wire = [_compact(*w) for w in wire]
+            wire = [_compact(w) for w in wire]
         try:
             _, iterations = self._cluster.push(
                 self._name,
@@ -184,7 +188,7 @@ class Adamax:
         self._known_iterations = iterations
         return np.int64(iterations)
 
-    def _check_sync_clipping(self, wire: list) -> None:
+    def _check_sync_clipping(self, wire: list[Gradient]) -> None:
         """In synchronous mode each server clips its aggregated share: refuse
         norm clipping that would span servers."""
         cluster = self._cluster
@@ -196,7 +200,7 @@ class Adamax:
                 "servers it cannot be applied after aggregation"
             )
         if self._clip["clipnorm"] is not None:
-            split = [n for n, _, _ in wire if cluster.placement(n).split]
+            split = [w.variable for w in wire if cluster.placement(w.variable).split]
             if split:
                 raise ValueError(
                     f"clipnorm of {split} spans servers (they are split by rows): in "
@@ -369,9 +373,9 @@ def _pairs(grads_and_vars: Iterable) -> list[tuple[Any, RemoteVariable]]:
     return pairs
 
 
-def _wire(gradient: Any, var: RemoteVariable) -> tuple[str, np.ndarray, Any]:
-    """A gradient as ``(variable, values, indices or None)``, checked against the
-    variable before anything is sent."""
+def _gradient(gradient: Any, var: RemoteVariable) -> Gradient:
+    """What a Keras gradient is (dense, or anything with ``indices`` and
+    ``values``), checked against the variable before anything is sent."""
     if hasattr(gradient, "indices") and hasattr(gradient, "values"):
         values = _array(gradient.values)
         indices = _array(gradient.indices)
@@ -395,7 +399,7 @@ def _wire(gradient: Any, var: RemoteVariable) -> tuple[str, np.ndarray, Any]:
                 f"for variable {var.name!r}"
             )
         _check_dtype(values, var)
-        return (
+        return Gradient(
             var.name,
             np.ascontiguousarray(values),
             indices.astype(np.int64, copy=False),
@@ -407,17 +411,20 @@ def _wire(gradient: Any, var: RemoteVariable) -> tuple[str, np.ndarray, Any]:
             f"Received: {values.shape}"
         )
     _check_dtype(values, var)
-    return var.name, np.asarray(values, order="C"), None
+    return Gradient(var.name, np.asarray(values, order="C"))
 
 
-def _compact(name: str, values: np.ndarray, indices: np.ndarray | None):
+def _compact(gradient: Gradient) -> Gradient:
     """A sparse gradient with its duplicate rows summed (dense ones as they are)."""
+    indices, values = gradient.indices, gradient.values
     if indices is None or len(indices) == 0:
-        return name, values, indices
+        return gradient
     rows, summed = dedup.deduplicate(indices, values.reshape(len(indices), -1))
     if len(rows) == len(indices):
-        return name, values, indices
-    return name, summed.reshape(len(rows), *values.shape[1:]), rows
+        return gradient
+    return Gradient(
+        gradient.variable, summed.reshape(len(rows), *values.shape[1:]), rows
+    )
 
 
 def _array(value: Any) -> np.ndarray:

@@ -9,12 +9,24 @@ object with ``.values``, ``.indices`` and ``.dense_shape`` work the same way).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from adamax_ps.client.cluster import Cluster
+
+class Cluster(Protocol):
+    """What remote values ask of the cluster that holds them
+    (``adamax_ps.client.cluster.Cluster``)."""
+
+    def read(self, name: str, *, optimizer: str = "", slot: str = "") -> np.ndarray: ...
+    def gather(self, name: str, rows: Any) -> np.ndarray: ...
+    def assign(
+        self, name: str, value: np.ndarray, *, optimizer: str = "", slot: str = ""
+    ) -> None: ...
+    def read_weight(self, optimizer: str, name: str) -> np.ndarray: ...
+    def assign_weight(self, optimizer: str, name: str, value: np.ndarray) -> None: ...
+    def optimizer(self, name: str, create_iterations: bool = False) -> Any: ...
+    def set_iterations(self, optimizer: str, iterations: int) -> None: ...
 
 
 class IndexedSlices:

@@ -326,7 +326,7 @@ def test_a_streamed_sparse_and_dense_push_equals_the_same_push_unary(
 ):
     """Indices, values and a dense gradient in one stream (over 1 MB) land as
     the same call sent as one unary message does."""
-    from adamax_ps.client import transports
+    from adamax_ps.client import grpc_transport
 
     (server,) = servers(1, checkpoints=False)
     rng = np.random.default_rng(4)
@@ -336,7 +336,7 @@ def test_a_streamed_sparse_and_dense_push_equals_the_same_push_unary(
     finals = []
     with connect(server.grpc_address) as cluster:
         for name, stream_above in (("streamed", 1 << 10), ("unary", 1 << 30)):
-            monkeypatch.setattr(transports, "STREAM_ABOVE", stream_above)
+            monkeypatch.setattr(grpc_transport, "STREAM_ABOVE", stream_above)
             emb = cluster.variable(f"{name}/emb", shape=(5000, 64), initializer="ones")
             w = cluster.variable(f"{name}/w", shape=(1000,), initializer="ones")
             opt = Adamax(name=name, cluster=cluster)

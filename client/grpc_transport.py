@@ -1,194 +1,38 @@
-"""Transports: one method per server operation, over one scheme (``grpc://``).
+"""``grpc://``: every operation over one gRPC channel to one server.
 
-A transport talks to one server. It sends tensors as raw bytes (pushes and
-assignments over 1 MB as a stream of 1 MB chunks), retries what is safe to
-retry (every call here is idempotent or carries a push id) with bounded
-exponential backoff, and turns failures into ``adamax_ps.client.errors``.
+Tensors travel as raw bytes in protobuf messages; pushes, assignments and
+initial values over 1 MB as a stream of 1 MB chunks, whose data chunks are
+encoded without protobuf (``proto.streams``). Calls are retried per the
+``RetryPolicy`` when the server is unreachable or busy.
 """
 
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 import numpy as np
 
 from adamax_ps.client import errors
+from adamax_ps.client.retry import RetryableError, RetryPolicy, with_retries
+from adamax_ps.client.transport import (
+    ApplyOptions,
+    Gradient,
+    OptimizerInfo,
+    PushId,
+    ServerInfo,
+    VariableInfo,
+    VariableSpec,
+    View,
+)
 from adamax_ps.proto import codec, streams
 from adamax_ps.proto.v1 import parameter_server_pb2 as pb
 from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
 from adamax_ps.proto.wire import ERROR_KEY, MESSAGE_LIMIT
 
 STREAM_ABOVE = streams.CHUNK_BYTES  # pushes larger than this travel as a stream
-
-View = tuple[int, int]  # (server index, number of servers)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded retries with exponential backoff for unreachable servers.
-
-    ``on_retry(address, reason)``, if given, is called before each retry (to
-    log or count them).
-    """
-
-    attempts: int = 8
-    initial_backoff: float = 0.05
-    max_backoff: float = 2.0
-    multiplier: float = 2.0
-    on_retry: Callable[[str, str], None] | None = None
-
-    def retrying(self, address: str, reason: str) -> None:
-        if self.on_retry is not None:
-            self.on_retry(address, reason)
-
-    def delays(self) -> Iterator[float]:
-        delay = self.initial_backoff
-        for _ in range(self.attempts - 1):
-            yield delay
-            delay = min(delay * self.multiplier, self.max_backoff)
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    address: str
-    version: str
-    server_index: int
-    num_servers: int
-    shards: int
-    replicas: int
-    replicas_to_aggregate: int
-    ready: bool
-    max_request_rows: int = 0  # 0: the server states no limit
-
-
-@dataclass(frozen=True)
-class VariableSpec:
-    """A variable (or this server's rows of it) to create or attach to."""
-
-    name: str
-    global_shape: tuple[int, ...]
-    dtype: np.dtype
-    row_offset: int
-    rows: int
-    initial_value: np.ndarray | None = None
-    initializer: str | dict = "zeros"
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class VariableInfo:
-    name: str
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    global_shape: tuple[int, ...]
-    row_offset: int
-    created: bool
-
-
-@dataclass(frozen=True)
-class OptimizerInfo:
-    name: str
-    config: dict[str, Any]
-    iterations: int
-    weights: list[tuple[str, str, str]]  # (kind, variable, name)
-    slot_names: list[str]
-    created: bool
-    pushes: int
-
-
-@dataclass(frozen=True)
-class WireGradient:
-    """One server's share of a gradient: dense, or sparse with local rows."""
-
-    variable: str
-    values: np.ndarray
-    indices: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class PushId:
-    client: str
-    sequence: int
-
-
-@dataclass
-class ApplyOptions:
-    step: int | None = None
-    aggregated: bool = False
-    call_variables: Sequence[str] = field(default_factory=tuple)
-    clipped: bool = False
-
-
-class Transport(Protocol):
-    """What the cluster layer needs from one server, whatever the scheme."""
-
-    address: str
-
-    def server_info(self) -> ServerInfo: ...
-    def create_variables(
-        self, view: View, specs: list[VariableSpec]
-    ) -> list[VariableInfo]: ...
-    def list_variables(self) -> list[VariableInfo]: ...
-    def create_optimizer(self, view: View, config: dict) -> OptimizerInfo: ...
-    def get_optimizer(
-        self, name: str, create_iterations: bool = False
-    ) -> OptimizerInfo: ...
-    def reserve_step(
-        self, view: View, optimizer: str, variables: Sequence[str], push_id: PushId
-    ) -> int: ...
-    def apply(
-        self,
-        view: View,
-        optimizer: str,
-        gradients: list[WireGradient],
-        push_id: PushId,
-        options: ApplyOptions,
-    ) -> tuple[int, int]: ...
-    def read(
-        self,
-        variable: str = "",
-        *,
-        optimizer: str = "",
-        slot: str = "",
-        rows: np.ndarray | None = None,
-        weight: str = "",
-    ) -> np.ndarray: ...
-    def assign(
-        self,
-        view: View,
-        value: np.ndarray,
-        *,
-        variable: str = "",
-        optimizer: str = "",
-        slot: str = "",
-        weight: str = "",
-    ) -> None: ...
-    def set_iterations(self, view: View, optimizer: str, iterations: int) -> None: ...
-    def add_slot(
-        self, view: View, optimizer: str, variable: str, slot: str, initializer: str
-    ) -> None: ...
-    def add_weight(
-        self,
-        view: View,
-        optimizer: str,
-        name: str,
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        initializer: str,
-    ) -> np.ndarray: ...
-    def checkpoint(self) -> dict[str, Any]: ...
-    def close(self) -> None: ...
-
-
-def new_client_id() -> str:
-    """A fresh client id: pushes of different clients never share ids."""
-    return uuid.uuid4().hex
 
 
 class GrpcTransport:
@@ -243,11 +87,10 @@ class GrpcTransport:
         """Call with retries; ``make_request`` builds a fresh request (or
         stream), given the attempt number (0, 1, ...) when ``counted``: a push
         says when it is a retry."""
-        delays = self.retry.delays()
-        attempt = 0
-        while True:
+
+        def attempt(number: int) -> Any:
+            request = make_request(number) if counted else make_request()
             try:
-                request = make_request(attempt) if counted else make_request()
                 return method(request, timeout=self.timeout, metadata=self.metadata)
             except grpc.RpcError as e:
                 code = e.code() if hasattr(e, "code") else None
@@ -255,13 +98,10 @@ class GrpcTransport:
                 if (
                     code is grpc.StatusCode.UNAVAILABLE and domain not in errors.FINAL
                 ) or (code is grpc.StatusCode.DEADLINE_EXCEEDED and not domain):
-                    delay = next(delays, None)
-                    if delay is not None:
-                        self.retry.retrying(self.address, code.name)
-                        time.sleep(delay)
-                        attempt += 1
-                        continue
+                    raise RetryableError(code.name, self._error(e)) from None
                 raise self._error(e) from None
+
+        return with_retries(self.retry, self.address, attempt)
 
     def _error(self, e: grpc.RpcError) -> errors.ParameterServerError:
         code = e.code() if hasattr(e, "code") else None
@@ -373,7 +213,7 @@ class GrpcTransport:
         self,
         view: View,
         optimizer: str,
-        gradients: list[WireGradient],
+        gradients: list[Gradient],
         push_id: PushId,
         options: ApplyOptions,
     ) -> tuple[int, int]:
