@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from probe import stream_4r3w
 from readme import save, update_readme
 
 from adamax_ps.server import adamax, kernels
@@ -121,12 +122,12 @@ def dense_cases(n: int, step: adamax.StepScalars) -> dict[str, Callable[[int], N
         kernels.dense_adamax(w_, m_, v_, g_, c1, b2, lr, eps)
 
     ours_1, ours_2 = state(), state()
-    probe_2 = split2(kernels.stream_4r3w, *probe)
+    probe_2 = split2(stream_4r3w, *probe)
     fused_2 = split2(fused, *ours_2, g)
     return {
         "numpy naive (temporaries)": naive(*state()),
         "numpy in-place (out=, scratch)": numpy_inplace(*state()),
-        "probe 4R3W, 1 thread": lambda _: kernels.stream_4r3w(*probe),
+        "probe 4R3W, 1 thread": lambda _: stream_4r3w(*probe),
         "probe 4R3W, 2 threads": lambda _: probe_2(),
         "adamax-ps fused, 1 thread": lambda _: adamax.dense_update(*ours_1, g, step),
         "adamax-ps fused, 2 threads": lambda _: fused_2(),

@@ -18,6 +18,7 @@ from itertools import pairwise
 
 import numpy as np
 from measure import quiet_tensorflow
+from probe import stream_4r3w
 
 from adamax_ps.server import adamax, kernels
 from adamax_ps.server.hyperparams import AdamaxConfig
@@ -254,9 +255,9 @@ class Probe:
 
     def step(self, k: int) -> None:
         if self.threads == 1:
-            kernels.stream_4r3w(*self.arrays)
+            stream_4r3w(*self.arrays)
         else:
-            run_split(kernels.stream_4r3w, self.threads, *self.arrays)
+            run_split(stream_4r3w, self.threads, *self.arrays)
 
 
 class SparseOurs:

@@ -24,12 +24,13 @@ from pydantic import (
     model_validator,
 )
 
+from adamax_ps.common import environment
 from adamax_ps.server import limits
 from adamax_ps.server.service import DEFAULT_MAX_REQUEST_ROWS, ServiceSettings
 from adamax_ps.server.sync import SyncSettings
 from adamax_ps.server.validation import NonFinitePolicy
 
-ENV_PREFIX = "ADAMAX_PS_"
+ENV_PREFIX = environment.PREFIX
 _SIZES = ("memory_limit", "max_inflight_bytes", "max_request_bytes")
 
 
@@ -199,7 +200,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per field; defaults come from the environment, then the model."""
     for name, field in ServerConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        env = ENV_PREFIX + name.upper()
+        env = environment.variable(name)
         help_text = f"{_HELP[name]} [env {env}]"
         if field.annotation is bool:
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
@@ -225,9 +226,9 @@ def from_arguments(args: argparse.Namespace) -> ServerConfig:
     for name, field in ServerConfig.model_fields.items():
         value = getattr(args, name, None)
         if value is None:
-            value = os.environ.get(ENV_PREFIX + name.upper())
+            value = environment.lookup(name)
             if value is not None and field.annotation is bool:
-                value = value.strip().lower() in ("1", "true", "yes", "on")
+                value = environment.truthy(value)
         if name == "server_index" and value == "auto":
             try:
                 value = index_from_hostname()

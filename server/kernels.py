@@ -108,22 +108,6 @@ def sparse_adamax(
             w[local, j] += neg_lr_hat * (m_j / (v_j + epsilon))
 
 
-@nb.njit([nb.void(f[::1], f[::1], f[::1], f[::1]) for f in _FLOATS], **_JIT)
-def stream_4r3w(a, b, c, d):
-    """The update's memory traffic without its arithmetic: read 4, write 3.
-
-    The benchmark's ceiling for a memory-bound Adamax step on this machine.
-    """
-    for i in range(a.shape[0]):
-        x = a[i]
-        y = b[i]
-        z = c[i]
-        s = d[i]
-        a[i] = x + s
-        b[i] = y + s
-        c[i] = z + s
-
-
 @nb.njit([nb.int64(_in(u), u, u) for u in (nb.uint16, nb.uint32, nb.uint64)], **_JIT)
 def first_nonfinite_bits(bits, magnitude, exponent):
     """Index of the first NaN or Inf, given a float array's bits, or -1.

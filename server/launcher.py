@@ -71,7 +71,7 @@ class LocalServer:
             *self.prefix,
             sys.executable,
             "-m",
-            "adamax_ps.server.cli",
+            "adamax_ps.cli",
             "serve",
             "--host",
             self.host,

@@ -50,7 +50,7 @@ def test_health_probes_a_server_without_loading_the_server(tmp_path):
     gone = run("health", server.http_address, "--timeout", "2")
     assert gone.returncode == 1 and "cannot reach the server" in gone.stderr
     probe = (
-        "import sys; from adamax_ps.server import cli\n"
+        "import sys; from adamax_ps.cli import main as cli\n"
         f"code = cli.main(['health', '{server.http_address}'])\n"
         "heavy = [m for m in ('numba', 'grpc', 'adamax_ps.server.service') "
         "if m in sys.modules]\n"
@@ -63,7 +63,8 @@ def test_health_probes_a_server_without_loading_the_server(tmp_path):
 
 
 def test_the_cli_spells_the_environment_prefix_as_the_settings_do():
-    from adamax_ps.server import cli, config
+    from adamax_ps.cli import main as cli
+    from adamax_ps.server import config
 
     assert cli.ENV == config.ENV_PREFIX
 

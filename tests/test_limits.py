@@ -23,12 +23,12 @@ import pytest
 from helpers import memory
 from helpers.servers import Server
 
+from adamax_ps.cli.main import build_parser
 from adamax_ps.client import Adamax, IndexedSlices, connect, errors
 from adamax_ps.proto import codec
 from adamax_ps.proto.v1 import parameter_server_pb2 as pb
 from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
 from adamax_ps.server import config
-from adamax_ps.server.cli import build_parser
 
 F32 = np.float32
 MB = 1 << 20

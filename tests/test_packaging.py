@@ -12,8 +12,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_FOLDERS = {
     "server": "adamax_ps/server",
+    "cli": "adamax_ps/cli",
     "client": "adamax_ps/client",
     "common": "adamax_ps/common",
+    "examples": "adamax_ps/examples",
     "proto": "adamax_ps/proto",
 }
 
@@ -28,7 +30,9 @@ def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("bare", ["server", "client", "common", "proto"])
+@pytest.mark.parametrize(
+    "bare", ["server", "client", "common", "cli", "examples", "proto"]
+)
 def test_bare_folder_names_are_not_importable(bare, tmp_path):
     result = run_python(f"import {bare}", tmp_path)
     assert result.returncode != 0

@@ -3,7 +3,7 @@ repository's tracked files without reading any file outside that copy.
 
 The copy lives in an empty temporary folder. The venv has adamax-ps installed
 in editable mode, pointing at this checkout, so the child imports the copy's
-code through a shim package on PYTHONPATH (``adamax_ps/{server,client,proto}``
+code through a shim package on PYTHONPATH (``adamax_ps/<folder>`` per package
 linking to the copy's folders, found before the editable finder). A Python
 audit hook, installed before pytest starts, records every file the child
 opens; anything outside the copy, the temporary folder, the Python
@@ -21,10 +21,18 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+import tomllib
 from helpers import skips
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("server", "client", "proto")  # installed as adamax_ps.<name>
+# adamax_ps.<name> -> its folder, as pyproject.toml maps them.
+_PYPROJECT = tomllib.loads(
+    (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+)
+PACKAGES = {
+    package.removeprefix("adamax_ps."): folder
+    for package, folder in _PYPROJECT["tool"]["setuptools"]["package-dir"].items()
+}
 SYSTEM = ("/proc", "/sys", "/dev", "/etc", "/usr")
 
 # Run as ``python bootstrap.py REPORT -m pytest ...``: hooks, then pytest.
@@ -83,8 +91,8 @@ def make_shim(shim: Path, copy: Path) -> None:
     package = shim / "adamax_ps"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text('"""The copy\'s code, for the test."""\n')
-    for name in PACKAGES:
-        (package / name).symlink_to(copy / name, target_is_directory=True)
+    for name, folder in PACKAGES.items():
+        (package / name).symlink_to(copy / folder, target_is_directory=True)
 
 
 def allowed_roots(tmp_path: Path) -> list[str]:

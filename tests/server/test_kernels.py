@@ -13,7 +13,6 @@ KERNELS = [
     dedup_kernels.first_appearance,
     dedup_kernels.segment_sum,
     kernels.sparse_adamax,
-    kernels.stream_4r3w,
 ]
 
 

@@ -9,7 +9,6 @@ wins over the environment.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
@@ -17,29 +16,32 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# config.ENV_PREFIX, spelled here so that a probe (``health``) imports nothing
-# of the server: it runs every few seconds in a container.
-ENV = "ADAMAX_PS_"
+from adamax_ps.common import environment
+
+# A probe (``health``) imports nothing of the server: it runs every few
+# seconds in a container.
+ENV = environment.PREFIX
 
 
 def _env(name: str, default: Any = None, kind: type = str) -> Any:
-    value = os.environ.get(ENV + name.upper().replace("-", "_"))
+    value = environment.lookup(name)
     if value is None:
         return default
     if kind is bool:
-        return value.strip().lower() in ("1", "true", "yes", "on")
+        return environment.truthy(value)
     try:
         return kind(value)
     except ValueError:
         raise SystemExit(
-            f"adamax-ps: {ENV}{name.upper()}={value!r} is not a {kind.__name__}"
+            f"adamax-ps: {environment.variable(name)}={value!r} is not a "
+            f"{kind.__name__}"
         ) from None
 
 
 def _option(
     parser: argparse.ArgumentParser, name: str, kind: type, default: Any, help_text: str
 ) -> None:
-    env = ENV + name.upper().replace("-", "_")
+    env = environment.variable(name)
     if kind is bool:
         parser.add_argument(
             f"--{name}",
@@ -202,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "cluster":
         return run_cluster(args)
     if args.command == "demo":
-        from adamax_ps.server import demo
+        from adamax_ps.examples import demo
 
         if args.workers < 1 or args.steps < 1 or args.servers < 1:
             raise SystemExit(
@@ -222,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return health(args.url or _local_url(), args.ready, args.tls_ca, args.timeout)
     urls = _urls(args.url)
     if args.command == "inspect":
-        from adamax_ps.server.inspect_cli import inspect
+        from adamax_ps.cli.inspect import inspect
 
         return inspect(urls, args.token, args.json)
     return checkpoint(urls, args.token)

@@ -1,0 +1,1 @@
+"""Examples that use the public client: the demo behind ``adamax-ps demo``."""

@@ -1,0 +1,143 @@
+"""The code's shape: imports flow one way, the client stays light.
+
+The import graph is read from the source (every ``import`` of an
+``adamax_ps`` module, at module level or inside a function, except under
+``if TYPE_CHECKING:``): it has no cycle; the server imports neither the
+client, the examples nor the command line; the client imports nothing of the
+server; the shared code (``proto``, ``common``) imports neither side.
+Importing the client loads neither numba, FastAPI, uvicorn nor httpx.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+    "package-dir"
+]
+
+
+def modules() -> dict[str, Path]:
+    """Every module of the distribution: dotted name -> file."""
+    found = {}
+    for package, folder in PACKAGES.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if "_pb2" in path.name:
+                continue  # generated code
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            name = ".".join((package, *parts))
+            found[name.removesuffix(".__init__")] = path
+    return found
+
+
+def _type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def imports(path: Path, name: str, known: set[str]) -> set[str]:
+    """The adamax_ps modules ``name`` (at ``path``) imports."""
+    found: set[str] = set()
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+
+    def visit(node: ast.AST) -> None:
+        if _type_checking(node):
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:
+                child = f"{base}.{alias.name}"
+                found.add(child if child in known else base)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return {m for m in found if m in known and m != name}
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    found = modules()
+    return {name: imports(path, name, set(found)) for name, path in found.items()}
+
+
+def test_the_graph_covers_the_code(graph):
+    assert "adamax_ps.server.service" in graph
+    assert "adamax_ps.server.pushes" in graph["adamax_ps.server.service"]
+
+
+def test_there_is_no_import_cycle(graph):
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+    path: list[str] = []
+
+    def walk(module: str) -> None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                cycle = [*path[path.index(target) :], target]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if target not in state:
+                walk(target)
+        path.pop()
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            walk(module)
+
+
+@pytest.mark.parametrize(
+    ("side", "forbidden"),
+    [
+        ("server", ("client", "examples", "cli")),
+        ("client", ("server", "examples", "cli")),
+        ("proto", ("server", "client", "common", "examples", "cli")),
+        ("common", ("server", "client", "examples", "cli")),
+    ],
+)
+def test_imports_flow_one_way(graph, side, forbidden):
+    def within(module: str, package: str) -> bool:
+        name = f"adamax_ps.{package}"
+        return module == name or module.startswith(name + ".")
+
+    wrong = {
+        (module, target)
+        for module, targets in graph.items()
+        if within(module, side)
+        for target in targets
+        if any(within(target, f) for f in forbidden)
+    }
+    assert not wrong, sorted(wrong)
+
+
+def test_importing_the_client_loads_nothing_heavy():
+    probe = (
+        "import json, sys, time\n"
+        "started = time.perf_counter()\n"
+        "import adamax_ps.client\n"
+        "seconds = time.perf_counter() - started\n"
+        "heavy = ('numba', 'llvmlite', 'fastapi', 'uvicorn', 'starlette', 'httpx',\n"
+        "         'adamax_ps.server')\n"
+        "print(json.dumps({'seconds': seconds,\n"
+        "                  'loaded': [m for m in heavy if m in sys.modules]}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["loaded"] == [], report
+    print(f"import adamax_ps.client: {report['seconds']:.3f} s")
