@@ -22,7 +22,7 @@ from pydantic import (
 
 from adamax_ps.proto import codec
 from adamax_ps.server.initializers import INITIALIZERS
-from adamax_ps.server.pushes import MAX_CLIENT_ID
+from adamax_ps.server.ledger import MAX_CLIENT_ID
 from adamax_ps.server.schedules import SCHEDULE_CLASSES
 from adamax_ps.server.validation import MAX_NAME
 
