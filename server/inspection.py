@@ -98,21 +98,19 @@ class Inspector:
         return [self.optimizer(state.name) for state in self.service.optimizers()]
 
     def optimizer(self, name: str) -> dict[str, Any]:
-        state = self.service.optimizer(name)
-        with state.lock:
-            described = {
-                "name": state.name,
-                "config": state.config.get_config(hypers_created=state.hypers_created),
-                "iterations": state.iterations,
-                "pushes": state.pushes,
-                "slot_names": list(state.slot_names),
-                "weights": [
-                    {"kind": w.kind, "variable": w.variable, "name": w.name}
-                    for w in state.weights
-                ],
-            }
-        described["push_rate"] = self._rate(name)
-        return described
+        summary = self.service.describe_optimizer(name)
+        return {
+            "name": summary.name,
+            "config": summary.config,
+            "iterations": summary.iterations,
+            "pushes": summary.pushes,
+            "slot_names": list(summary.slot_names),
+            "weights": [
+                {"kind": w.kind, "variable": w.variable, "name": w.name}
+                for w in summary.weights
+            ],
+            "push_rate": self._rate(name),
+        }
 
     def variables(self, stats: bool = True) -> list[dict[str, Any]]:
         return [self.variable(r.name, stats) for r in self.service.variables()]

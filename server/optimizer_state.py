@@ -39,6 +39,18 @@ class WeightRef:
 ITERATIONS = WeightRef("iterations")
 
 
+@dataclass(frozen=True)
+class OptimizerSummary:
+    """What an optimizer is at one moment, for answers (a copy: no lock)."""
+
+    name: str
+    config: dict[str, Any]
+    iterations: int
+    pushes: int
+    slot_names: tuple[str, ...]
+    weights: tuple[WeightRef, ...]
+
+
 @dataclass
 class OptimizerState:
     """Mutable state of one optimizer; guard every access with ``lock``."""
@@ -61,6 +73,17 @@ class OptimizerState:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def summary(self) -> OptimizerSummary:
+        """A copy of what it is now (call with ``lock`` held)."""
+        return OptimizerSummary(
+            self.name,
+            self.config.get_config(hypers_created=self.hypers_created),
+            self.iterations,
+            self.pushes,
+            tuple(self.slot_names),
+            tuple(self.weights),
+        )
 
     def create_iterations(self) -> None:
         """Keras creates ``iterations`` on first read or first apply."""

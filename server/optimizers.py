@@ -30,7 +30,11 @@ from adamax_ps.server.hyperparams import AdamaxConfig
 from adamax_ps.server.initializers import Initializer
 from adamax_ps.server.journal import Journal
 from adamax_ps.server.limits import MemoryBudget
-from adamax_ps.server.optimizer_state import OptimizerState, WeightRef
+from adamax_ps.server.optimizer_state import (
+    OptimizerState,
+    OptimizerSummary,
+    WeightRef,
+)
 from adamax_ps.server.store import ShardedStore, VariableRecord
 from adamax_ps.server.validation import check_name, numeric_array, shape_and_dtype
 from adamax_ps.server.variables import SlotKey, Variables
@@ -97,6 +101,12 @@ class Optimizers:
         if state is None:
             raise OptimizerNotFoundError(f"optimizer {name!r} does not exist")
         return state
+
+    def summary(self, name: str) -> OptimizerSummary:
+        """What the optimizer is now, copied under its lock."""
+        state = self.get(name)
+        with state.lock:
+            return state.summary()
 
     def all(self) -> list[OptimizerState]:
         with self._lock:

@@ -86,7 +86,21 @@ class PushPipeline:
         call_variables: Sequence[str] | None = None,
         clipped: bool = False,
     ) -> ApplyResult:
-        """Apply one push; see ``ParameterService.apply``."""
+        """Apply one push (one ``apply_gradients`` call) to all of its variables
+        or to none, exactly once per push id (see the module docstring).
+
+        Asynchronous mode: the server takes the step itself, unless ``step`` is
+        given (in a cluster, the step the coordinator reserved for the call;
+        the counter here then only moves forward to ``step + 1``).
+        Synchronous mode: ``step`` is required (the iterations the gradients
+        were computed at) and the push waits for the other replicas of that
+        step, empty pushes included; ``aggregate=False`` marks a push the
+        workers already summed themselves, applied at once as the whole step.
+        ``call_variables`` names every variable of the call, on every server,
+        for the ``weights`` order (default: this push's variables).
+        ``clipped``: the sender already clipped the whole call (Keras order), so
+        the optimizer's clipping is not applied again.
+        """
         started = time.perf_counter()
         if step is not None and (not isinstance(step, int) or step < 0):
             raise InvalidArgumentError(

@@ -31,13 +31,8 @@ from adamax_ps.proto.streams import BufferPool
 from adamax_ps.server import adamax
 from adamax_ps.server.config import ServerConfig
 from adamax_ps.server.errors import CheckpointError
-from adamax_ps.server.grpc_servicer import (
-    SERVICE_NAME,
-    GrpcServer,
-    create_grpc_server,
-    server_version,
-)
-from adamax_ps.server.http_app import create_app
+from adamax_ps.server.grpc.server import SERVICE_NAME, GrpcServer, create_grpc_server
+from adamax_ps.server.http.app import create_app
 from adamax_ps.server.hyperparams import AdamaxConfig
 from adamax_ps.server.inspection import Inspector
 from adamax_ps.server.security import (
@@ -47,6 +42,7 @@ from adamax_ps.server.security import (
     server_credentials,
 )
 from adamax_ps.server.service import ParameterService
+from adamax_ps.server.version import server_version
 
 log = logging.getLogger("adamax_ps.serve")
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -147,6 +143,7 @@ class ServerProcess:
                     server_credentials(config.tls_cert, config.tls_key) if tls else None
                 ),
                 buffers=self.buffers,
+                version=server_version(),
             )
         except (OSError, RuntimeError) as e:
             raise SystemExit(

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from adamax_ps.proto.wire import VIEW_HEADER
 from adamax_ps.server import limits
 from adamax_ps.server.errors import FailedPreconditionError
 from adamax_ps.server.gradients import Gradient
@@ -33,7 +34,11 @@ from adamax_ps.server.hyperparams import AdamaxConfig
 from adamax_ps.server.journal import Journal
 from adamax_ps.server.ledger import ApplyResult, PushId, PushLedger
 from adamax_ps.server.metrics import Metrics
-from adamax_ps.server.optimizer_state import OptimizerState, WeightRef
+from adamax_ps.server.optimizer_state import (
+    OptimizerState,
+    OptimizerSummary,
+    WeightRef,
+)
 from adamax_ps.server.optimizers import Optimizers
 from adamax_ps.server.persistence import CheckpointInfo, Owner, Persistence
 from adamax_ps.server.pushes import PushPipeline
@@ -41,7 +46,7 @@ from adamax_ps.server.replay import Replayer
 from adamax_ps.server.stats import Stats, variable_stats
 from adamax_ps.server.store import DEFAULT_SPLIT_BYTES, ShardedStore, VariableRecord
 from adamax_ps.server.sync import SyncCoordinator, SyncSettings
-from adamax_ps.server.validation import NonFinitePolicy
+from adamax_ps.server.validation import NonFinitePolicy, StreamFiniteScan
 from adamax_ps.server.variables import Variables
 
 __all__ = [
@@ -79,6 +84,8 @@ class ServiceSettings:
 
 class ParameterService:
     """The domain core of one server process. Thread-safe."""
+
+    apply: Callable[..., ApplyResult]  # PushPipeline.apply: one push, exactly once
 
     def __init__(self, settings: ServiceSettings | None = None) -> None:
         self.settings = s = settings or ServiceSettings()
@@ -132,6 +139,9 @@ class ParameterService:
                 self._variables, self._optimizers, self._pushes, self.ledger
             ),
         )
+        # A push goes straight to the pipeline (no facade frame on the hot
+        # path): ``apply`` is ``PushPipeline.apply``, documented there.
+        self.apply = self._pushes.apply
         self.metrics.watch(self)  # last: it reads the fields above
         self.journal.on_stop.append(lambda reason: self.metrics.writes_stopped.inc())
 
@@ -151,15 +161,35 @@ class ParameterService:
         """Write-ahead log records replayed at restore."""
         return self._persistence.replayed
 
-    def check_view(self, server_index: int, num_servers: int) -> None:
-        """Refuse a client whose idea of the cluster differs from this server's."""
+    def check_view(self, view: tuple[int, int] | None) -> None:
+        """Refuse a sender whose idea of the cluster, ``(server index, number
+        of servers)``, differs from this server's. A sender that states none
+        (grpcurl, curl) is refused too, unless this server is alone."""
         settings = self.settings
-        if (server_index, num_servers) != (settings.server_index, settings.num_servers):
+        mine = (settings.server_index, settings.num_servers)
+        if view is None:
+            if settings.num_servers == 1:
+                return
             raise FailedPreconditionError(
-                f"cluster view mismatch: this server is {settings.server_index} of "
-                f"{settings.num_servers}, the client addressed it as {server_index} "
-                f"of {num_servers}"
+                f"this server is {mine[0]} of {mine[1]}: a change must say which "
+                "server of which cluster it is meant for (its view: the "
+                f"{VIEW_HEADER} header over HTTP, as index/servers)"
             )
+        if tuple(view) != mine:
+            raise FailedPreconditionError(
+                f"cluster view mismatch: this server is {mine[0]} of {mine[1]}, "
+                f"the client addressed it as {view[0]} of {view[1]}"
+            )
+
+    def stream_scan(
+        self, buffer: np.ndarray, layout: Sequence, values: Sequence[int]
+    ) -> StreamFiniteScan:
+        """What searches a streamed push's gradient values for NaN and Inf as
+        they arrive (``validation.StreamFiniteScan``), or passes everything
+        to validation when this server lets NaN and Inf through."""
+        if self.settings.nonfinite is NonFinitePolicy.ALLOW:
+            return StreamFiniteScan(buffer, layout, ())
+        return StreamFiniteScan(buffer, layout, values)
 
     # Variables --------------------------------------------------------------------
 
@@ -247,6 +277,10 @@ class ParameterService:
     def optimizers(self) -> list[OptimizerState]:
         return self._optimizers.all()
 
+    def describe_optimizer(self, name: str) -> OptimizerSummary:
+        """What an optimizer is now: config, counter, weights (a copy)."""
+        return self._optimizers.summary(name)
+
     def get_config(self, optimizer: str) -> dict[str, Any]:
         return self._optimizers.get_config(optimizer)
 
@@ -300,42 +334,6 @@ class ParameterService:
         self._optimizers.assign_weight(optimizer, name, value)
 
     # Pushes -----------------------------------------------------------------------
-
-    def apply(
-        self,
-        optimizer: str,
-        gradients: Sequence[Gradient],
-        push_id: PushId | None = None,
-        *,
-        step: int | None = None,
-        aggregate: bool = True,
-        call_variables: Sequence[str] | None = None,
-        clipped: bool = False,
-    ) -> ApplyResult:
-        """Apply one push (one ``apply_gradients`` call) to all of its variables
-        or to none, exactly once per push id (see pushes.py).
-
-        Asynchronous mode: the server takes the step itself, unless ``step`` is
-        given (in a cluster, the step the coordinator reserved for the call;
-        the counter here then only moves forward to ``step + 1``).
-        Synchronous mode: ``step`` is required (the iterations the gradients
-        were computed at) and the push waits for the other replicas of that
-        step, empty pushes included; ``aggregate=False`` marks a push the
-        workers already summed themselves, applied at once as the whole step.
-        ``call_variables`` names every variable of the call, on every server,
-        for the ``weights`` order (default: this push's variables).
-        ``clipped``: the sender already clipped the whole call (Keras order), so
-        the optimizer's clipping is not applied again.
-        """
-        return self._pushes.apply(
-            optimizer,
-            gradients,
-            push_id,
-            step=step,
-            aggregate=aggregate,
-            call_variables=call_variables,
-            clipped=clipped,
-        )
 
     def reserve_step(
         self,

@@ -25,7 +25,7 @@ from helpers.servers import Server
 from adamax_ps.client import Adamax, connect
 from adamax_ps.proto import codec, streams
 from adamax_ps.proto.v1 import parameter_server_pb2 as pb
-from adamax_ps.server.grpc_servicer import READ_AHEAD
+from adamax_ps.server.grpc.server import READ_AHEAD
 
 MB = 1 << 20
 BUDGET = 16 * MB

@@ -1,0 +1,1 @@
+"""The gRPC transport: the servicer, its error mapping, and the server."""

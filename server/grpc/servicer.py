@@ -1,0 +1,351 @@
+"""The ``adamax_ps.v1.ParameterServer`` RPCs: each decodes its request, calls
+one service method, and encodes the answer.
+
+Errors are mapped here, once for every method: a domain error ends the call
+with its class's status code and message, its class name in the trailing
+metadata (``ERROR_KEY``: the client raises the same class); a malformed
+message or tensor is INVALID_ARGUMENT, one over the size limit
+RESOURCE_EXHAUSTED; anything unexpected is INTERNAL, logged with its
+traceback. Streamed requests are received by ``receive.StreamReceiver``, and
+a push's values are searched for NaN and Inf as they arrive (the service's
+scan, so the search overlaps the transfer).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import grpc
+
+from adamax_ps.proto import codec, streams
+from adamax_ps.proto.v1 import parameter_server_pb2 as pb
+from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
+from adamax_ps.proto.wire import ERROR_KEY, MESSAGE_LIMIT
+from adamax_ps.server.errors import ParameterServerError, ResourceExhaustedError
+from adamax_ps.server.grpc import messages
+from adamax_ps.server.grpc.receive import StreamReceiver
+from adamax_ps.server.service import ParameterService
+
+log = logging.getLogger("adamax_ps.grpc")
+
+
+@contextmanager
+def _mapped(context: grpc.ServicerContext, method: str) -> Iterator[None]:
+    """Run a handler's body with every error it raises mapped to a status."""
+    try:
+        yield
+    except codec.TooLargeError as e:
+        limit = ResourceExhaustedError(f"{e} (this server's --max-request-bytes)")
+        _abort(context, limit)
+    except (ParameterServerError, codec.CodecError) as e:
+        _abort(context, e)
+    except grpc.RpcError:
+        raise
+    except Exception:
+        if context.code() is not None:  # already aborted on purpose
+            raise
+        log.exception("internal error in %s", method)
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
+
+
+def _abort(context: grpc.ServicerContext, e: Exception) -> None:
+    if isinstance(e, ParameterServerError):
+        context.set_trailing_metadata(((ERROR_KEY, type(e).__name__),))
+        context.abort(grpc.StatusCode[e.code], str(e))
+    context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
+
+def _unary(method: Callable) -> Callable:
+    """A handler answering one message, its errors mapped."""
+
+    @functools.wraps(method)
+    def handler(self, request, context):
+        with _mapped(context, method.__name__):
+            _check_parsed(request)
+            return method(self, request, context)
+
+    return handler
+
+
+def _server_streaming(method: Callable) -> Callable:
+    """A handler answering a stream, its errors mapped (before its first
+    message, as gRPC sends them)."""
+
+    @functools.wraps(method)
+    def handler(self, request, context):
+        with _mapped(context, method.__name__):
+            _check_parsed(request)
+            yield from method(self, request, context)
+
+    return handler
+
+
+def _check_parsed(request: object) -> None:
+    if isinstance(request, streams.Malformed):
+        raise codec.CodecError(request.error)
+
+
+class ParameterServerServicer(pb_grpc.ParameterServerServicer):
+    """Translates the ``adamax_ps.v1.ParameterServer`` RPCs to the service."""
+
+    def __init__(
+        self,
+        service: ParameterService,
+        max_request_bytes: int,
+        buffers: streams.BufferPool | None = None,
+        version: str = "unknown",
+    ) -> None:
+        self.service = service
+        self.version = version
+        self.receiver = StreamReceiver(service.inflight, max_request_bytes, buffers)
+        self.ready = False
+
+    @_unary
+    def GetServerInfo(self, request, context):
+        settings = self.service.settings
+        sync = settings.sync
+        return pb.ServerInfo(
+            version=self.version,
+            server_index=settings.server_index,
+            num_servers=settings.num_servers,
+            shards=self.service.store.num_shards,
+            replicas=sync.replicas if sync else 0,
+            replicas_to_aggregate=sync.needed if sync else 0,
+            ready=self.ready,
+            max_message_bytes=MESSAGE_LIMIT,
+            max_request_rows=settings.max_request_rows,
+        )
+
+    # Variables and optimizers -----------------------------------------------------
+
+    @_unary
+    def CreateVariables(self, request, context):
+        self.service.check_view(messages.view(request.view))
+        initials = [
+            codec.decode(spec.initial_value) if spec.HasField("initial_value") else None
+            for spec in request.variables
+        ]
+        return self._create(request, initials)
+
+    @_unary
+    def CreateVariablesStream(self, request_iterator, context):
+        with ExitStack() as held:
+            request, assembler, chunks = self._open_stream(
+                request_iterator,
+                held,
+                "creation",
+                lambda r: [
+                    s.initial_value for s in r.variables if s.HasField("initial_value")
+                ],
+            )
+            for chunk in chunks:
+                assembler.feed(chunk.data)
+            received = iter(assembler.arrays())
+            initials = [
+                next(received) if spec.HasField("initial_value") else None
+                for spec in request.variables
+            ]
+            return self._create(request, initials)
+
+    def _create(self, request, initials: list) -> pb.CreateVariablesResponse:
+        created = self.service.create_variables(
+            messages.variable_specs(request, initials)
+        )
+        return pb.CreateVariablesResponse(
+            variables=[messages.variable_info(*pair) for pair in created]
+        )
+
+    @_unary
+    def ListVariables(self, request, context):
+        records = self.service.variables()
+        return pb.ListVariablesResponse(
+            variables=[messages.variable_info(r) for r in records]
+        )
+
+    @_unary
+    def CreateOptimizer(self, request, context):
+        self.service.check_view(messages.view(request.view))
+        config = messages.json_object(request.config_json, "config_json")
+        state, created = self.service.create_optimizer(config)
+        return self._optimizer_state(state.name, created)
+
+    @_unary
+    def GetOptimizer(self, request, context):
+        return self._optimizer_state(request.optimizer)
+
+    @_unary
+    def CreateIterations(self, request, context):
+        self.service.iterations(request.optimizer)
+        return self._optimizer_state(request.optimizer)
+
+    def _optimizer_state(self, name: str, created: bool = False) -> pb.OptimizerState:
+        return messages.optimizer_state(self.service.describe_optimizer(name), created)
+
+    @_unary
+    def SetIterations(self, request, context):
+        self.service.check_view(messages.view(request.view))
+        self.service.set_iterations(request.optimizer, request.iterations)
+        return self._optimizer_state(request.optimizer)
+
+    @_unary
+    def AddSlot(self, request, context):
+        self.service.check_view(messages.view(request.view))
+        self.service.add_slot(
+            request.optimizer,
+            request.variable,
+            request.slot,
+            request.initializer or "zeros",
+        )
+        return self._optimizer_state(request.optimizer)
+
+    @_unary
+    def AddWeight(self, request, context):
+        self.service.check_view(messages.view(request.view))
+        value = self.service.add_weight(
+            request.optimizer,
+            request.name,
+            tuple(request.shape),
+            codec.numpy_dtype(request.dtype),
+            request.initializer or "zeros",
+        )
+        return pb.AddWeightResponse(value=codec.encode(value))
+
+    # Pushes -----------------------------------------------------------------------
+
+    @_unary
+    def ReserveStep(self, request, context):
+        self.service.check_view(messages.view(request.view))
+        step = self.service.reserve_step(
+            request.optimizer, list(request.variables), messages.push_id(request)
+        )
+        return pb.ReserveStepResponse(step=step)
+
+    @_unary
+    def ApplyGradients(self, request, context):
+        self.service.check_view(messages.view(request.view))
+        gradients = []
+        nbytes = 0
+        for g in request.gradients:
+            values = codec.decode(g.values)
+            indices = codec.decode(g.indices) if g.HasField("indices") else None
+            nbytes += values.nbytes + (indices.nbytes if indices is not None else 0)
+            gradients.append(messages.gradient(g.variable, values, indices))
+        self.service.metrics.received_bytes.labels("grpc").inc(nbytes)
+        return self._apply(request, gradients)
+
+    @_unary
+    def ApplyGradientsStream(self, request_iterator, context):
+        with ExitStack() as held:
+            return self._apply_stream(request_iterator, held)
+
+    def _apply_stream(self, request_iterator, held: ExitStack) -> pb.ApplyResponse:
+        values_at = []  # where each gradient's values are in the stream
+
+        def declared(request: pb.ApplyRequest) -> list[pb.Tensor]:
+            tensors = []  # in stream order: each gradient's indices, then values
+            for g in request.gradients:
+                if g.HasField("indices"):
+                    tensors.append(g.indices)
+                values_at.append(len(tensors))
+                tensors.append(g.values)
+            return tensors
+
+        request, assembler, chunks = self._open_stream(
+            request_iterator, held, "push", declared
+        )
+        scan = self.service.stream_scan(assembler.buffer, assembler.layout, values_at)
+        scan.advance(assembler.filled)
+        for chunk in chunks:
+            assembler.feed(chunk.data)
+            scan.advance(assembler.filled)
+        received = assembler.arrays()
+        self.service.metrics.received_bytes.labels("grpc").inc(
+            sum(a.nbytes for a in received)
+        )
+        gradients = [
+            messages.gradient(
+                g.variable,
+                received[k],
+                received[k - 1] if g.HasField("indices") else None,
+                scan.finite(k),
+            )
+            for g, k in zip(request.gradients, values_at, strict=True)
+        ]
+        return self._apply(request, gradients)
+
+    def _apply(self, request: pb.ApplyRequest, gradients: list) -> pb.ApplyResponse:
+        result = self.service.apply(
+            request.optimizer,
+            gradients,
+            messages.push_id(request),
+            step=request.step if request.HasField("step") else None,
+            aggregate=not request.aggregated,
+            call_variables=list(request.call_variables) or None,
+            clipped=request.clipped,
+        )
+        return pb.ApplyResponse(step=result.step, iterations=result.iterations)
+
+    # Values -----------------------------------------------------------------------
+
+    @_server_streaming
+    def Read(self, request, context):
+        if request.weight:
+            yield from messages.tensor_chunks(
+                self.service.weight(request.optimizer, request.weight)
+            )
+            return
+        rows = codec.decode(request.rows) if request.HasField("rows") else None
+        with self.service.reading(
+            request.variable,
+            optimizer=request.optimizer or None,
+            slot=request.slot or None,
+            rows=rows,
+        ) as value:
+            yield from messages.tensor_chunks(value)
+
+    @_unary
+    def Assign(self, request_iterator, context):
+        with ExitStack() as held:
+            request, assembler, chunks = self._open_stream(
+                request_iterator, held, "assignment", lambda r: [r.value]
+            )
+            for chunk in chunks:
+                assembler.feed(chunk.data)
+            (value,) = assembler.arrays()
+            if request.weight:
+                self.service.assign_weight(request.optimizer, request.weight, value)
+            else:
+                self.service.assign(
+                    request.variable,
+                    value,
+                    optimizer=request.optimizer or None,
+                    slot=request.slot or None,
+                )
+            return pb.AssignResponse()
+
+    def _open_stream(
+        self,
+        request_iterator: Iterator,
+        held: ExitStack,
+        what: str,
+        declared: Callable[[Any], list[pb.Tensor]],
+    ) -> tuple[Any, streams.StreamAssembler, Iterator]:
+        """A streamed request's header (its view checked first), an assembler
+        for the tensors ``declared`` names in it, and the chunks to come."""
+        request, first, chunks = self.receiver.header(request_iterator, what)
+        self.service.check_view(messages.view(request.view))
+        return request, self.receiver.assembler(declared(request), held, first), chunks
+
+    @_unary
+    def Checkpoint(self, request, context):
+        info = self.service.checkpoint()
+        return pb.CheckpointResponse(
+            path=str(info.path),
+            sequence=info.sequence,
+            bytes=info.nbytes,
+            seconds=info.seconds,
+        )

@@ -1,0 +1,1 @@
+"""The HTTP transport (FastAPI): the app, its routes, models and schema."""
