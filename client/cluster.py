@@ -1,8 +1,7 @@
-"""Cluster: placement of variables over servers, and every operation across them.
+"""Cluster: every operation across the servers a worker talks to.
 
-All workers given the same address list compute the same placement: a small
-variable lives whole on the server ``crc32(name) % n``; a large one (64 MB or
-more, at least ``n`` rows) is split by row ranges over all servers. Server 0
+Each variable lives where ``placement.place`` puts it, computed alike by
+every worker given the same address list. Server 0
 coordinates each optimizer: it hands out the step of every asynchronous
 ``apply_gradients`` call (so every server uses the same ``t`` and the counter
 grows by exactly one per call) and keeps Keras's ``weights`` order. Calls to
@@ -14,20 +13,16 @@ from __future__ import annotations
 
 import itertools
 import os
-import ssl
 import threading
-import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 
 from adamax_ps.client import errors
-from adamax_ps.client.grpc_transport import GrpcTransport
+from adamax_ps.client.connection import open_transport, parse_addresses
+from adamax_ps.client.placement import Placement, Slice, check_rows, place
 from adamax_ps.client.retry import RetryPolicy
 from adamax_ps.client.transport import (
     ApplyOptions,
@@ -39,61 +34,11 @@ from adamax_ps.client.transport import (
     VariableSpec,
     new_client_id,
 )
-from adamax_ps.client.variables import RemoteVariable
+from adamax_ps.client.variables import RemoteVariable, new_variable
 from adamax_ps.common.malloc import tune_malloc
-from adamax_ps.common.placement import place_rows
 
-SPLIT_BYTES = 64 << 20
 ADDRESS_ENV = "ADAMAX_PS_ADDRESS"
 COORDINATOR = 0
-
-
-@dataclass(frozen=True)
-class Slice:
-    """Rows ``[lo, hi)`` of a variable, held by server ``server``."""
-
-    server: int
-    lo: int
-    hi: int
-
-
-@dataclass(frozen=True)
-class Placement:
-    name: str
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    slices: tuple[Slice, ...]
-
-    @property
-    def split(self) -> bool:
-        return len(self.slices) > 1
-
-    def servers(self) -> list[int]:
-        return [s.server for s in self.slices]
-
-
-def place(
-    name: str, shape: tuple[int, ...], dtype: np.dtype, servers: int
-) -> Placement:
-    """Where a variable lives; the same on every worker with the same servers."""
-    ranges = place_rows(name, shape, np.dtype(dtype).itemsize, servers, SPLIT_BYTES)
-    return Placement(name, shape, np.dtype(dtype), tuple(Slice(*r) for r in ranges))
-
-
-def parse_addresses(addresses: str | Sequence[str]) -> list[str]:
-    """``"grpc://a:1,grpc://b:2"`` or a list, each with a supported scheme."""
-    if isinstance(addresses, str):
-        addresses = addresses.split(",")
-    result = [a.strip() for a in addresses if a.strip()]
-    if not result:
-        raise ValueError("connect() needs at least one server address")
-    for address in result:
-        if not address.startswith(("grpc://", "http://", "https://")):
-            raise ValueError(
-                f"a server address is grpc://host:port or http://host:port. "
-                f"Received: {address!r}"
-            )
-    return result
 
 
 class Cluster:
@@ -110,7 +55,7 @@ class Cluster:
     ) -> None:
         self.addresses = parse_addresses(addresses)
         self.transports: list[Transport] = [
-            _transport(a, token=token, tls=tls, timeout=timeout, retry=retry)
+            open_transport(a, token=token, tls=tls, timeout=timeout, retry=retry)
             for a in self.addresses
         ]
         self.size = len(self.transports)
@@ -197,30 +142,9 @@ class Cluster:
         (large ones stream). Large variables are split by rows over the
         servers. Random initializers are seeded by the name (or the
         initializer config's ``seed``), so every run starts the same."""
-        if not isinstance(name, str) or not name:
-            raise ValueError(
-                f"a variable name is a non-empty string. Received: {name!r}"
-            )
-        typed = hasattr(initial_value, "dtype")  # an array or a tensor
-        if initial_value is not None:
-            initial_value = np.asarray(initial_value)
-        if dtype is None:
-            dtype = inferred_dtype(initial_value if typed else None)
-        dtype = np.dtype(dtype)
-        if initial_value is not None:
-            initial_value = initial_value.astype(dtype, copy=False)
-            if shape is not None and tuple(shape) != initial_value.shape:
-                raise ValueError(
-                    f"shape {tuple(shape)} does not match the initial value's shape "
-                    f"{initial_value.shape}"
-                )
-            shape = initial_value.shape
-        if shape is None:
-            raise ValueError("a variable needs a shape or an initial value")
-        shape = tuple(int(d) for d in shape)
-        seed = zlib.crc32(name.encode())
-        if isinstance(initializer, dict):
-            seed = int(initializer.get("config", {}).get("seed") or seed)
+        shape, dtype, initial_value, seed = new_variable(
+            name, initial_value, shape, dtype, initializer
+        )
         placement = self.create_variable(
             name, shape, dtype, initial_value, initializer, seed
         )
@@ -303,7 +227,7 @@ class Cluster:
     ) -> np.ndarray:
         """Selected rows, fetched only from the servers that hold them."""
         placement = self.placement(name)
-        rows = _rows(rows, placement)
+        rows = check_rows(rows, placement)
         out = np.empty((len(rows), *placement.shape[1:]), placement.dtype)
         wanted = [
             (piece, np.flatnonzero((rows >= piece.lo) & (rows < piece.hi)))
@@ -432,7 +356,7 @@ class Cluster:
             name = gradient.variable
             placement = self.placement(name)
             hit = set()
-            for server, share in self._split(placement, gradient):
+            for server, share in shares(placement, gradient):
                 shares.setdefault(server, []).append(share)
                 hit.add(server)
             with self._lock:
@@ -477,22 +401,6 @@ class Cluster:
         iterations = max(r[1] for r in results)
         return step_taken, iterations
 
-    def _split(self, placement: Placement, gradient: Gradient):
-        """Each server's share of one gradient (sparse rows made local)."""
-        name, values, indices = placement.name, gradient.values, gradient.indices
-        if not placement.split:
-            yield placement.slices[0].server, gradient
-            return
-        if indices is None:
-            for piece in placement.slices:
-                yield piece.server, Gradient(name, values[piece.lo : piece.hi])
-            return
-        for piece in placement.slices:
-            where = np.flatnonzero((indices >= piece.lo) & (indices < piece.hi))
-            if where.size:
-                local = (indices[where] - piece.lo).astype(indices.dtype)
-                yield piece.server, Gradient(name, values[where], local)
-
     def checkpoint(self) -> list[dict[str, Any]]:
         """Ask every server to write a checkpoint now."""
         return self.map(lambda t: t.checkpoint(), self.transports)
@@ -503,42 +411,6 @@ _worker = threading.local()
 
 def _mark_worker() -> None:
     _worker.active = True
-
-
-def _transport(address: str, **options: Any) -> Transport:
-    """The transport of an address's scheme. ``tls``: None (plaintext gRPC;
-    https:// checks the system's CAs), True (TLS with the system's CAs), or the
-    path of a CA certificate (PEM) to trust."""
-    tls = options.pop("tls")
-    if address.startswith("grpc://"):
-        credentials = None
-        if tls is not None and tls is not False:
-            roots = None if tls is True else Path(tls).read_bytes()
-            credentials = grpc.ssl_channel_credentials(root_certificates=roots)
-        return GrpcTransport(address, credentials=credentials, **options)
-    from adamax_ps.client.http_transport import HttpTransport  # httpx: on first use
-
-    verify = (
-        True if tls in (None, True) else ssl.create_default_context(cafile=str(tls))
-    )
-    return HttpTransport(address, verify=verify, **options)
-
-
-def _rows(rows: Any, placement: Placement) -> np.ndarray:
-    rows = np.asarray(rows)
-    if rows.ndim != 1 or rows.dtype.kind not in "iu":
-        raise ValueError(
-            f"rows of {placement.name!r} must be a 1-D array of integers. "
-            f"Received shape {rows.shape}, dtype {rows.dtype}"
-        )
-    total = placement.shape[0] if placement.shape else 0
-    bad = np.flatnonzero((rows < 0) | (rows >= total))
-    if bad.size:
-        raise ValueError(
-            f"rows[{bad[0]}] = {rows[bad[0]]} is not in [0, {total}) for variable "
-            f"{placement.name!r}"
-        )
-    return rows.astype(np.int64, copy=False)
 
 
 _default: Cluster | None = None
@@ -557,12 +429,3 @@ def default_cluster() -> Cluster:
                 )
             _default = Cluster(address)
         return _default
-
-
-def inferred_dtype(initial_value: np.ndarray | None) -> np.dtype:
-    """A new variable's dtype when none is given, as ``tf.Variable`` infers it:
-    an array's (or tensor's) floating dtype is kept; Python numbers and lists,
-    and integer arrays, make float32 (the servers hold floating variables)."""
-    if initial_value is not None and initial_value.dtype.kind == "f":
-        return initial_value.dtype
-    return np.dtype("float32")

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from adamax_ps.client import errors
+from adamax_ps.client import errors, grpc_messages
 from adamax_ps.client.retry import RetryableError, RetryPolicy, with_retries
 from adamax_ps.client.transport import (
     ApplyOptions,
@@ -157,7 +157,10 @@ class GrpcTransport:
         def request() -> pb.CreateVariablesRequest:
             return pb.CreateVariablesRequest(
                 view=_view(view),
-                variables=[_variable_spec(s, with_data=not streamed) for s in specs],
+                variables=[
+                    grpc_messages.variable_spec(s, with_data=not streamed)
+                    for s in specs
+                ],
             )
 
         if not streamed:
@@ -170,11 +173,11 @@ class GrpcTransport:
                     yield streams.data_chunk(piece)
 
             response = self._call(self.create_stream, stream)
-        return [_variable_info(v) for v in response.variables]
+        return [grpc_messages.variable_info(v) for v in response.variables]
 
     def list_variables(self) -> list[VariableInfo]:
         response = self._call(self.stub.ListVariables, pb.ListVariablesRequest)
-        return [_variable_info(v) for v in response.variables]
+        return [grpc_messages.variable_info(v) for v in response.variables]
 
     def create_optimizer(self, view: View, config: dict) -> OptimizerInfo:
         response = self._call(
@@ -183,7 +186,7 @@ class GrpcTransport:
                 view=_view(view), config_json=json.dumps(config)
             ),
         )
-        return _optimizer_info(response)
+        return grpc_messages.optimizer_info(response)
 
     def get_optimizer(
         self, name: str, create_iterations: bool = False
@@ -192,7 +195,7 @@ class GrpcTransport:
             self.stub.CreateIterations if create_iterations else self.stub.GetOptimizer
         )
         response = self._call(method, lambda: pb.OptimizerRequest(optimizer=name))
-        return _optimizer_info(response)
+        return grpc_messages.optimizer_info(response)
 
     def reserve_step(
         self, view: View, optimizer: str, variables: Sequence[str], push_id: PushId
@@ -278,7 +281,7 @@ class GrpcTransport:
                 rows=codec.encode(rows) if rows is not None else None,
             )
 
-        return self._call(_collect(self.stub.Read), request)
+        return self._call(grpc_messages.collect(self.stub.Read), request)
 
     def assign(
         self,
@@ -362,30 +365,6 @@ class GrpcTransport:
         }
 
 
-def _collect(method: Callable) -> Callable:
-    """A server-streamed tensor (header, then chunks) into one numpy array."""
-
-    def call(request, timeout=None, metadata=()):
-        stream = method(request, timeout=timeout, metadata=metadata)
-        first = next(stream, None)
-        if first is None or not first.HasField("header"):
-            raise errors.TransportError("a streamed tensor came without its header")
-        size = codec.declared_nbytes(first.header, 1 << 62)
-        buffer = np.empty(size, np.uint8)
-        filled = 0
-        for chunk in stream:
-            end = filled + len(chunk.data)
-            if end > size:
-                raise errors.TransportError("a streamed tensor carried too many bytes")
-            buffer[filled:end] = np.frombuffer(chunk.data, np.uint8)
-            filled = end
-        if filled != size:
-            raise errors.TransportError("a streamed tensor ended early")
-        return codec.decode(first.header, memoryview(buffer))
-
-    return call
-
-
 def _domain_name(e: grpc.RpcError) -> str | None:
     try:
         for key, value in e.trailing_metadata() or ():
@@ -396,55 +375,9 @@ def _domain_name(e: grpc.RpcError) -> str | None:
     return None
 
 
-def _variable_spec(spec: VariableSpec, with_data: bool) -> pb.VariableSpec:
-    """A variable's spec on the wire; its initial value with its bytes, or
-    described only (its bytes follow in a stream)."""
-    initial = None
-    if spec.initial_value is not None:
-        value = codec.little_endian(np.asarray(spec.initial_value))
-        initial = codec.encode(value) if with_data else codec.header(value)
-    return pb.VariableSpec(
-        name=spec.name,
-        global_shape=spec.global_shape,
-        dtype=codec.dtype_code(spec.dtype),
-        row_offset=spec.row_offset,
-        rows=spec.rows,
-        seed=spec.seed,
-        initial_value=initial,
-        initializer_json=(
-            spec.initializer
-            if isinstance(spec.initializer, str)
-            else json.dumps(spec.initializer)
-        ),
-    )
-
-
 def _push_id(push_id: PushId, attempt: int) -> pb.PushId:
     return pb.PushId(client=push_id.client, sequence=push_id.sequence, attempt=attempt)
 
 
 def _view(view: View) -> pb.ClusterView:
     return pb.ClusterView(server_index=view[0], num_servers=view[1])
-
-
-def _variable_info(v: pb.VariableInfo) -> VariableInfo:
-    return VariableInfo(
-        v.name,
-        tuple(v.shape),
-        codec.numpy_dtype(v.dtype),
-        tuple(v.global_shape),
-        v.row_offset,
-        v.created,
-    )
-
-
-def _optimizer_info(r: pb.OptimizerState) -> OptimizerInfo:
-    return OptimizerInfo(
-        name=r.name,
-        config=json.loads(r.config_json),
-        iterations=r.iterations,
-        weights=[(w.kind, w.variable, w.name) for w in r.weights],
-        slot_names=list(r.slot_names),
-        created=r.created,
-        pushes=r.pushes,
-    )

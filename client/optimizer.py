@@ -25,6 +25,7 @@ import numpy as np
 
 from adamax_ps.client import errors
 from adamax_ps.client.cluster import Cluster, default_cluster
+from adamax_ps.client.gradients import checked, compact, keras_pairs
 from adamax_ps.client.transport import Gradient
 from adamax_ps.client.variables import (
     Iterations,
@@ -32,7 +33,7 @@ from adamax_ps.client.variables import (
     RemoteVariable,
     RemoteWeight,
 )
-from adamax_ps.common import dedup, keras
+from adamax_ps.common import keras
 
 log = logging.getLogger("adamax_ps.client")
 HYPER_PARAMETERS = (
@@ -138,7 +139,7 @@ class Adamax:
         Returns the new iterations (None for an empty call, as Keras).
         """
         del name
-        pairs = _pairs(grads_and_vars)
+        pairs = keras_pairs(grads_and_vars)
         if not pairs:
             return None
         gradients = [(g, v) for g, v in pairs if g is not None]
@@ -156,7 +157,7 @@ class Adamax:
                 f"({[v.name for _, v in pairs]},). Provided `grads_and_vars` is "
                 f"({tuple(pairs)},)."
             )
-        wire = [_gradient(g, v) for g, v in gradients]
+        wire = [checked(g, v) for g, v in gradients]
         sync = self._cluster.synchronous
         clipped = False
         if any(value is not None for value in self._clip.values()):
@@ -173,7 +174,7 @@ class Adamax:
             # After clipping, Keras sums duplicate rows: do it here, exactly as
             # the server would, and send each row once. (In synchronous mode the
             # server sums the replicas' raw rows, so they travel as they are.)
-            wire = [_compact(w) for w in wire]
+            wire = [compact(w) for w in wire]
         try:
             _, iterations = self._cluster.push(
                 self._name,
@@ -351,94 +352,3 @@ class Adamax:
 
     def __repr__(self) -> str:
         return f"<adamax_ps.client.Adamax {self._name!r} on {self._cluster!r}>"
-
-
-def _pairs(grads_and_vars: Iterable) -> list[tuple[Any, RemoteVariable]]:
-    """``(gradient, variable)`` pairs, checked as Keras does."""
-    pairs = []
-    for item in grads_and_vars:
-        try:
-            g, v = item
-        except TypeError:
-            raise TypeError(
-                "apply_gradients takes (gradient, variable) pairs. Received an item "
-                f"of type {type(item).__name__}"
-            ) from None
-        if not isinstance(v, RemoteVariable):
-            raise TypeError(
-                "apply_gradients takes (gradient, variable) pairs whose variable is "
-                f"a RemoteVariable. Received: {type(v).__name__} as the variable"
-            )
-        pairs.append((g, v))
-    return pairs
-
-
-def _gradient(gradient: Any, var: RemoteVariable) -> Gradient:
-    """What a Keras gradient is (dense, or anything with ``indices`` and
-    ``values``), checked against the variable before anything is sent."""
-    if hasattr(gradient, "indices") and hasattr(gradient, "values"):
-        values = _array(gradient.values)
-        indices = _array(gradient.indices)
-        if indices.ndim != 1 or indices.dtype.kind not in "iu":
-            raise ValueError(
-                f"IndexedSlices indices for {var.name!r} must be a 1-D integer array. "
-                f"Received shape {indices.shape}, dtype {indices.dtype}"
-            )
-        if not var.shape:
-            raise ValueError(f"{var.name!r} is a scalar: it takes dense gradients only")
-        expected = (len(indices), *var.shape[1:])
-        if values.shape != expected:
-            raise ValueError(
-                f"IndexedSlices values for {var.name!r} must have shape {expected}. "
-                f"Received: {values.shape}"
-            )
-        bad = np.flatnonzero((indices < 0) | (indices >= var.shape[0]))
-        if bad.size:
-            raise ValueError(
-                f"indices[{bad[0]}] = {indices[bad[0]]} is not in [0, {var.shape[0]}) "
-                f"for variable {var.name!r}"
-            )
-        _check_dtype(values, var)
-        return Gradient(
-            var.name,
-            np.ascontiguousarray(values),
-            indices.astype(np.int64, copy=False),
-        )
-    values = _array(gradient)
-    if values.shape != var.shape:
-        raise ValueError(
-            f"gradient for {var.name!r} must have shape {var.shape}. "
-            f"Received: {values.shape}"
-        )
-    _check_dtype(values, var)
-    return Gradient(var.name, np.asarray(values, order="C"))
-
-
-def _compact(gradient: Gradient) -> Gradient:
-    """A sparse gradient with its duplicate rows summed (dense ones as they are)."""
-    indices, values = gradient.indices, gradient.values
-    if indices is None or len(indices) == 0:
-        return gradient
-    rows, summed = dedup.deduplicate(indices, values.reshape(len(indices), -1))
-    if len(rows) == len(indices):
-        return gradient
-    return Gradient(
-        gradient.variable, summed.reshape(len(rows), *values.shape[1:]), rows
-    )
-
-
-def _array(value: Any) -> np.ndarray:
-    """numpy, or anything np.asarray takes (torch CPU tensors, TF, JAX arrays)."""
-    if hasattr(value, "detach"):  # torch tensors that require grad
-        value = value.detach()
-    if hasattr(value, "cpu") and not isinstance(value, np.ndarray):
-        value = value.cpu()
-    return np.asarray(value)
-
-
-def _check_dtype(values: np.ndarray, var: RemoteVariable) -> None:
-    if values.dtype != var.dtype:
-        raise ValueError(
-            f"gradient for {var.name!r} must have dtype {var.dtype.name}. "
-            f"Received: {values.dtype}"
-        )

@@ -9,6 +9,8 @@ object with ``.values``, ``.indices`` and ``.dense_shape`` work the same way).
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -177,3 +179,46 @@ class Iterations(_Readable):
 
     def __repr__(self) -> str:
         return f"<Iterations of {self.optimizer!r}: {int(self)}>"
+
+
+def new_variable(
+    name: str,
+    initial_value: Any,
+    shape: Sequence[int] | None,
+    dtype: Any,
+    initializer: str | dict,
+) -> tuple[tuple[int, ...], np.ndarray | Any, np.ndarray | None, int]:
+    """A new variable's ``(shape, dtype, initial value, seed)`` from what
+    ``Cluster.variable`` is given, as ``tf.Variable`` infers them; a random
+    initializer is seeded by the name (or its config's ``seed``)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a variable name is a non-empty string. Received: {name!r}")
+    typed = hasattr(initial_value, "dtype")  # an array or a tensor
+    if initial_value is not None:
+        initial_value = np.asarray(initial_value)
+    if dtype is None:
+        dtype = inferred_dtype(initial_value if typed else None)
+    dtype = np.dtype(dtype)
+    if initial_value is not None:
+        initial_value = initial_value.astype(dtype, copy=False)
+        if shape is not None and tuple(shape) != initial_value.shape:
+            raise ValueError(
+                f"shape {tuple(shape)} does not match the initial value's shape "
+                f"{initial_value.shape}"
+            )
+        shape = initial_value.shape
+    if shape is None:
+        raise ValueError("a variable needs a shape or an initial value")
+    seed = zlib.crc32(name.encode())
+    if isinstance(initializer, dict):
+        seed = int(initializer.get("config", {}).get("seed") or seed)
+    return tuple(int(d) for d in shape), dtype, initial_value, seed
+
+
+def inferred_dtype(initial_value: np.ndarray | None) -> np.dtype:
+    """A new variable's dtype when none is given, as ``tf.Variable`` infers it:
+    an array's (or tensor's) floating dtype is kept; Python numbers and lists,
+    and integer arrays, make float32 (the servers hold floating variables)."""
+    if initial_value is not None and initial_value.dtype.kind == "f":
+        return initial_value.dtype
+    return np.dtype("float32")

@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from helpers.servers import SCRIPT, Server, addresses, start_cluster
 
 from adamax_ps.client import Adamax, IndexedSlices, RetryPolicy, connect, errors
-from adamax_ps.client import cluster as cluster_module
+from adamax_ps.client import placement as placement_module
 from adamax_ps.proto import codec
 from adamax_ps.proto.v1 import parameter_server_pb2 as pb
 from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
@@ -84,7 +84,7 @@ def test_a_server_restarted_from_its_checkpoint_mid_run(servers, monkeypatch):
     final checkpoint) and restarted on its port in the middle of training. The
     worker keeps its connection (retries bridge the gap) and ends with exactly
     the bits of an uninterrupted run."""
-    monkeypatch.setattr(cluster_module, "SPLIT_BYTES", 1)
+    monkeypatch.setattr(placement_module, "SPLIT_BYTES", 1)
     steps = plan(20)
     first = servers(2)
     with connect(addresses(first)) as cluster:
@@ -369,7 +369,7 @@ def test_concurrent_worker_processes_count_every_call(servers, tmp_path):
 
 
 def test_synchronous_replicas_across_servers(servers, monkeypatch):
-    monkeypatch.setattr(cluster_module, "SPLIT_BYTES", 1)
+    monkeypatch.setattr(placement_module, "SPLIT_BYTES", 1)
     sync = servers(2, "--replicas", "2", "--sync-timeout", "60", checkpoints=False)
     rng = np.random.default_rng(4)
     grads = [rng.normal(size=(6, 2)).astype(F32) for _ in range(2)]

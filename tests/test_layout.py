@@ -11,11 +11,13 @@ Importing the client loads neither numba, FastAPI, uvicorn nor httpx.
 from __future__ import annotations
 
 import ast
+import inspect
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tomllib
 
@@ -141,3 +143,78 @@ def test_importing_the_client_loads_nothing_heavy():
     report = json.loads(result.stdout)
     assert report["loaded"] == [], report
     print(f"import adamax_ps.client: {report['seconds']:.3f} s")
+
+
+# The files a dense push crosses from Adamax.apply_gradients to the kernel, as
+# the README lists them: the client's stack when the request leaves, and the
+# server's when the kernel is called.
+DENSE_PUSH_PATH = [
+    "client/optimizer.py",
+    "client/cluster.py",
+    "client/grpc_transport.py",
+    "client/retry.py",
+    "server/grpc/servicer.py",
+    "server/pushes.py",
+    "server/store.py",
+    "server/adamax.py",
+]
+
+
+def _ours(stack: list[inspect.FrameInfo]) -> list[str]:
+    """The project's files on a stack, outermost first (tests excluded)."""
+    folders = set(PACKAGES.values())
+    found: list[str] = []
+    for frame in reversed(stack):
+        path = Path(frame.filename).resolve()
+        if not path.is_relative_to(ROOT):
+            continue
+        name = path.relative_to(ROOT).as_posix()
+        if name.split("/")[0] in folders and name not in found:
+            found.append(name)
+    return found
+
+
+def test_a_dense_push_crosses_eight_files_to_the_kernel(monkeypatch):
+    from adamax_ps.client import Adamax, connect
+    from adamax_ps.client.grpc_transport import GrpcTransport
+    from adamax_ps.server import kernels
+    from adamax_ps.server.grpc.server import create_grpc_server
+    from adamax_ps.server.service import ParameterService, ServiceSettings
+
+    stacks: dict[str, list[str]] = {}
+    kernel = kernels.dense_adamax
+
+    def traced_kernel(*args):
+        stacks["server"] = _ours(inspect.stack())
+        return kernel(*args)
+
+    monkeypatch.setattr(kernels, "dense_adamax", traced_kernel)
+    service = ParameterService(ServiceSettings(shards=1))  # the kernel runs inline
+    server = create_grpc_server(service, "127.0.0.1:0")
+    try:
+        with connect(f"grpc://127.0.0.1:{server.port}") as cluster:
+            w = cluster.variable("w", shape=(4,))
+            opt = Adamax(cluster=cluster)
+            transport: GrpcTransport = cluster.transports[0]
+            send = transport.stub.ApplyGradients
+
+            def traced_send(*args, **kwargs):
+                stacks["client"] = _ours(inspect.stack())
+                return send(*args, **kwargs)
+
+            transport.stub.ApplyGradients = traced_send
+            opt.apply_gradients([(np.ones(4, np.float32), w)])
+    finally:
+        server.stop(0)
+        service.close()
+    crossed = stacks["client"] + stacks["server"]
+    assert crossed == DENSE_PUSH_PATH, crossed
+
+
+def test_every_module_is_small_and_says_its_job():
+    """Each module opens with a docstring (its job) and stays near 400 lines."""
+    for name, path in modules().items():
+        text = path.read_text()
+        assert ast.get_docstring(ast.parse(text)), f"{name} has no docstring"
+        lines = text.count("\n")
+        assert lines <= 450, f"{name} has {lines} lines"

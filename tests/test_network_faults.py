@@ -20,7 +20,7 @@ from helpers import skips
 from helpers.servers import addresses, start_cluster
 
 from adamax_ps.client import Adamax, IndexedSlices, RetryPolicy, connect, errors
-from adamax_ps.client import cluster as cluster_module
+from adamax_ps.client import placement as placement_module
 from adamax_ps.server.launcher import LocalServer
 from adamax_ps.server.service import ParameterService, ServiceSettings
 
@@ -224,7 +224,7 @@ def reference(folder: Path, count: int, calls: int):
 @pytest.fixture(autouse=True)
 def split_everything(monkeypatch):
     """Every variable split by rows over the servers: each call spans hosts."""
-    monkeypatch.setattr(cluster_module, "SPLIT_BYTES", 1)
+    monkeypatch.setattr(placement_module, "SPLIT_BYTES", 1)
 
 
 def test_sigkill_and_restart_on_another_host(hosts, tmp_path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from helpers.servers import addresses, start_cluster
 
-from adamax_ps.client import cluster as cluster_module
 from adamax_ps.client import connect
+from adamax_ps.client import placement as placement_module
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def cluster(request, one_server, three_servers, monkeypatch):
         servers = one_server
     else:
         servers = three_servers
-        monkeypatch.setattr(cluster_module, "SPLIT_BYTES", 1)
+        monkeypatch.setattr(placement_module, "SPLIT_BYTES", 1)
     if scheme == "grpc":
         address = addresses(servers)
     else:

@@ -1,0 +1,87 @@
+"""Placement: which servers hold which rows of a variable, the same on every
+worker given the same servers.
+
+A small variable lives whole on the server ``crc32(name) % n``; a large one
+(64 MB or more, at least ``n`` rows) is split by row ranges over all servers
+(``common.placement``, the rule that also places a server's variables on its
+shards).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from adamax_ps.client.transport import Gradient
+from adamax_ps.common.placement import place_rows
+
+SPLIT_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Rows ``[lo, hi)`` of a variable, held by server ``server``."""
+
+    server: int
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True)
+class Placement:
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    slices: tuple[Slice, ...]
+
+    @property
+    def split(self) -> bool:
+        return len(self.slices) > 1
+
+    def servers(self) -> list[int]:
+        return [s.server for s in self.slices]
+
+
+def place(
+    name: str, shape: tuple[int, ...], dtype: np.dtype, servers: int
+) -> Placement:
+    """Where a variable lives; the same on every worker with the same servers."""
+    ranges = place_rows(name, shape, np.dtype(dtype).itemsize, servers, SPLIT_BYTES)
+    return Placement(name, shape, np.dtype(dtype), tuple(Slice(*r) for r in ranges))
+
+
+def check_rows(rows: Any, placement: Placement) -> np.ndarray:
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or rows.dtype.kind not in "iu":
+        raise ValueError(
+            f"rows of {placement.name!r} must be a 1-D array of integers. "
+            f"Received shape {rows.shape}, dtype {rows.dtype}"
+        )
+    total = placement.shape[0] if placement.shape else 0
+    bad = np.flatnonzero((rows < 0) | (rows >= total))
+    if bad.size:
+        raise ValueError(
+            f"rows[{bad[0]}] = {rows[bad[0]]} is not in [0, {total}) for variable "
+            f"{placement.name!r}"
+        )
+    return rows.astype(np.int64, copy=False)
+
+
+def shares(placement: Placement, gradient: Gradient) -> Iterator[tuple[int, Gradient]]:
+    """Each server's share of one gradient (sparse rows made local)."""
+    name, values, indices = placement.name, gradient.values, gradient.indices
+    if not placement.split:
+        yield placement.slices[0].server, gradient
+        return
+    if indices is None:
+        for piece in placement.slices:
+            yield piece.server, Gradient(name, values[piece.lo : piece.hi])
+        return
+    for piece in placement.slices:
+        where = np.flatnonzero((indices >= piece.lo) & (indices < piece.hi))
+        if where.size:
+            local = (indices[where] - piece.lo).astype(indices.dtype)
+            yield piece.server, Gradient(name, values[where], local)
