@@ -22,7 +22,13 @@ import numpy as np
 
 from adamax_ps.client import errors
 from adamax_ps.client.connection import open_transport, parse_addresses
-from adamax_ps.client.placement import Placement, Slice, check_rows, place
+from adamax_ps.client.placement import (
+    Placement,
+    Slice,
+    check_rows,
+    place,
+    server_shares,
+)
 from adamax_ps.client.retry import RetryPolicy
 from adamax_ps.client.transport import (
     ApplyOptions,
@@ -356,7 +362,7 @@ class Cluster:
             name = gradient.variable
             placement = self.placement(name)
             hit = set()
-            for server, share in shares(placement, gradient):
+            for server, share in server_shares(placement, gradient):
                 shares.setdefault(server, []).append(share)
                 hit.add(server)
             with self._lock:

@@ -70,7 +70,9 @@ def check_rows(rows: Any, placement: Placement) -> np.ndarray:
     return rows.astype(np.int64, copy=False)
 
 
-def shares(placement: Placement, gradient: Gradient) -> Iterator[tuple[int, Gradient]]:
+def server_shares(
+    placement: Placement, gradient: Gradient
+) -> Iterator[tuple[int, Gradient]]:
     """Each server's share of one gradient (sparse rows made local)."""
     name, values, indices = placement.name, gradient.values, gradient.indices
     if not placement.split:
