@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from probe import stream_4r3w
 from readme import save, update_readme
+from tables import fastest
 
 from adamax_ps.server import adamax, kernels
 from adamax_ps.server.hyperparams import AdamaxConfig
@@ -229,19 +230,9 @@ def run(sizes: list[int], rounds: int, sparse_rounds: int) -> dict:
 def headline(results: dict) -> dict:
     dense = results["dense"]
     big = dense[max(dense)]
-    ours = max(
-        (big["adamax-ps fused, 1 thread"], big["adamax-ps fused, 2 threads"]),
-        key=lambda r: r["params_per_s"],
-    )
-    probe = max(
-        (big["probe 4R3W, 1 thread"], big["probe 4R3W, 2 threads"]),
-        key=lambda r: r["gb_per_s"],
-    )
+    ours, probe = fastest(big, "adamax-ps fused"), fastest(big, "probe 4R3W")
     ten_m = dense.get(10_000_000, big)
-    ours_10m = max(
-        ten_m["adamax-ps fused, 1 thread"]["params_per_s"],
-        ten_m["adamax-ps fused, 2 threads"]["params_per_s"],
-    )
+    ours_10m = fastest(ten_m, "adamax-ps fused")["params_per_s"]
     return {
         "dense_params_per_s": ours["params_per_s"],
         "dense_bandwidth_fraction": ours["gb_per_s"] / probe["gb_per_s"],

@@ -112,24 +112,23 @@ def kernels(doc: dict) -> str:
     return "\n".join([*lines, "", _kernels_headline(doc)]) + "\n"
 
 
+def fastest(rows: dict, kind: str) -> dict:
+    """Of a size's kernel rows, the faster of ``kind``'s 1- and 2-thread runs
+    (``kind``: "adamax-ps fused" or "probe 4R3W")."""
+    return max(
+        (rows[f"{kind}, 1 thread"], rows[f"{kind}, 2 threads"]),
+        key=lambda r: r["params_per_s"],
+    )
+
+
 def _kernels_headline(doc: dict) -> str:
     dense = doc["dense"]
     size = max(dense, key=float)
     big = dense[size]
-    ours = max(
-        (big["adamax-ps fused, 1 thread"], big["adamax-ps fused, 2 threads"]),
-        key=lambda r: r["params_per_s"],
-    )
-    probe = max(
-        (big["probe 4R3W, 1 thread"], big["probe 4R3W, 2 threads"]),
-        key=lambda r: r["gb_per_s"],
-    )
+    ours, probe = fastest(big, "adamax-ps fused"), fastest(big, "probe 4R3W")
     at = next((n for n in dense if float(n) == 1e7), size)  # quick runs stop sooner
     ten = dense[at]
-    ours_10 = max(
-        (ten["adamax-ps fused, 1 thread"], ten["adamax-ps fused, 2 threads"]),
-        key=lambda r: r["params_per_s"],
-    )
+    ours_10 = fastest(ten, "adamax-ps fused")
     numpy_10 = ten["numpy in-place (out=, scratch)"]
     rate = inverse(_ms(ours), float(size) / 1e9 * 1e3)
     sparse = doc["sparse"]["adamax-ps"]

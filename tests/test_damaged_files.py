@@ -102,7 +102,9 @@ def checkpoint_with_history(tmp_path: Path, wal: bool) -> tuple[Server, Path, Pa
     return ps, folder, log
 
 
-def test_a_record_damaged_mid_segment_stops_the_restart(tmp_path):
+def six_calls_logged(tmp_path: Path) -> tuple[Server, Path, Path]:
+    """6 calls on a --durability wal server, then SIGKILL: the server (to
+    restart), its log file, and its first log segment."""
     folder, log = tmp_path / "ps", tmp_path / "ps.log"
     ps = server(folder, log).start()
     try:
@@ -110,7 +112,11 @@ def test_a_record_damaged_mid_segment_stops_the_restart(tmp_path):
             push(cluster, range(6))
     finally:
         ps.kill()
-    segment = folder / "wal" / "wal-000000.log"
+    return ps, log, folder / "wal" / "wal-000000.log"
+
+
+def test_a_record_damaged_mid_segment_stops_the_restart(tmp_path):
+    ps, log, segment = six_calls_logged(tmp_path)
     first = int.from_bytes(segment.read_bytes()[:4], "little")  # a record's length
     flip(segment, 8 + first // 2)  # inside the first record; many follow it
     text = restart_fails(ps, log)
@@ -121,14 +127,7 @@ def test_a_record_damaged_mid_segment_stops_the_restart(tmp_path):
 def test_a_torn_last_record_is_dropped_and_the_rest_replayed(tmp_path):
     """A record cut short at the end of the log was never acknowledged: the
     restart drops it and keeps everything before it."""
-    folder, log = tmp_path / "ps", tmp_path / "ps.log"
-    ps = server(folder, log).start()
-    try:
-        with connect(ps.grpc_address) as cluster:
-            push(cluster, range(6))
-    finally:
-        ps.kill()
-    segment = folder / "wal" / "wal-000000.log"
+    ps, _, segment = six_calls_logged(tmp_path)
     data = segment.read_bytes()
     offsets, at = [], 0
     while at < len(data):
