@@ -77,6 +77,20 @@ schemathesis.openapi.media_type(
 )
 
 
+APPLY = "POST /api/v1/optimizers/{name}/apply"
+
+
+@schemathesis.hook
+def before_generate_body(context, strategy):
+    """Pushes get a well-formed push to ``w`` half the time (the framed media
+    type's strategy, else), so the stateful phase reliably reaches applies
+    that succeed, not only their refusals."""
+    operation = getattr(context, "operation", None)
+    if operation is not None and operation.label == APPLY:
+        return st.one_of(strategy, _arrays.map(_push))
+    return strategy
+
+
 # Rules no JSON Schema can state, by operation: a schema-valid request refused
 # by one of them, with an answer naming it, is not "valid data refused".
 UNSTATABLE = {
