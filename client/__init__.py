@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from adamax_ps.client.cluster import Cluster
+from adamax_ps.client.discovery import addresses_from_environment
 from adamax_ps.client.errors import (
     ClusterViewError,
     InvalidArgumentError,
@@ -28,7 +29,7 @@ from adamax_ps.client.variables import IndexedSlices, RemoteSlot, RemoteVariable
 
 
 def connect(
-    addresses: str | Sequence[str],
+    addresses: str | Sequence[str] | None = None,
     *,
     token: str | None = None,
     tls: Any = None,
@@ -37,11 +38,16 @@ def connect(
 ) -> Cluster:
     """Connect to a cluster: ``"grpc://a:50051,grpc://b:50051"`` or a list.
 
+    With no addresses, the environment names them: ``ADAMAX_PS_ADDRESS``, else
+    the ``ps`` tasks of ``TF_CONFIG`` (``ValueError`` when neither does).
+
     Checks that server ``i`` of the list is server ``i`` of a cluster of that
     size (``ClusterViewError`` otherwise). ``timeout`` bounds each call in
     seconds; unreachable servers are retried per ``retry`` before a
     ``TransportError``.
     """
+    if addresses is None:
+        addresses = addresses_from_environment()
     return Cluster(addresses, token=token, tls=tls, timeout=timeout, retry=retry)
 
 

@@ -12,7 +12,6 @@ thread.
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ import numpy as np
 
 from adamax_ps.client import errors
 from adamax_ps.client.connection import open_transport, parse_addresses
+from adamax_ps.client.discovery import addresses_from_environment
 from adamax_ps.client.placement import (
     Placement,
     Slice,
@@ -43,7 +43,6 @@ from adamax_ps.client.transport import (
 from adamax_ps.client.variables import RemoteVariable, new_variable
 from adamax_ps.common.malloc import tune_malloc
 
-ADDRESS_ENV = "ADAMAX_PS_ADDRESS"
 COORDINATOR = 0
 
 
@@ -424,14 +423,10 @@ _default_lock = threading.Lock()
 
 
 def default_cluster() -> Cluster:
-    """The cluster named by ``ADAMAX_PS_ADDRESS``, connected once per process."""
+    """The cluster the environment names (``discovery``), connected once per
+    process and shared by every optimizer and layer given no cluster."""
     global _default
     with _default_lock:
         if _default is None:
-            address = os.environ.get(ADDRESS_ENV)
-            if not address:
-                raise ValueError(
-                    "no cluster: pass cluster=connect(...) or set ADAMAX_PS_ADDRESS"
-                )
-            _default = Cluster(address)
+            _default = Cluster(addresses_from_environment())
         return _default

@@ -31,7 +31,7 @@ def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(
-    "bare", ["server", "client", "common", "cli", "examples", "proto"]
+    "bare", ["server", "client", "common", "cli", "examples", "proto", "frameworks"]
 )
 def test_bare_folder_names_are_not_importable(bare, tmp_path):
     result = run_python(f"import {bare}", tmp_path)

@@ -1,0 +1,221 @@
+"""``Embedding``: a Keras embedding layer whose table lives on the servers.
+
+The worker never holds the table. A step looks up the batch's distinct ids
+(one gather from the servers that hold them) and hands back, in the backward
+pass, their summed gradient rows as ``IndexedSlices`` keyed by id: the sum
+TensorFlow's own optimizers take of an embedding's duplicate rows, so the
+servers apply exactly the lazy sparse update a local ``Embedding`` would get.
+The layer's one local weight is a scalar ``handle`` that routes that gradient
+to ``adamax_ps.keras.Adamax`` through ``model.fit``'s usual
+``apply_gradients(zip(grads, model.trainable_variables))``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from adamax_ps.client.cluster import Cluster, default_cluster
+from adamax_ps.client.variables import RemoteVariable
+from adamax_ps.keras.backend import keras_module
+
+keras, KERAS_MAJOR = keras_module()
+
+# Keras's short names of its random initializers, as the servers spell them.
+ALIASES = {"uniform": "random_uniform", "normal": "random_normal"}
+
+
+def server_initializer(initializer: Any) -> str | dict:
+    """A Keras initializer (a name or an object) as the servers take it."""
+    if isinstance(initializer, str):
+        return ALIASES.get(initializer, initializer)
+    if isinstance(initializer, dict):
+        return initializer
+    if hasattr(initializer, "get_config"):
+        return {
+            "class_name": type(initializer).__name__,
+            "config": initializer.get_config(),
+        }
+    raise ValueError(
+        "embeddings_initializer is a Keras initializer or its name. "
+        f"Received: {initializer!r}"
+    )
+
+
+class TableCheckpoint(tf.__internal__.tracking.Trackable):
+    """The server table as a TensorFlow checkpoint value: written by
+    ``tf.train.Checkpoint`` (and tf_keras's ``save_weights`` in its default
+    format), assigned back to the servers when restored."""
+
+    def __init__(self, layer: Embedding) -> None:
+        self._layer = layer
+
+    def _serialize_to_tensors(self) -> dict[str, tf.Tensor]:
+        return {"table": tf.constant(self._layer.embeddings.numpy())}
+
+    def _restore_from_tensors(self, restored_tensors: dict[str, tf.Tensor]) -> Any:
+        self._layer.set_weights([restored_tensors["table"].numpy()])
+        return tf.no_op()
+
+
+class Embedding(keras.layers.Layer):
+    """``keras.layers.Embedding`` with its ``input_dim x output_dim`` table on
+    the servers, as variable ``name``.
+
+    A table of that name that exists (restored, or created from pretrained
+    values) is attached to as it is when its shape and dtype match, else a
+    ``ValueError``; otherwise the servers create it with
+    ``embeddings_initializer`` (drawn by numpy on the servers: the same on
+    every worker and run, not the values TensorFlow would draw).
+    ``get_weights``/``set_weights`` read and write the server table.
+    Regularizers and constraints of the table are refused: there is no local
+    table to apply them to.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        *,
+        cluster: Cluster | None = None,
+        name: str | None = None,
+        embeddings_initializer: Any = "uniform",
+        embeddings_regularizer: Any = None,
+        activity_regularizer: Any = None,
+        embeddings_constraint: Any = None,
+        mask_zero: bool = False,
+        input_length: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        for argument, value in (
+            ("embeddings_regularizer", embeddings_regularizer),
+            ("embeddings_constraint", embeddings_constraint),
+        ):
+            if value is not None:
+                raise ValueError(
+                    f"{argument} is not supported: the table lives on the servers, "
+                    "which apply only the Adamax step to it"
+                )
+        kwargs.pop("sparse", None)  # the gradient is always sparse
+        super().__init__(name=name, activity_regularizer=activity_regularizer, **kwargs)
+        if int(input_dim) <= 0 or int(output_dim) <= 0:
+            raise ValueError(
+                "Both `input_dim` and `output_dim` should be positive, "
+                f"Received input_dim = {input_dim} and output_dim = {output_dim}"
+            )
+        self.input_dim = int(input_dim)
+        self.output_dim = int(output_dim)
+        self.embeddings_initializer = embeddings_initializer
+        self.mask_zero = bool(mask_zero)
+        self.supports_masking = self.mask_zero
+        self.input_length = input_length
+        self._cluster = cluster
+        self.table: RemoteVariable | None = None
+
+    # Weights ------------------------------------------------------------------------
+
+    def build(self, input_shape: Any = None) -> None:
+        if self.table is not None:
+            return
+        cluster = self._cluster if self._cluster is not None else default_cluster()
+        self.table = cluster.variable(
+            self.name,
+            shape=(self.input_dim, self.output_dim),
+            dtype=self.dtype,
+            initializer=server_initializer(self.embeddings_initializer),
+        )
+        self.handle = self.add_weight(
+            name="handle", shape=(), initializer="zeros", trainable=True
+        )
+        # What adamax_ps.keras.Adamax pushes the handle's gradient to.
+        self.handle._adamax_ps_table = self.table
+        # TensorFlow checkpoints (tf_keras's save_weights) save the table too.
+        self.table_checkpoint = TableCheckpoint(self)
+        self.built = True
+
+    @property
+    def embeddings(self) -> RemoteVariable:
+        """The server table (``numpy()``, ``gather(rows)``, ``assign(value)``)."""
+        if self.table is None:
+            raise ValueError(f"layer {self.name!r} is not built yet")
+        return self.table
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [self.embeddings.numpy()]
+
+    def set_weights(self, weights: list[Any]) -> None:
+        if len(weights) != 1:
+            raise ValueError(
+                f"Layer {self.name!r} expects 1 weight (its table), "
+                f"but received {len(weights)}"
+            )
+        value = np.asarray(weights[0])
+        if value.shape != (self.input_dim, self.output_dim):
+            raise ValueError(
+                f"Layer {self.name!r} weight shape {(self.input_dim, self.output_dim)} "
+                f"is not compatible with provided weight shape {value.shape}"
+            )
+        self.embeddings.assign(value)
+
+    # Keras 3's weight files (model.save_weights / load_weights, .keras files).
+    def save_own_variables(self, store: Any) -> None:
+        store["0"] = self.embeddings.numpy()
+
+    def load_own_variables(self, store: Any) -> None:
+        self.set_weights([store["0"]])
+
+    # Forward and backward -----------------------------------------------------------
+
+    def call(self, inputs: Any) -> tf.Tensor:
+        ids = tf.convert_to_tensor(inputs)
+        if ids.dtype not in (tf.int32, tf.int64):
+            ids = tf.cast(ids, tf.int64)
+        flat = tf.reshape(tf.cast(ids, tf.int64), [-1])
+        rows = self._lookup(flat)
+        return tf.reshape(rows, tf.concat([tf.shape(ids), [self.output_dim]], 0))
+
+    def _lookup(self, flat: tf.Tensor) -> tf.Tensor:
+        table, handle, dim = self.embeddings, self.handle, self.output_dim
+        dense_shape = tf.constant([self.input_dim, dim], tf.int64)
+        dtype = tf.as_dtype(table.dtype)
+
+        @tf.custom_gradient
+        def lookup(flat: tf.Tensor) -> Any:
+            tf.convert_to_tensor(handle)  # the tape's link to the handle
+            unique, positions = tf.unique(flat)
+            rows = tf.numpy_function(table.gather, [unique], dtype, stateful=True)
+            rows.set_shape([None, dim])
+
+            def grad(dy: tf.Tensor, variables: Any = None) -> Any:
+                # Exactly TensorFlow's summing of an embedding's duplicate rows.
+                summed = tf.math.unsorted_segment_sum(
+                    dy, positions, tf.shape(unique)[0]
+                )
+                return None, [tf.IndexedSlices(summed, unique, dense_shape)]
+
+            return tf.gather(rows, positions), grad
+
+        return lookup(flat)
+
+    def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
+        if not self.mask_zero:
+            return None
+        return tf.not_equal(inputs, 0)
+
+    def compute_output_shape(self, input_shape: Any) -> tuple:
+        return (*tuple(input_shape), self.output_dim)
+
+    def get_config(self) -> dict[str, Any]:
+        initializer = self.embeddings_initializer
+        if not isinstance(initializer, (str, dict)):
+            initializer = keras.initializers.serialize(initializer)
+        return {
+            **super().get_config(),
+            "input_dim": self.input_dim,
+            "output_dim": self.output_dim,
+            "embeddings_initializer": initializer,
+            "mask_zero": self.mask_zero,
+            "input_length": self.input_length,
+        }
