@@ -104,12 +104,13 @@ def test_there_is_no_import_cycle(graph):
 @pytest.mark.parametrize(
     ("side", "forbidden"),
     [
-        ("server", ("client", "examples", "cli", "keras")),
-        ("client", ("server", "examples", "cli", "keras")),
-        ("proto", ("server", "client", "common", "examples", "cli", "keras")),
-        ("common", ("server", "client", "examples", "cli", "keras")),
+        ("server", ("client", "examples", "cli", "keras", "torch")),
+        ("client", ("server", "examples", "cli", "keras", "torch")),
+        ("proto", ("server", "client", "common", "examples", "cli", "keras", "torch")),
+        ("common", ("server", "client", "examples", "cli", "keras", "torch")),
         # The framework layers are workers: the client, never the server.
-        ("keras", ("server", "examples", "cli")),
+        ("keras", ("server", "examples", "cli", "torch")),
+        ("torch", ("server", "examples", "cli", "keras")),
     ],
 )
 def test_imports_flow_one_way(graph, side, forbidden):

@@ -1,0 +1,146 @@
+"""``Embedding``: a ``torch.nn.Module`` whose table lives on the servers.
+
+The worker never holds the table. ``forward`` fetches the rows of the
+batch's distinct ids (one gather from the servers that hold them) and
+indexes them into place; ``backward`` keeps the gradient rows with their ids
+(``pending``) until ``adamax_ps.torch.Adamax.step`` pushes them as a sparse
+gradient, summed over duplicate ids the way Keras sums them. The module's one
+parameter is a scalar ``handle``, so ``model.parameters()`` hands the table
+to the optimizer like any other parameter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from adamax_ps.client.cluster import Cluster, default_cluster
+from adamax_ps.client.variables import RemoteVariable
+
+
+class _Lookup(torch.autograd.Function):
+    """Rows in the forward pass; in the backward, the rows' gradients are
+    kept on the module, and the handle gets a zero (it marks the table as
+    having a gradient this step)."""
+
+    @staticmethod
+    def forward(ctx: Any, handle: torch.Tensor, ids: torch.Tensor, module: Embedding):
+        flat = ids.reshape(-1)
+        unique, inverse = torch.unique(flat, return_inverse=True)
+        rows = module.table.gather(unique.numpy())
+        ctx.module, ctx.flat = module, flat
+        return torch.from_numpy(rows)[inverse].reshape(*ids.shape, -1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        module = ctx.module
+        module.pending.append(
+            (ctx.flat.numpy(), grad.reshape(-1, module.embedding_dim).numpy())
+        )
+        return torch.zeros((), dtype=grad.dtype), None, None
+
+
+class Embedding(torch.nn.Module):
+    """``torch.nn.Embedding`` with its ``num_embeddings x embedding_dim``
+    float32 table on the servers, as variable ``name`` (by default
+    ``embedding``, ``embedding_1``, ... in the order modules are made, the same
+    in every worker running the same code).
+
+    A table of that name that exists (restored, or created from pretrained
+    values) is attached to as it is when its shape matches, else a
+    ``ValueError``; otherwise the servers create it with ``initializer`` (a
+    Keras initializer name or config: ``"random_normal"`` with stddev 1 by
+    default, as ``torch.nn.Embedding`` draws N(0, 1), drawn by numpy on the
+    servers). ``weight`` is the server table (``numpy()``, ``gather``,
+    ``assign``); ``state_dict()`` holds it as ``weight``.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        *,
+        cluster: Cluster | None = None,
+        name: str | None = None,
+        initializer: str | dict | None = None,
+    ) -> None:
+        super().__init__()
+        if int(num_embeddings) <= 0 or int(embedding_dim) <= 0:
+            raise ValueError(
+                "num_embeddings and embedding_dim must be positive, got "
+                f"{num_embeddings} and {embedding_dim}"
+            )
+        if name is None:
+            name = _default_name()
+        self.num_embeddings = int(num_embeddings)
+        self.embedding_dim = int(embedding_dim)
+        self.name = name
+        cluster = cluster if cluster is not None else default_cluster()
+        if initializer is None:
+            initializer = {"class_name": "RandomNormal", "config": {"stddev": 1.0}}
+        self.table: RemoteVariable = cluster.variable(
+            name,
+            shape=(self.num_embeddings, self.embedding_dim),
+            dtype="float32",
+            initializer=initializer,
+        )
+        self.handle = torch.nn.Parameter(torch.zeros(()))
+        self.handle._adamax_ps_embedding = self  # what the optimizer pushes to
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self.register_state_dict_post_hook(_table_in_state_dict)
+        self.register_load_state_dict_pre_hook(_table_from_state_dict)
+
+    @property
+    def weight(self) -> RemoteVariable:
+        return self.table
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.dtype not in (torch.int32, torch.int64):
+            raise TypeError(
+                f"Embedding ids must be int32 or int64, got {ids.dtype} "
+                "(as torch.nn.Embedding)"
+            )
+        return _Lookup.apply(self.handle, ids.detach().cpu().long(), self)
+
+    def take_gradient(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The ids and rows of every backward since ``zero_grad``, in order."""
+        if not self.pending:
+            return None
+        ids = np.concatenate([i for i, _ in self.pending])
+        rows = np.concatenate([r for _, r in self.pending])
+        return ids, rows
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, name={self.name!r}"
+
+
+_names: dict[str, int] = {}
+
+
+def _default_name() -> str:
+    """``embedding``, ``embedding_1``, ...: the same sequence in every worker
+    that builds the same model, as Keras names its layers."""
+    count = _names.get("embedding", 0)
+    _names["embedding"] = count + 1
+    return "embedding" if count == 0 else f"embedding_{count}"
+
+
+def _table_in_state_dict(module: Embedding, state: dict, prefix: str, meta: Any):
+    state[prefix + "weight"] = torch.from_numpy(module.table.numpy())
+
+
+def _table_from_state_dict(
+    module: Embedding, state: dict, prefix: str, *args: Any
+) -> None:
+    value = state.pop(prefix + "weight", None)
+    if value is None:
+        return
+    value = np.asarray(value.detach().cpu().numpy(), np.float32)
+    if value.shape != module.table.shape:
+        raise ValueError(
+            f"{prefix}weight has shape {value.shape}; table {module.name!r} is "
+            f"{module.table.shape}"
+        )
+    module.table.assign(value)
