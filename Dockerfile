@@ -8,12 +8,15 @@
 ARG BASE=python:3.11-slim
 
 FROM ${BASE} AS install
+# EXTRAS='[torch]' makes the training-worker image of deploy/ (its wheelhouse
+# built with '.[torch]').
+ARG EXTRAS=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 COPY build/wheelhouse/ /wheelhouse/
 # The venv keeps the install apart from the base's own Python packages.
 RUN python3 -m venv /opt/adamax-ps \
-    && /opt/adamax-ps/bin/pip install --no-index --find-links /wheelhouse adamax-ps \
+    && /opt/adamax-ps/bin/pip install --no-index --find-links /wheelhouse "adamax-ps${EXTRAS}" \
     && /opt/adamax-ps/bin/adamax-ps serve --help > /dev/null
 
 FROM ${BASE}

@@ -14,7 +14,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from adamax_ps.client.cluster import Cluster
-from adamax_ps.client.discovery import addresses_from_environment
+from adamax_ps.client.discovery import (
+    addresses_from_environment,
+    token_from_environment,
+)
 from adamax_ps.client.errors import (
     ClusterViewError,
     InvalidArgumentError,
@@ -40,6 +43,7 @@ def connect(
 
     With no addresses, the environment names them: ``ADAMAX_PS_ADDRESS``, else
     the ``ps`` tasks of ``TF_CONFIG`` (``ValueError`` when neither does).
+    With no token, ``ADAMAX_PS_TOKEN``'s, if set.
 
     Checks that server ``i`` of the list is server ``i`` of a cluster of that
     size (``ClusterViewError`` otherwise). ``timeout`` bounds each call in
@@ -48,6 +52,8 @@ def connect(
     """
     if addresses is None:
         addresses = addresses_from_environment()
+    if token is None:
+        token = token_from_environment()
     return Cluster(addresses, token=token, tls=tls, timeout=timeout, retry=retry)
 
 

@@ -21,7 +21,10 @@ import numpy as np
 
 from adamax_ps.client import errors
 from adamax_ps.client.connection import open_transport, parse_addresses
-from adamax_ps.client.discovery import addresses_from_environment
+from adamax_ps.client.discovery import (
+    addresses_from_environment,
+    token_from_environment,
+)
 from adamax_ps.client.placement import (
     Placement,
     Slice,
@@ -428,5 +431,7 @@ def default_cluster() -> Cluster:
     global _default
     with _default_lock:
         if _default is None:
-            _default = Cluster(addresses_from_environment())
+            _default = Cluster(
+                addresses_from_environment(), token=token_from_environment()
+            )
         return _default

@@ -5,7 +5,8 @@ finds the servers here: ``ADAMAX_PS_ADDRESS`` first (what ``adamax-ps
 cluster`` prints and deploy/ sets), else the ``ps`` tasks of ``TF_CONFIG``
 (what a TFJob, or TensorFlow's own parameter-server tutorial, gives every
 task), so a manifest written for TensorFlow's parameter servers works as it
-is. A ``ps`` address without a scheme is gRPC.
+is. A ``ps`` address without a scheme is gRPC. The token, when the servers
+want one, is ``ADAMAX_PS_TOKEN``, as for the servers themselves.
 
 The worker's rank is the one ``torchrun`` sets (``RANK``/``WORLD_SIZE``),
 else the index of a ``worker`` task in ``TF_CONFIG``.
@@ -19,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 ADDRESS_ENV = "ADAMAX_PS_ADDRESS"
+TOKEN_ENV = "ADAMAX_PS_TOKEN"
 TF_CONFIG_ENV = "TF_CONFIG"
 
 
@@ -48,6 +50,13 @@ def addresses_from_environment(environ: Mapping[str, str] | None = None) -> str:
             '"ps": ["host:port", ...] (one per adamax-ps server, in server order)'
         )
     return ",".join(t if "://" in t else f"grpc://{t.strip()}" for t in tasks)
+
+
+def token_from_environment(environ: Mapping[str, str] | None = None) -> str | None:
+    """The servers' bearer token, ``ADAMAX_PS_TOKEN`` (as the servers and the
+    CLI read it), or None."""
+    env = os.environ if environ is None else environ
+    return env.get(TOKEN_ENV, "").strip() or None
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,12 @@ def documents(text: str) -> dict[tuple[str, str], dict]:
     }
 
 
-def one(resources: dict, kind: str) -> dict:
-    (found,) = [doc for (k, _), doc in resources.items() if k == kind]
+def one(resources: dict, kind: str, name: str | None = None) -> dict:
+    (found,) = [
+        doc
+        for (k, _), doc in resources.items()
+        if k == kind and name in (None, doc["metadata"]["name"])
+    ]
     return found
 
 
@@ -118,7 +122,10 @@ def test_kustomize_rendering_validates_strictly(name, tmp_path):
         # Without kubectl: validate the base's complete resources, unrendered,
         # then skip (fail under CI=true) the rendering itself.
         files = [K8S / "base" / f for f in ("service.yaml", "statefulset.yaml")]
-        files += [K8S / "base" / f for f in ("secret.yaml", "worker-job.yaml")]
+        files += [
+            K8S / "base" / f
+            for f in ("secret.yaml", "worker-job.yaml", "training-job.yaml")
+        ]
         command = [tool("kubernetes-validate"), "--strict", "--quiet", *map(str, files)]
         run(command)
         require("kubectl")
@@ -153,7 +160,8 @@ def test_rendered_cluster_is_consistent(name, tmp_path):
     resources = documents(render(RENDERINGS[name], tmp_path))
     servers = one(resources, "StatefulSet")
     service = one(resources, "Service")
-    job = one(resources, "Job")
+    job = one(resources, "Job", "ps-demo")
+    training = one(resources, "Job", "ps-train")
     secret = one(resources, "Secret")
     pod = servers["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -206,7 +214,8 @@ def test_rendered_cluster_is_consistent(name, tmp_path):
 
     # The token comes from the Secret, for servers and workers alike.
     (worker,) = job["spec"]["template"]["spec"]["containers"]
-    for env in (container["env"], worker["env"]):
+    (trainer,) = training["spec"]["template"]["spec"]["containers"]
+    for env in (container["env"], worker["env"], trainer["env"]):
         (token,) = [e for e in env if e["name"] == "ADAMAX_PS_TOKEN"]
         ref = token["valueFrom"]["secretKeyRef"]
         assert ref["name"] == secret["metadata"]["name"]
@@ -228,6 +237,22 @@ def test_rendered_cluster_is_consistent(name, tmp_path):
     assert args[:3] == ["demo", "--address", "$(ADAMAX_PS_ADDRESS)"]
     assert worker["image"] == container["image"]
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+    # The training workers: one pod per rank, RANK from the completion index,
+    # the servers and token from the same ConfigMap and Secret.
+    spec = training["spec"]
+    assert spec["completionMode"] == "Indexed"
+    variables = {e["name"]: e for e in trainer["env"]}
+    world = int(variables["WORLD_SIZE"]["value"])
+    assert spec["completions"] == spec["parallelism"] == world
+    assert variables["RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    )
+    assert variables["ADAMAX_PS_ADDRESS"] == address
+    assert trainer["command"][-1] == "adamax_ps.examples.torch_recommender"
+    assert trainer["image"].split(":")[0].endswith("adamax-ps-worker")
+    assert trainer["image"].split(":")[1] == container["image"].split(":")[1]
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
 
 
 def test_overlay_changes_the_shards_and_the_server_count_together(tmp_path):

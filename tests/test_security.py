@@ -91,6 +91,24 @@ def test_token_from_the_environment_and_reads_protected(tmp_path):
         server.kill()
 
 
+def test_workers_take_the_token_from_the_environment(tmp_path, monkeypatch):
+    """connect() given no token uses ADAMAX_PS_TOKEN, as the servers do: a
+    worker pod (deploy/) gets its token and its servers from its environment."""
+    server = serve(tmp_path, "--auth-reads", env={"ADAMAX_PS_TOKEN": TOKEN})
+    try:
+        monkeypatch.setenv("ADAMAX_PS_ADDRESS", server.grpc_address)
+        monkeypatch.setenv("ADAMAX_PS_TOKEN", TOKEN)
+        with connect() as cluster:
+            w = cluster.variable("w", shape=(2,))
+            Adamax(cluster=cluster).apply_gradients([(np.ones(2, np.float32), w)])
+            assert cluster.read("w").shape == (2,)
+        monkeypatch.setenv("ADAMAX_PS_TOKEN", "wrong")
+        with pytest.raises(errors.UnauthenticatedError):
+            connect(retry=ONCE)
+    finally:
+        server.kill()
+
+
 def test_tls_on_both_transports(tmp_path):
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
