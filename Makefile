@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/durability.py --update-readme
 	$(BIN)/python bench/peers.py
 	$(BIN)/python bench/training.py
+	$(BIN)/python bench/training_fit.py
 	$(BIN)/python bench/scaling.py
 	$(BIN)/python bench/report.py --update-readme
 

@@ -30,6 +30,7 @@ RENDERERS = {
     "durability": tables.durability,
     "peers": tables_peers.peers,
     "training": tables_peers.training,
+    "training_fit": tables_peers.training_fit,
     "scaling": tables.scaling,
 }
 BLOCK = re.compile(r"<!-- bench:(\w+):begin -->\n(.*?)<!-- bench:\1:end -->", re.S)

@@ -7,6 +7,7 @@ bench/peers.py live here so the script and its rendering share them.
 
 from __future__ import annotations
 
+from measure import spread
 from tables import NOT_RECORDED, inverse, rate_text, span
 
 PARTS = ("peers", "training", "scaling")
@@ -182,6 +183,72 @@ def _diff_text(diff: dict) -> str:
     if "error" in diff:
         return _error(diff)
     return "identical" if diff["identical"] else f"{diff['max_abs']:.1e}"
+
+
+# bench/training_fit.py --------------------------------------------------------------
+
+
+def _per_round(seconds: dict, baseline: str, name: str) -> dict:
+    """The baseline's time over ``name``'s, round by round, as a spread."""
+    pairs = zip(seconds[baseline], seconds[name], strict=True)
+    return spread([b / s for b, s in pairs])
+
+
+def training_fit(doc: dict) -> str:
+    settings = doc["settings"]
+    lines = [
+        "Training as users write it: model.fit and PyTorch loops (same model, data "
+        f"and initial values; 2 workers; {settings['rounds']} interleaved rounds "
+        f"of {settings['steps']} steps after {settings['warmup']} warm-up steps, "
+        "medians [min-max]; `python bench/training_fit.py`)",
+        "",
+        "| servers | system | steps/s | x tf fit | x tf fit tuned | held-out loss "
+        f"after {settings['total_steps']} steps |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    labels = {
+        "tf fit": "TensorFlow PS strategy, model.fit",
+        "tf fit x10": "TensorFlow PS strategy, model.fit, steps_per_execution=10",
+        "adamax-ps keras": "adamax-ps, Keras 3 model.fit",
+        "adamax-ps tf_keras": "adamax-ps, tf_keras model.fit",
+        "adamax-ps torch": "adamax-ps, PyTorch loop",
+    }
+    for n, systems in doc["servers"].items():
+        seconds = {name: r["seconds"] for name, r in systems.items()}
+        for name, r in systems.items():
+            tuned = _per_round(seconds, "tf fit x10", name)
+            lines.append(
+                f"| {n} | {labels.get(name, name)} | {span(r['steps_per_s'], digits=1)}"
+                f" | {span(r['x_tf_fit'])} | {span(tuned)} | "
+                f"{r['final_heldout_loss']:.4f} |"
+            )
+    first = doc["servers"][min(doc["servers"], key=int)]
+    seconds = {name: r["seconds"] for name, r in first.items()}
+    ours = [name for name in first if name.startswith("adamax-ps")]
+    tf_loss = first["tf fit"]["final_heldout_loss"]
+    worst = max(abs(first[n]["final_heldout_loss"] - tf_loss) / tf_loss for n in ours)
+    tf, workers = doc["threads"]["tensorflow"], doc["threads"]["adamax_ps_workers"]
+    lines += [
+        "",
+        "Training steps/s with "
+        f"{min(doc['servers'], key=int)} server(s), against TensorFlow's model.fit "
+        "(default / steps_per_execution=10): "
+        + "; ".join(
+            f"{labels[n].removeprefix('adamax-ps, ')} "
+            f"{span(first[n]['x_tf_fit'])} / "
+            f"{span(_per_round(seconds, 'tf fit x10', n))}"
+            for n in ours
+        )
+        + f". Held-out losses within {worst:.1%} of TensorFlow's (from "
+        f"{doc['initial_heldout_loss']:.4f} at the start).",
+        "",
+        f"- Threads: TensorFlow's in-process cluster intra-op {tf['intra_op']}, "
+        f"inter-op {tf['inter_op']}; each adamax-ps worker intra-op "
+        f"{workers['intra_op']}, inter-op {workers['inter_op']}. The workers "
+        "gather rows, push and refresh the dense layer in separate round trips "
+        "(no prefetch).",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 # bench/training.py ------------------------------------------------------------------

@@ -35,7 +35,14 @@ RANGE = re.compile(r"\[[0-9.,%]+-[0-9.,%]+\]")
 
 
 def test_readme_has_the_benchmark_blocks():
-    assert set(BLOCKS) == {"kernels", "transport", "service", "durability", "latest"}
+    assert set(BLOCKS) == {
+        "kernels",
+        "transport",
+        "service",
+        "durability",
+        "latest",
+        "training_fit",
+    }
 
 
 @pytest.mark.parametrize("name", sorted(BLOCKS))
