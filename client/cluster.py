@@ -222,7 +222,10 @@ class Cluster:
         placement = self.placement(name)
         parts = self.map(
             lambda s: self.transports[s.server].read(
-                name, optimizer=optimizer, slot=slot
+                name,
+                optimizer=optimizer,
+                slot=slot,
+                expected_bytes=placement.nbytes(s.hi - s.lo),
             ),
             placement.slices,
         )
@@ -254,6 +257,7 @@ class Cluster:
                     optimizer=optimizer,
                     slot=slot,
                     rows=local[start : start + step],
+                    expected_bytes=placement.nbytes(len(local[start : start + step])),
                 )
 
         self.map(fetch, wanted)

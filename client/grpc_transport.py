@@ -30,7 +30,7 @@ from adamax_ps.client.transport import (
 from adamax_ps.proto import codec, streams
 from adamax_ps.proto.v1 import parameter_server_pb2 as pb
 from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
-from adamax_ps.proto.wire import ERROR_KEY, MESSAGE_LIMIT
+from adamax_ps.proto.wire import ERROR_KEY, INLINE_READ_BYTES, MESSAGE_LIMIT
 
 STREAM_ABOVE = streams.CHUNK_BYTES  # pushes larger than this travel as a stream
 
@@ -271,6 +271,7 @@ class GrpcTransport:
         slot: str = "",
         rows: np.ndarray | None = None,
         weight: str = "",
+        expected_bytes: int | None = None,
     ) -> np.ndarray:
         def request() -> pb.ReadRequest:
             return pb.ReadRequest(
@@ -281,6 +282,9 @@ class GrpcTransport:
                 rows=codec.encode(rows) if rows is not None else None,
             )
 
+        if expected_bytes is not None and expected_bytes <= INLINE_READ_BYTES:
+            # One message: a streamed answer costs gRPC a thread per call.
+            return codec.decode(self._call(self.stub.ReadInline, request))
         return self._call(grpc_messages.collect(self.stub.Read), request)
 
     def assign(

@@ -258,7 +258,9 @@ class HttpTransport:
         slot: str = "",
         rows: np.ndarray | None = None,
         weight: str = "",
+        expected_bytes: int | None = None,
     ) -> np.ndarray:
+        del expected_bytes  # one HTTP answer, whatever its size
         if weight:
             return _npy(
                 self._send("GET", f"/optimizers/{_q(optimizer)}/weights/{_q(weight)}")

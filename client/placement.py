@@ -9,6 +9,7 @@ shards).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,14 @@ class Placement:
 
     def servers(self) -> list[int]:
         return [s.server for s in self.slices]
+
+    def nbytes(self, rows: int | None = None) -> int:
+        """Bytes of ``rows`` rows (a scalar or 1-D variable's rows are
+        elements), or of the whole variable."""
+        row = self.dtype.itemsize * math.prod(self.shape[1:])
+        if rows is None:
+            rows = self.shape[0] if self.shape else 1
+        return row * rows
 
 
 def place(

@@ -126,6 +126,7 @@ class Transport(Protocol):
         slot: str = "",
         rows: np.ndarray | None = None,
         weight: str = "",
+        expected_bytes: int | None = None,
     ) -> np.ndarray: ...
     def assign(
         self,

@@ -68,6 +68,13 @@ class Metrics:
         self.pushes = Counter(
             "adamax_ps_pushes", "Pushes applied.", ["optimizer"], registry=r
         )
+        self.requests = Counter(
+            "adamax_ps_requests",
+            "Requests received, by transport and method (the gRPC method, or "
+            "the HTTP method and route): round trips per training step.",
+            ["transport", "method"],
+            registry=r,
+        )
         self.rejected = Counter(
             "adamax_ps_rejected_pushes",
             "Pushes refused, by reason (error class).",

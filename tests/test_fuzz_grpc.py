@@ -28,6 +28,7 @@ UNARY = [
     "AddSlot",
     "AddWeight",
     "Checkpoint",
+    "ReadInline",
 ]
 CLIENT_STREAMS = ["ApplyGradientsStream", "Assign"]
 SERVER_STREAMS = ["Read"]
@@ -170,6 +171,9 @@ def valid_messages() -> dict[str, bytes]:
             view=view, optimizer="Adamax", iterations=1
         ).SerializeToString(),
         "Read": pb.ReadRequest(
+            variable="emb", rows=codec.encode(np.array([1, 2]))
+        ).SerializeToString(),
+        "ReadInline": pb.ReadRequest(
             variable="emb", rows=codec.encode(np.array([1, 2]))
         ).SerializeToString(),
     }
@@ -346,6 +350,19 @@ def hostile_pushes() -> list[tuple[str, object]]:
             pb.ReadRequest(
                 variable="emb",
                 rows=pb.Tensor(shape=[1 << 40], dtype=pb.INT64, data=b"\0" * 8),
+            ).SerializeToString(),
+        ),
+        (
+            "ReadInline",
+            pb.ReadRequest(
+                variable="emb",
+                rows=pb.Tensor(shape=[1 << 40], dtype=pb.INT64, data=b"\0" * 8),
+            ).SerializeToString(),
+        ),
+        (
+            "ReadInline",
+            pb.ReadRequest(
+                variable="emb", rows=codec.encode(np.zeros(5000, np.int64))
             ).SerializeToString(),
         ),
         (  # a huge declared size in a stream: refused before allocation

@@ -11,6 +11,7 @@ read from the kernel (VmHWM, reset through ``clear_refs`` before each check).
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import urllib.error
@@ -18,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 from helpers import memory
@@ -28,6 +30,7 @@ from adamax_ps.client import Adamax, IndexedSlices, connect, errors
 from adamax_ps.proto import codec
 from adamax_ps.proto.v1 import parameter_server_pb2 as pb
 from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
+from adamax_ps.proto.wire import INLINE_READ_BYTES
 from adamax_ps.server import config
 
 F32 = np.float32
@@ -153,6 +156,41 @@ def test_reads_are_limited_in_rows_and_the_client_splits_them(tmp_path):
             **{"content-type": codec.FRAMED},
         )
         assert code == 413 and "at most 100" in json.loads(body)["message"]
+    finally:
+        server.kill()
+
+
+def test_reads_of_small_values_come_in_one_message_and_large_ones_stream(tmp_path):
+    """ReadInline answers at most INLINE_READ_BYTES and refuses more; the
+    client reads what fits inline in one message and streams the rest."""
+    server = start(tmp_path)
+    try:
+        rows = INLINE_READ_BYTES // 16 + 1  # float32 x 4: just over the inline size
+        with connect(server.grpc_address) as cluster:
+            big = cluster.variable("big", shape=(rows, 4), initializer="glorot_uniform")
+            value = big.numpy()
+            assert value.nbytes > INLINE_READ_BYTES
+            picked = np.arange(0, rows, 7)
+            np.testing.assert_array_equal(big.gather(picked), value[picked])
+            metrics = httpx.get(server.http_address + "/metrics").text
+        calls = {
+            method: int(float(count))
+            for method, count in re.findall(
+                r'requests_total\{method="(Read\w*)",transport="grpc"\} (\S+)', metrics
+            )
+        }
+        assert calls.get("Read", 0) >= 1 and calls.get("ReadInline", 0) >= 1, calls
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            stub = pb_grpc.ParameterServerStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ReadInline(pb.ReadRequest(variable="big"), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "read it with Read, which streams" in refused.value.details()
+            small = stub.ReadInline(
+                pb.ReadRequest(variable="big", rows=codec.encode(np.array([3]))),
+                timeout=10,
+            )
+            np.testing.assert_array_equal(codec.decode(small), value[[3]])
     finally:
         server.kill()
 

@@ -133,7 +133,8 @@ class Adamax(Base):
                 else:
                     grads_and_remote.append((next(it), remote))
             iterations = self.remote.apply_gradients(grads_and_remote)
-            refreshed = [self._remote_variables[id(v)].numpy() for v in dense]
+            remotes = [self._remote_variables[id(v)] for v in dense]
+            refreshed = self._cluster.map(lambda remote: remote.numpy(), remotes)
             return [np.int64(iterations), *refreshed]
 
         results = tf.numpy_function(push, inputs, outputs, stateful=True)

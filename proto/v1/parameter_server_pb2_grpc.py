@@ -89,6 +89,11 @@ class ParameterServerStub:
                 request_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.ReadRequest.SerializeToString,
                 response_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.TensorChunk.FromString,
                 _registered_method=True)
+        self.ReadInline = channel.unary_unary(
+                '/adamax_ps.v1.ParameterServer/ReadInline',
+                request_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.ReadRequest.SerializeToString,
+                response_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.Tensor.FromString,
+                _registered_method=True)
         self.Assign = channel.stream_unary(
                 '/adamax_ps.v1.ParameterServer/Assign',
                 request_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.AssignChunk.SerializeToString,
@@ -187,6 +192,15 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadInline(self, request, context):
+        """The same read answered in one message, for values of at most
+        INLINE_READ_BYTES (proto/wire.py): a gather of a batch's rows, a dense
+        layer. Larger ones are refused (RESOURCE_EXHAUSTED): Read streams them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Assign(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -274,6 +288,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.Read,
                     request_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.ReadRequest.FromString,
                     response_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.TensorChunk.SerializeToString,
+            ),
+            'ReadInline': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadInline,
+                    request_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.ReadRequest.FromString,
+                    response_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.Tensor.SerializeToString,
             ),
             'Assign': grpc.stream_unary_rpc_method_handler(
                     servicer.Assign,
@@ -598,6 +617,33 @@ class ParameterServer:
             '/adamax_ps.v1.ParameterServer/Read',
             adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.ReadRequest.SerializeToString,
             adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.TensorChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadInline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/adamax_ps.v1.ParameterServer/ReadInline',
+            adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.ReadRequest.SerializeToString,
+            adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.Tensor.FromString,
             options,
             channel_credentials,
             insecure,

@@ -20,11 +20,12 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import grpc
+import numpy as np
 
 from adamax_ps.proto import codec, streams
 from adamax_ps.proto.v1 import parameter_server_pb2 as pb
 from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
-from adamax_ps.proto.wire import ERROR_KEY, MESSAGE_LIMIT
+from adamax_ps.proto.wire import ERROR_KEY, INLINE_READ_BYTES, MESSAGE_LIMIT
 from adamax_ps.server.errors import ParameterServerError, ResourceExhaustedError
 from adamax_ps.server.grpc import messages
 from adamax_ps.server.grpc.receive import StreamReceiver
@@ -64,6 +65,7 @@ def _unary(method: Callable) -> Callable:
 
     @functools.wraps(method)
     def handler(self, request, context):
+        self.service.metrics.requests.labels("grpc", method.__name__).inc()
         with _mapped(context, method.__name__):
             _check_parsed(request)
             return method(self, request, context)
@@ -77,11 +79,21 @@ def _server_streaming(method: Callable) -> Callable:
 
     @functools.wraps(method)
     def handler(self, request, context):
+        self.service.metrics.requests.labels("grpc", method.__name__).inc()
         with _mapped(context, method.__name__):
             _check_parsed(request)
             yield from method(self, request, context)
 
     return handler
+
+
+def _inline(value: np.ndarray) -> pb.Tensor:
+    if value.nbytes > INLINE_READ_BYTES:
+        raise ResourceExhaustedError(
+            f"a value of {value.nbytes} bytes is over ReadInline's "
+            f"{INLINE_READ_BYTES} bytes: read it with Read, which streams"
+        )
+    return codec.encode(value)
 
 
 def _check_parsed(request: object) -> None:
@@ -306,6 +318,19 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             rows=rows,
         ) as value:
             yield from messages.tensor_chunks(value)
+
+    @_unary
+    def ReadInline(self, request, context):
+        if request.weight:
+            return _inline(self.service.weight(request.optimizer, request.weight))
+        rows = codec.decode(request.rows) if request.HasField("rows") else None
+        with self.service.reading(
+            request.variable,
+            optimizer=request.optimizer or None,
+            slot=request.slot or None,
+            rows=rows,
+        ) as value:
+            return _inline(value)
 
     @_unary
     def Assign(self, request_iterator, context):

@@ -30,7 +30,12 @@ from adamax_ps.server.errors import (
     ServerBusyError,
 )
 from adamax_ps.server.http.api import Api
-from adamax_ps.server.http.bodies import Bodies, EndOfRequest, TooLargeError
+from adamax_ps.server.http.bodies import (
+    Bodies,
+    CountRequests,
+    EndOfRequest,
+    TooLargeError,
+)
 from adamax_ps.server.http.models import StatusResponse
 from adamax_ps.server.http.reads import generic_reads, reads
 from adamax_ps.server.http.schema import standard_bounds
@@ -70,6 +75,7 @@ def create_app(
     app.state.inspector = inspector
     app.openapi = _exact_openapi(app)
     app.add_middleware(EndOfRequest)
+    app.add_middleware(CountRequests, counter=service.metrics.requests)
 
     # Dependencies are async: they never block, and a sync one would cost a
     # thread-pool hop on every request.

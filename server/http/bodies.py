@@ -147,6 +147,24 @@ def at_end(request: Request, cleanup: Callable[[], Any]) -> None:
 _CLEANUPS = "adamax_ps_cleanups"
 
 
+class CountRequests:
+    """Counts each request by its method and route (``POST
+    /api/v1/optimizers/{name}/apply``), once the app has routed it."""
+
+    def __init__(self, app: Any, counter: Any) -> None:
+        self.app = app
+        self.counter = counter
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if scope["type"] == "http":
+                route = scope.get("route")
+                path = getattr(route, "path", None) or "unrouted"
+                self.counter.labels("http", f"{scope['method']} {path}").inc()
+
+
 class EndOfRequest:
     """Runs each request's cleanups once the app has answered it, the whole
     body of the answer sent: what it held of the in-flight budget (its body's
