@@ -28,9 +28,9 @@ from adamax_ps.client.discovery import (
 from adamax_ps.client.placement import (
     Placement,
     Slice,
+    call_shares,
     check_rows,
     place,
-    server_shares,
 )
 from adamax_ps.client.retry import RetryPolicy
 from adamax_ps.client.transport import (
@@ -351,9 +351,14 @@ class Cluster:
         step: int | None = None,
         aggregated: bool = False,
         clipped: bool = False,
-    ) -> tuple[int, int]:
+        refresh: Sequence[str] = (),
+    ) -> tuple[int, int, list[np.ndarray]]:
         """Apply one call's gradients, in call order, on every server
-        concerned; returns (step, iterations).
+        concerned; returns (step, iterations, the values of ``refresh``).
+
+        ``refresh`` names variables to read once the push is applied: each
+        server the push goes to answers its slices with it (over gRPC, in the
+        same round trip), and any other slice is read after.
 
         Asynchronous with several servers: the coordinator reserves the step,
         then every server holding a gradient applies it with that step.
@@ -362,27 +367,11 @@ class Cluster:
         """
         push_id = self.next_push_id()
         names = [g.variable for g in gradients]
-        shares: dict[int, list[Gradient]] = {}
-        first_seen = []
-        for gradient in gradients:
-            name = gradient.variable
-            placement = self.placement(name)
-            hit = set()
-            for server, share in server_shares(placement, gradient):
-                shares.setdefault(server, []).append(share)
-                hit.add(server)
-            with self._lock:
-                seen = (optimizer, name) in self._slotted
-            if not seen and placement.split:
-                # Keras makes slots for the whole variable: an empty share makes
-                # every slice's server create them, even where no row is pushed.
-                for piece in placement.slices:
-                    if piece.server not in hit:
-                        empty = np.zeros((0, *placement.shape[1:]), placement.dtype)
-                        shares.setdefault(piece.server, []).append(
-                            Gradient(name, empty, np.zeros(0, np.int64))
-                        )
-                first_seen.append((optimizer, name))
+        with self._lock:
+            slotted = {v for o, v in self._slotted if o == optimizer}
+        placements = [self.placement(g.variable) for g in gradients]
+        shares, new = call_shares(placements, gradients, slotted)
+        first_seen = [(optimizer, name) for name in new]
         options = {
             i: ApplyOptions(step=step, aggregated=aggregated, clipped=clipped)
             for i in range(self.size)
@@ -401,17 +390,34 @@ class Cluster:
             targets = sorted(shares)
             for i in targets:
                 options[i].step = reserved
-        results = self.map(
+        pieces = {name: self.placement(name).slices for name in refresh}
+        for name, slices in pieces.items():
+            for piece in slices:
+                if piece.server in targets:
+                    options[piece.server].reads = [*options[piece.server].reads, name]
+        applied = self.map(
             lambda i: self.transports[i].apply(
                 self.view(i), optimizer, shares.get(i, []), push_id, options[i]
             ),
             targets,
         )
+        results = dict(zip(targets, applied, strict=True))
         with self._lock:
             self._slotted.update(first_seen)
-        step_taken = results[0][0]
-        iterations = max(r[1] for r in results)
-        return step_taken, iterations
+        answered = {
+            (i, name): value
+            for i, result in results.items()
+            for name, value in zip(options[i].reads, result.values, strict=True)
+        }
+        values = []
+        for name, slices in pieces.items():
+            if all((p.server, name) in answered for p in slices):
+                parts = [answered[p.server, name] for p in slices]
+                values.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
+            else:
+                values.append(self.read(name))
+        first = results[targets[0]]
+        return first.step, max(r.iterations for r in results.values()), values
 
     def checkpoint(self) -> list[dict[str, Any]]:
         """Ask every server to write a checkpoint now."""

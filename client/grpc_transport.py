@@ -18,6 +18,7 @@ import numpy as np
 from adamax_ps.client import errors, grpc_messages
 from adamax_ps.client.retry import RetryableError, RetryPolicy, with_retries
 from adamax_ps.client.transport import (
+    Applied,
     ApplyOptions,
     Gradient,
     OptimizerInfo,
@@ -219,7 +220,7 @@ class GrpcTransport:
         gradients: list[Gradient],
         push_id: PushId,
         options: ApplyOptions,
-    ) -> tuple[int, int]:
+    ) -> Applied:
         arrays: list[np.ndarray] = []
         for g in gradients:
             if g.indices is not None:
@@ -245,6 +246,7 @@ class GrpcTransport:
                 aggregated=options.aggregated,
                 call_variables=list(options.call_variables),
                 clipped=options.clipped,
+                reads=[pb.ReadRequest(variable=name) for name in options.reads],
             )
 
         if nbytes <= STREAM_ABOVE:
@@ -261,7 +263,11 @@ class GrpcTransport:
                     yield streams.data_chunk(piece)
 
             response = self._call(self.apply_stream, stream, counted=True)
-        return response.step, response.iterations
+        return Applied(
+            response.step,
+            response.iterations,
+            [codec.decode(value).copy() for value in response.values],
+        )
 
     def read(
         self,
@@ -284,7 +290,9 @@ class GrpcTransport:
 
         if expected_bytes is not None and expected_bytes <= INLINE_READ_BYTES:
             # One message: a streamed answer costs gRPC a thread per call.
-            return codec.decode(self._call(self.stub.ReadInline, request))
+            # A writable copy, as a streamed read gives (the message's bytes
+            # are read-only).
+            return codec.decode(self._call(self.stub.ReadInline, request)).copy()
         return self._call(grpc_messages.collect(self.stub.Read), request)
 
     def assign(

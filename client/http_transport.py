@@ -18,6 +18,7 @@ import numpy as np
 from adamax_ps.client import errors
 from adamax_ps.client.retry import RetryableError, RetryPolicy, with_retries
 from adamax_ps.client.transport import (
+    Applied,
     ApplyOptions,
     Gradient,
     OptimizerInfo,
@@ -222,7 +223,9 @@ class HttpTransport:
         gradients: list[Gradient],
         push_id: PushId,
         options: ApplyOptions,
-    ) -> tuple[int, int]:
+    ) -> Applied:
+        """The push, then its ``reads`` as requests of their own (the HTTP
+        API answers a push with JSON; gRPC answers them with the push)."""
         described, arrays = [], []
         for g in gradients:
             item: dict[str, Any] = {
@@ -248,7 +251,8 @@ class HttpTransport:
             framed=(header, arrays),
             push_id=push_id,
         ).json()
-        return answer["step"], answer["iterations"]
+        values = [self.read(name) for name in options.reads]
+        return Applied(answer["step"], answer["iterations"], values)
 
     def read(
         self,

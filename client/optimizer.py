@@ -139,6 +139,28 @@ class Adamax:
         Returns the new iterations (None for an empty call, as Keras).
         """
         del name
+        applied = self._apply(grads_and_vars, experimental_aggregate_gradients, ())
+        return None if applied is None else applied[0]
+
+    def apply_and_refresh(
+        self,
+        grads_and_vars: Iterable[tuple[Any, RemoteVariable]],
+        refresh: Sequence[RemoteVariable],
+    ) -> tuple[np.int64, list[np.ndarray]]:
+        """``apply_gradients``, then the values of ``refresh`` as the servers
+        hold them once the step is applied: over gRPC, answered with the push
+        (a framework layer's dense weights, in the step's round trip)."""
+        applied = self._apply(grads_and_vars, True, [v.name for v in refresh])
+        if applied is None:
+            raise ValueError("No gradients provided for any variable.")
+        return applied
+
+    def _apply(
+        self,
+        grads_and_vars: Iterable[tuple[Any, RemoteVariable]],
+        experimental_aggregate_gradients: bool,
+        refresh: Sequence[str],
+    ) -> tuple[np.int64, list[np.ndarray]] | None:
         pairs = keras_pairs(grads_and_vars)
         if not pairs:
             return None
@@ -176,18 +198,19 @@ class Adamax:
             # server sums the replicas' raw rows, so they travel as they are.)
             wire = [compact(w) for w in wire]
         try:
-            _, iterations = self._cluster.push(
+            _, iterations, values = self._cluster.push(
                 self._name,
                 wire,
                 step=self._known_iterations if sync else None,
                 aggregated=sync and not experimental_aggregate_gradients,
                 clipped=clipped,
+                refresh=refresh,
             )
         except errors.StalePushError:
             self._known_iterations = self._cluster.optimizer(self._name).iterations
             raise
         self._known_iterations = iterations
-        return np.int64(iterations)
+        return np.int64(iterations), values
 
     def _check_sync_clipping(self, wire: list[Gradient]) -> None:
         """In synchronous mode each server clips its aggregated share: refuse

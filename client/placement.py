@@ -96,3 +96,30 @@ def server_shares(
         if where.size:
             local = (indices[where] - piece.lo).astype(indices.dtype)
             yield piece.server, Gradient(name, values[where], local)
+
+
+def call_shares(
+    placements: list[Placement], gradients: list[Gradient], slotted: set[str]
+) -> tuple[dict[int, list[Gradient]], list[str]]:
+    """Each server's share of one ``apply_gradients`` call, in call order,
+    and the split variables whose slots this call makes.
+
+    Keras makes slots for the whole variable: the first push of a split
+    variable not in ``slotted`` gives every slice's server a share (empty where
+    no row is pushed), so each creates its slots."""
+    shares: dict[int, list[Gradient]] = {}
+    new: list[str] = []
+    for placement, gradient in zip(placements, gradients, strict=True):
+        hit = set()
+        for server, share in server_shares(placement, gradient):
+            shares.setdefault(server, []).append(share)
+            hit.add(server)
+        if placement.split and placement.name not in slotted:
+            for piece in placement.slices:
+                if piece.server not in hit:
+                    empty = np.zeros((0, *placement.shape[1:]), placement.dtype)
+                    shares.setdefault(piece.server, []).append(
+                        Gradient(placement.name, empty, np.zeros(0, np.int64))
+                    )
+            new.append(placement.name)
+    return shares, new

@@ -91,6 +91,19 @@ class ApplyOptions:
     aggregated: bool = False
     call_variables: Sequence[str] = field(default_factory=tuple)
     clipped: bool = False
+    # Variables (this server's slices) read after the push is applied, and
+    # answered with it: a worker's refresh in the same round trip.
+    reads: Sequence[str] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """A server's answer to a push: the step it used, its iterations after
+    it, and the values of the push's ``reads``."""
+
+    step: int
+    iterations: int
+    values: list[np.ndarray] = field(default_factory=list)
 
 
 class Transport(Protocol):
@@ -117,7 +130,7 @@ class Transport(Protocol):
         gradients: list[Gradient],
         push_id: PushId,
         options: ApplyOptions,
-    ) -> tuple[int, int]: ...
+    ) -> Applied: ...
     def read(
         self,
         variable: str = "",

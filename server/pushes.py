@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from adamax_ps.server.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     ParameterServerError,
+    ResourceExhaustedError,
     StalePushError,
 )
 from adamax_ps.server.gradients import Gradient, aggregate
@@ -119,6 +121,40 @@ class PushPipeline:
         self.metrics.apply_seconds.labels(mode).observe(time.perf_counter() - started)
         self.metrics.pushes.labels(optimizer).inc()
         return result
+
+    def apply_and_read(
+        self,
+        optimizer: str,
+        gradients: Sequence[Gradient],
+        push_id: PushId | None = None,
+        *,
+        reads: Sequence[tuple[str, Any]] = (),
+        read_limit: int,
+        **options: Any,
+    ) -> tuple[ApplyResult, list[np.ndarray]]:
+        """``apply``, then copies of ``reads`` (``(variable, rows or None)``):
+        a worker's push and its refresh in one round trip. The reads are
+        checked, and their size against ``read_limit``, before anything is
+        applied, so a bad read refuses the push whole; a retried push reads
+        again (reads change nothing)."""
+        planned = []
+        for name, rows in reads:
+            record = self.variables.get(name)
+            planned.append((record, *self.variables.planned_read(record, rows)))
+        total = sum(nbytes for _, _, nbytes in planned)
+        if total > read_limit:
+            raise ResourceExhaustedError(
+                f"a push's reads come to {total} bytes, over the {read_limit} "
+                "bytes answered with a push: read them apart"
+            )
+        result = self.apply(optimizer, gradients, push_id, **options)
+        values = [
+            self.variables.read(record, None)
+            if rows is None
+            else self.variables.gather(record, rows)
+            for record, rows, _ in planned
+        ]
+        return result, values
 
     def _apply(
         self, optimizer, gradients, push_id, step, aggregate, call_variables, clipped

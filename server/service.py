@@ -86,6 +86,8 @@ class ParameterService:
     """The domain core of one server process. Thread-safe."""
 
     apply: Callable[..., ApplyResult]  # PushPipeline.apply: one push, exactly once
+    # PushPipeline.apply_and_read: a push and the reads answered with it
+    apply_and_read: Callable[..., tuple[ApplyResult, list[np.ndarray]]]
 
     def __init__(self, settings: ServiceSettings | None = None) -> None:
         self.settings = s = settings or ServiceSettings()
@@ -142,6 +144,7 @@ class ParameterService:
         # A push goes straight to the pipeline (no facade frame on the hot
         # path): ``apply`` is ``PushPipeline.apply``, documented there.
         self.apply = self._pushes.apply
+        self.apply_and_read = self._pushes.apply_and_read
         self.metrics.watch(self)  # last: it reads the fields above
         self.journal.on_stop.append(lambda reason: self.metrics.writes_stopped.inc())
 

@@ -279,6 +279,14 @@ class Variables:
             else:
                 yield self.store.gather(record, rows, key)
 
+    def planned_read(self, record: VariableRecord, rows: Any) -> tuple[Any, int]:
+        """A read checked now, to be made later: its rows (checked, or None
+        for the whole variable) and its size in bytes."""
+        if rows is None:
+            return None, record.nbytes
+        rows = self._request_rows(record, rows)
+        return rows, len(rows) * record.row_size * record.dtype.itemsize
+
     def _request_rows(self, record: VariableRecord, rows: Any) -> np.ndarray:
         """Row numbers of one read, checked against the variable and the
         per-request limit (``--max-request-rows``)."""

@@ -309,6 +309,32 @@ def hostile_pushes() -> list[tuple[str, object]]:
             [lying.SerializeToString(), streams.data_chunk(np.ones(7).tobytes())],
         ),
         ("ApplyGradientsStream", [streams.data_chunk(b"no header first")]),
+        # Reads answered with a push: refused before the push applies.
+        (
+            "ApplyGradients",
+            pb.ApplyRequest(
+                view=view,
+                optimizer="Adamax",
+                push_id=pb.PushId(client="fz-read", sequence=1),
+                gradients=[pb.Gradient(variable="w", values=codec.encode(np.ones(6)))],
+                reads=[
+                    pb.ReadRequest(
+                        variable="emb",
+                        rows=pb.Tensor(shape=[1 << 40], dtype=pb.INT64, data=b"\0" * 8),
+                    )
+                ],
+            ).SerializeToString(),
+        ),
+        (
+            "ApplyGradients",
+            pb.ApplyRequest(
+                view=view,
+                optimizer="Adamax",
+                push_id=pb.PushId(client="fz-read", sequence=2),
+                gradients=[pb.Gradient(variable="w", values=codec.encode(np.ones(6)))],
+                reads=[pb.ReadRequest(variable="emb")] * 100_000,
+            ).SerializeToString(),
+        ),
         # NaN or Inf in a later chunk, elements split across chunks: the scan
         # made while the stream arrives must still find them.
         ("ApplyGradientsStream", streamed([("w", None, nan_tail)], 20)),

@@ -132,9 +132,11 @@ class Adamax(Base):
                     grads_and_remote.append((IndexedSlices(next(it), ids), remote))
                 else:
                     grads_and_remote.append((next(it), remote))
-            iterations = self.remote.apply_gradients(grads_and_remote)
+            # The dense weights come back with the push (gRPC: one round trip).
             remotes = [self._remote_variables[id(v)] for v in dense]
-            refreshed = self._cluster.map(lambda remote: remote.numpy(), remotes)
+            iterations, refreshed = self.remote.apply_and_refresh(
+                grads_and_remote, remotes
+            )
             return [np.int64(iterations), *refreshed]
 
         results = tf.numpy_function(push, inputs, outputs, stateful=True)

@@ -116,16 +116,17 @@ class Adamax(torch.optim.Optimizer):
                         )
                 elif param.grad is not None:
                     gradients.append((_numpy_gradient(param.grad), self._dense[param]))
-        if gradients:
-            self.remote.apply_gradients(gradients)
-        self._refresh()
-        return loss
-
-    def _refresh(self) -> None:
         params = list(self._dense)
-        values = self._cluster.map(lambda p: self._dense[p].numpy(), params)
+        if gradients:
+            # The dense parameters come back with the push (gRPC: one round trip).
+            _, values = self.remote.apply_and_refresh(
+                gradients, [self._dense[p] for p in params]
+            )
+        else:
+            values = self._cluster.map(lambda p: self._dense[p].numpy(), params)
         for param, value in zip(params, values, strict=True):
             param.copy_(torch.from_numpy(value))
+        return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)

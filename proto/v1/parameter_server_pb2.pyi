@@ -215,7 +215,7 @@ class ReserveStepResponse(_message.Message):
     def __init__(self, step: _Optional[int] = ...) -> None: ...
 
 class ApplyRequest(_message.Message):
-    __slots__ = ("view", "optimizer", "push_id", "gradients", "step", "aggregated", "call_variables", "clipped")
+    __slots__ = ("view", "optimizer", "push_id", "gradients", "step", "aggregated", "call_variables", "clipped", "reads")
     VIEW_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     PUSH_ID_FIELD_NUMBER: _ClassVar[int]
@@ -224,6 +224,7 @@ class ApplyRequest(_message.Message):
     AGGREGATED_FIELD_NUMBER: _ClassVar[int]
     CALL_VARIABLES_FIELD_NUMBER: _ClassVar[int]
     CLIPPED_FIELD_NUMBER: _ClassVar[int]
+    READS_FIELD_NUMBER: _ClassVar[int]
     view: ClusterView
     optimizer: str
     push_id: PushId
@@ -232,15 +233,18 @@ class ApplyRequest(_message.Message):
     aggregated: bool
     call_variables: _containers.RepeatedScalarFieldContainer[str]
     clipped: bool
-    def __init__(self, view: _Optional[_Union[ClusterView, _Mapping]] = ..., optimizer: _Optional[str] = ..., push_id: _Optional[_Union[PushId, _Mapping]] = ..., gradients: _Optional[_Iterable[_Union[Gradient, _Mapping]]] = ..., step: _Optional[int] = ..., aggregated: _Optional[bool] = ..., call_variables: _Optional[_Iterable[str]] = ..., clipped: _Optional[bool] = ...) -> None: ...
+    reads: _containers.RepeatedCompositeFieldContainer[ReadRequest]
+    def __init__(self, view: _Optional[_Union[ClusterView, _Mapping]] = ..., optimizer: _Optional[str] = ..., push_id: _Optional[_Union[PushId, _Mapping]] = ..., gradients: _Optional[_Iterable[_Union[Gradient, _Mapping]]] = ..., step: _Optional[int] = ..., aggregated: _Optional[bool] = ..., call_variables: _Optional[_Iterable[str]] = ..., clipped: _Optional[bool] = ..., reads: _Optional[_Iterable[_Union[ReadRequest, _Mapping]]] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
-    __slots__ = ("step", "iterations")
+    __slots__ = ("step", "iterations", "values")
     STEP_FIELD_NUMBER: _ClassVar[int]
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
     step: int
     iterations: int
-    def __init__(self, step: _Optional[int] = ..., iterations: _Optional[int] = ...) -> None: ...
+    values: _containers.RepeatedCompositeFieldContainer[Tensor]
+    def __init__(self, step: _Optional[int] = ..., iterations: _Optional[int] = ..., values: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
 
 class ApplyChunk(_message.Message):
     __slots__ = ("header", "data")

@@ -26,7 +26,11 @@ from adamax_ps.proto import codec, streams
 from adamax_ps.proto.v1 import parameter_server_pb2 as pb
 from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
 from adamax_ps.proto.wire import ERROR_KEY, INLINE_READ_BYTES, MESSAGE_LIMIT
-from adamax_ps.server.errors import ParameterServerError, ResourceExhaustedError
+from adamax_ps.server.errors import (
+    InvalidArgumentError,
+    ParameterServerError,
+    ResourceExhaustedError,
+)
 from adamax_ps.server.grpc import messages
 from adamax_ps.server.grpc.receive import StreamReceiver
 from adamax_ps.server.service import ParameterService
@@ -290,16 +294,30 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         return self._apply(request, gradients)
 
     def _apply(self, request: pb.ApplyRequest, gradients: list) -> pb.ApplyResponse:
-        result = self.service.apply(
+        for read in request.reads:
+            if read.optimizer or read.slot or read.weight:
+                raise InvalidArgumentError(
+                    "a push reads variables (or their rows), not slots or weights"
+                )
+        result, values = self.service.apply_and_read(
             request.optimizer,
             gradients,
             messages.push_id(request),
+            reads=[
+                (r.variable, codec.decode(r.rows) if r.HasField("rows") else None)
+                for r in request.reads
+            ],
+            read_limit=INLINE_READ_BYTES,
             step=request.step if request.HasField("step") else None,
             aggregate=not request.aggregated,
             call_variables=list(request.call_variables) or None,
             clipped=request.clipped,
         )
-        return pb.ApplyResponse(step=result.step, iterations=result.iterations)
+        return pb.ApplyResponse(
+            step=result.step,
+            iterations=result.iterations,
+            values=[codec.encode(v) for v in values],
+        )
 
     # Values -----------------------------------------------------------------------
 

@@ -1,0 +1,165 @@
+"""Reads answered with a push (a worker's refresh in the step's round trip):
+after the push, checked before it, never applied twice; and the requests a
+training step costs, counted by the servers."""
+
+from __future__ import annotations
+
+import re
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import torch
+from helpers.servers import addresses, start_cluster
+from helpers.state import snapshot
+
+from adamax_ps.client import Adamax, IndexedSlices, connect, placement
+from adamax_ps.proto import codec
+from adamax_ps.proto.v1 import parameter_server_pb2 as pb
+from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
+from adamax_ps.proto.wire import INLINE_READ_BYTES
+from adamax_ps.server.grpc.server import create_grpc_server
+from adamax_ps.server.service import ParameterService, ServiceSettings
+from adamax_ps.torch import Adamax as TorchAdamax
+from adamax_ps.torch import Embedding
+
+F32 = np.float32
+
+
+@pytest.fixture
+def served():
+    """An in-process service behind a real gRPC server, and a stub."""
+    service = ParameterService(ServiceSettings(shards=2))
+    server = create_grpc_server(service, "127.0.0.1:0")
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    with connect(f"grpc://127.0.0.1:{server.port}") as cluster:
+        w = cluster.variable("w", initial_value=np.arange(4, dtype=F32))
+        cluster.variable("big", shape=(INLINE_READ_BYTES // 4 + 1,))
+        Adamax(cluster=cluster).apply_gradients([(np.ones(4, F32), w)])
+        yield service, pb_grpc.ParameterServerStub(channel)
+    channel.close()
+    server.stop(0)
+    service.close()
+
+
+def push(stub, sequence: int, *reads: pb.ReadRequest):
+    return stub.ApplyGradients(
+        pb.ApplyRequest(
+            view=pb.ClusterView(server_index=0, num_servers=1),
+            optimizer="Adamax",
+            push_id=pb.PushId(client="reader", sequence=sequence),
+            gradients=[pb.Gradient(variable="w", values=codec.encode(np.ones(4, F32)))],
+            reads=list(reads),
+        ),
+        timeout=10,
+    )
+
+
+def test_reads_come_after_the_push_and_a_retry_reads_again(served):
+    service, stub = served
+    answer = push(
+        stub,
+        1,
+        pb.ReadRequest(variable="w"),
+        pb.ReadRequest(variable="w", rows=codec.encode(np.array([3, 0]))),
+    )
+    after = service.pull("w")
+    assert answer.iterations == 2
+    np.testing.assert_array_equal(codec.decode(answer.values[0]), after)
+    np.testing.assert_array_equal(codec.decode(answer.values[1]), after[[3, 0]])
+    state = snapshot(service)
+    again = push(stub, 1, pb.ReadRequest(variable="w"))  # a retry: not applied again
+    assert again.iterations == 2 and snapshot(service) == state
+    np.testing.assert_array_equal(codec.decode(again.values[0]), after)
+
+
+@pytest.mark.parametrize(
+    ("read", "code", "message"),
+    [
+        (pb.ReadRequest(variable="nope"), "NOT_FOUND", "nope"),
+        (
+            pb.ReadRequest(variable="w", rows=codec.encode(np.array([4]))),
+            "INVALID_ARGUMENT",
+            "4",
+        ),
+        (pb.ReadRequest(variable="big"), "RESOURCE_EXHAUSTED", "read them apart"),
+        (
+            pb.ReadRequest(variable="w", optimizer="Adamax", slot="m"),
+            "INVALID_ARGUMENT",
+            "not slots",
+        ),
+    ],
+)
+def test_a_bad_read_refuses_the_push_whole(served, read, code, message):
+    service, stub = served
+    state = snapshot(service)
+    with pytest.raises(grpc.RpcError) as refused:
+        push(stub, 7, read)
+    assert refused.value.code() == grpc.StatusCode[code]
+    assert message in refused.value.details()
+    assert snapshot(service) == state
+
+
+@pytest.mark.parametrize("scheme", ["grpc", "http"])
+def test_the_client_refreshes_split_variables_with_the_push(
+    tmp_path, scheme, monkeypatch
+):
+    monkeypatch.setattr(placement, "SPLIT_BYTES", 1)  # every variable split by rows
+    servers = start_cluster(2, tmp_path, checkpoints=False)
+    try:
+        address = (
+            addresses(servers)
+            if scheme == "grpc"
+            else ",".join(s.http_address for s in servers)
+        )
+        with connect(address) as cluster:
+            emb = cluster.variable("emb", initial_value=np.zeros((6, 2), F32))
+            w = cluster.variable("w", initial_value=np.zeros(3, F32))
+            assert cluster.placement("emb").split
+            opt = Adamax(cluster=cluster)
+            grads = [
+                (IndexedSlices(np.ones((1, 2), F32), [4]), emb),
+                (np.ones(3, F32), w),
+            ]
+            iterations, values = opt.apply_and_refresh(grads, [emb, w])
+            assert iterations == 1
+            np.testing.assert_array_equal(values[0], emb.numpy())
+            np.testing.assert_array_equal(values[1], w.numpy())
+            assert values[0][4].any() and not values[0][:4].any()
+    finally:
+        for server in servers:
+            server.kill()
+
+
+def requests(server) -> dict[str, float]:
+    text = httpx.get(server.http_address + "/metrics").text
+    found = re.findall(
+        r'adamax_ps_requests_total\{method="(\w+)",transport="grpc"\} (\S+)', text
+    )
+    return {method: float(count) for method, count in found}
+
+
+def test_a_pytorch_step_costs_two_requests_on_one_server(tmp_path):
+    """The gather of the batch's rows and the push, which brings the dense
+    layer back with it: no separate refresh, no step reservation."""
+    (server,) = start_cluster(1, tmp_path, checkpoints=False)
+    try:
+        with connect(server.grpc_address) as cluster:
+            table = Embedding(100, 4, name="counted", cluster=cluster)
+            dense = torch.nn.Linear(4, 1)
+            params = [("counted/handle", table.handle), ("counted_dense", dense.weight)]
+            optimizer = TorchAdamax(params, cluster=cluster, name="counted_opt")
+            before = requests(server)
+            steps = 10
+            for step in range(steps):
+                optimizer.zero_grad()
+                ids = torch.tensor([[step, step + 1, 7]])
+                dense(table(ids).mean(dim=1)).sum().backward()
+                optimizer.step()
+            after = requests(server)
+        spent = {m: after.get(m, 0) - before.get(m, 0) for m in after}
+        spent = {m: n / steps for m, n in spent.items() if n}
+        assert spent == {"ReadInline": 1.0, "ApplyGradients": 1.0}, spent
+    finally:
+        server.kill()
