@@ -55,6 +55,7 @@ from training_systems import (
     AdamaxPsSystem,
     TensorFlowSystem,
     heldout_loss,
+    initial_heldout_loss,
     make_problem,
 )
 
@@ -75,12 +76,7 @@ def run(
 ) -> dict:
     total = lockstep + rounds * steps
     make_problem(folder, total)
-    initial = heldout_loss(
-        folder,
-        np.load(folder / "table.npy", mmap_mode="r"),
-        np.load(folder / "kernel.npy"),
-        np.load(folder / "bias.npy"),
-    )
+    initial = initial_heldout_loss(folder)
     print(f"training: data ready, {total} steps", file=sys.stderr)
     systems = {}
     workers = []

@@ -42,6 +42,7 @@ from training_systems import (
     TF_THREADS,
     WORKER_THREADS,
     heldout_loss,
+    initial_heldout_loss,
     make_problem,
 )
 
@@ -205,12 +206,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="adamax-ps-training-fit-"))
     try:
         make_problem(folder, total)
-        initial = heldout_loss(
-            folder,
-            np.load(folder / "table.npy", mmap_mode="r"),
-            np.load(folder / "kernel.npy"),
-            np.load(folder / "bias.npy"),
-        )
+        initial = initial_heldout_loss(folder)
         results = {
             str(n): run_servers(
                 n, list(SYSTEMS), args.rounds, args.steps, args.warmup, folder

@@ -68,6 +68,16 @@ def heldout_loss(folder: Path, table, kernel, bias) -> float:
     return float(np.mean((prediction - targets) ** 2))
 
 
+def initial_heldout_loss(folder: Path) -> float:
+    """The held-out loss of the initial values, before any step."""
+    return heldout_loss(
+        folder,
+        np.load(folder / "table.npy", mmap_mode="r"),
+        np.load(folder / "kernel.npy"),
+        np.load(folder / "bias.npy"),
+    )
+
+
 # The model, in TensorFlow, shared by both systems. -------------------------------
 
 

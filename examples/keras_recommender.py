@@ -16,22 +16,22 @@ prints the held-out loss before and after, and against predicting zero.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 from tensorflow import keras
 
 from adamax_ps.client.discovery import worker_rank
-from adamax_ps.examples.recsys_data import IDS, VOCABULARY, make_data, shard
+from adamax_ps.examples.recsys_data import (
+    IDS,
+    VOCABULARY,
+    make_data,
+    shard,
+    training_arguments,
+)
 from adamax_ps.keras import Adamax, Embedding  # adamax-ps
 
 
 def main(argv: list[str] | None = None) -> float:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200, help="steps per worker")
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--learning-rate", type=float, default=0.01)
-    args = parser.parse_args(argv)
+    args = training_arguments(__doc__.splitlines()[0]).parse_args(argv)
 
     me = worker_rank()
     x, y = shard(

@@ -8,6 +8,8 @@ it did. Every worker draws the same data and trains on its own shard.
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 
 VOCABULARY = 100_000
@@ -28,3 +30,12 @@ def make_data(examples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def shard(arrays: tuple[np.ndarray, ...], rank: int, world: int) -> tuple:
     """Worker ``rank``'s share: every ``world``-th example from ``rank``."""
     return tuple(a[rank::world] for a in arrays)
+
+
+def training_arguments(description: str) -> argparse.ArgumentParser:
+    """The examples' options: steps per worker, batch size, learning rate."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--steps", type=int, default=200, help="steps per worker")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--learning-rate", type=float, default=0.01)
+    return parser

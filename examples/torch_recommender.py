@@ -16,13 +16,16 @@ are where the workers meet. It prints the held-out loss before and after.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
 
 from adamax_ps.client.discovery import worker_rank
-from adamax_ps.examples.recsys_data import VOCABULARY, make_data, shard
+from adamax_ps.examples.recsys_data import (
+    VOCABULARY,
+    make_data,
+    shard,
+    training_arguments,
+)
 from adamax_ps.torch import Adamax, Embedding  # adamax-ps
 
 
@@ -37,11 +40,7 @@ class Recommender(torch.nn.Module):
 
 
 def main(argv: list[str] | None = None) -> float:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200, help="steps per worker")
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--learning-rate", type=float, default=0.01)
-    args = parser.parse_args(argv)
+    args = training_arguments(__doc__.splitlines()[0]).parse_args(argv)
 
     torch.manual_seed(0)
     me = worker_rank()

@@ -323,10 +323,20 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
 
     @_server_streaming
     def Read(self, request, context):
+        with self._reading(request) as value:
+            yield from messages.tensor_chunks(value)
+
+    @_unary
+    def ReadInline(self, request, context):
+        with self._reading(request) as value:
+            return _inline(value)
+
+    @contextmanager
+    def _reading(self, request: pb.ReadRequest) -> Iterator[np.ndarray]:
+        """What a ``ReadRequest`` names: an optimizer's weight, or a variable,
+        one of its slots, or their rows (held in the in-flight budget)."""
         if request.weight:
-            yield from messages.tensor_chunks(
-                self.service.weight(request.optimizer, request.weight)
-            )
+            yield self.service.weight(request.optimizer, request.weight)
             return
         rows = codec.decode(request.rows) if request.HasField("rows") else None
         with self.service.reading(
@@ -335,20 +345,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             slot=request.slot or None,
             rows=rows,
         ) as value:
-            yield from messages.tensor_chunks(value)
-
-    @_unary
-    def ReadInline(self, request, context):
-        if request.weight:
-            return _inline(self.service.weight(request.optimizer, request.weight))
-        rows = codec.decode(request.rows) if request.HasField("rows") else None
-        with self.service.reading(
-            request.variable,
-            optimizer=request.optimizer or None,
-            slot=request.slot or None,
-            rows=rows,
-        ) as value:
-            return _inline(value)
+            yield value
 
     @_unary
     def Assign(self, request_iterator, context):

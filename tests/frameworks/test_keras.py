@@ -10,18 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.servers import addresses, start_cluster
+from helpers.servers import addresses
 
 JOB = Path(__file__).with_name("keras_job.py")
 KERAS = {"tf_keras": {"TF_USE_LEGACY_KERAS": "1"}, "keras3": {}}
-
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    servers = start_cluster(2, tmp_path_factory.mktemp("keras"), checkpoints=False)
-    yield servers
-    for server in servers:
-        server.kill()
 
 
 def run_job(servers, tmp_path, name: str, keras: str, split: bool = False):

@@ -12,20 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers.servers import addresses, start_cluster
+from helpers.servers import addresses
 
 from adamax_ps.client import connect
 from adamax_ps.torch import Adamax, Embedding
 
 JOB = Path(__file__).with_name("torch_job.py")
-
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    servers = start_cluster(2, tmp_path_factory.mktemp("torch"), checkpoints=False)
-    yield servers
-    for server in servers:
-        server.kill()
 
 
 @pytest.fixture(scope="module")
