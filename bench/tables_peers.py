@@ -188,6 +188,10 @@ def _diff_text(diff: dict) -> str:
 # bench/training_fit.py --------------------------------------------------------------
 
 
+def _range_text(low: float, high: float) -> str:
+    return f"{low:.4f}" if f"{low:.4f}" == f"{high:.4f}" else f"{low:.4f}-{high:.4f}"
+
+
 def _per_round(seconds: dict, baseline: str, name: str) -> dict:
     """The baseline's time over ``name``'s, round by round, as a spread."""
     pairs = zip(seconds[baseline], seconds[name], strict=True)
@@ -241,8 +245,10 @@ def training_fit(doc: dict) -> str:
         + f". Held-out loss after the same steps: TensorFlow "
         f"{first['tf fit']['final_heldout_loss']:.4f} (default) and "
         f"{first['tf fit x10']['final_heldout_loss']:.4f} (tuned), adamax-ps "
-        f"{min(losses):.4f}-{max(losses):.4f} (from "
+        f"{_range_text(min(losses), max(losses))} (from "
         f"{doc['initial_heldout_loss']:.4f} at the start).",
+        "",
+        "![held-out loss against steps](bench/results/training_fit.png)",
         "",
         f"- Threads: TensorFlow's in-process cluster intra-op {tf['intra_op']}, "
         f"inter-op {tf['inter_op']}; each adamax-ps worker intra-op "

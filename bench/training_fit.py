@@ -19,7 +19,8 @@ after the same number of steps every system's held-out loss is computed by
 the same numpy code.
 
 Usage: ``python bench/training_fit.py [--quick] [--rounds R] [--steps S]``;
-writes ``bench/results/training_fit.json`` and ``training_fit.md``.
+writes ``bench/results/training_fit.json``, ``training_fit.md`` and the
+held-out loss curves, ``training_fit.png`` (measured between rounds, untimed).
 """
 
 from __future__ import annotations
@@ -162,6 +163,15 @@ def run_servers(
             system.ready()
         for system in systems.values():
             system.train(0, warmup)
+        initial = initial_heldout_loss(folder)
+        curves = {name: [[0, initial]] for name in names}
+
+        def measure_losses(done: int) -> None:  # between rounds, untimed
+            for name in names:
+                loss = heldout_loss(folder, *systems[name].weights())
+                curves[name].append([done, loss])
+
+        measure_losses(warmup)
         seconds: dict[str, list[float]] = {name: [] for name in names}
         for r in range(rounds):
             first = warmup + r * steps
@@ -170,6 +180,7 @@ def run_servers(
                 began = time.perf_counter()
                 systems[name].train(first, first + steps)
                 seconds[name].append(time.perf_counter() - began)
+            measure_losses(first + steps)
             print(
                 f"training_fit: {n} server(s), round {r + 1}/{rounds}", file=sys.stderr
             )
@@ -183,7 +194,8 @@ def run_servers(
                 "seconds": seconds[name],
                 "steps_per_s": spread(rates),
                 "x_tf_fit": spread(ratios),
-                "final_heldout_loss": heldout_loss(folder, *systems[name].weights()),
+                "final_heldout_loss": curves[name][-1][1],
+                "heldout_curve": curves[name],  # [steps taken, held-out loss]
             }
         return result
     finally:
@@ -232,6 +244,33 @@ def main() -> None:
         "servers": results,
     }
     print(save("training_fit", document, args.results))
+    plot_curves(document, args.results / "training_fit.png")
+
+
+def plot_curves(document: dict, path: Path) -> None:
+    """Held-out loss against steps taken, one panel per server count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    servers = document["servers"]
+    figure, axes = plt.subplots(1, len(servers), figsize=(5 * len(servers), 3.6))
+    axes = [axes] if len(servers) == 1 else list(axes)
+    for axis, (n, systems) in zip(axes, servers.items(), strict=True):
+        for name, result in systems.items():
+            steps, losses = zip(*result["heldout_curve"], strict=True)
+            style = "-" if name.startswith("adamax-ps") else "--"
+            axis.plot(steps, losses, style, marker="o", markersize=3, label=name)
+        axis.set_yscale("log")
+        axis.set_xlabel("training steps (both workers)")
+        axis.set_ylabel("held-out MSE")
+        axis.set_title(f"{n} server(s), 2 workers")
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 if __name__ == "__main__":
