@@ -102,7 +102,8 @@ class Embedding(torch.nn.Module):
                 f"Embedding ids must be int32 or int64, got {ids.dtype} "
                 "(as torch.nn.Embedding)"
             )
-        return _Lookup.apply(self.handle, ids.detach().cpu().long(), self)
+        rows = _Lookup.apply(self.handle, ids.detach().cpu().long(), self)
+        return rows if ids.device.type == "cpu" else rows.to(ids.device)
 
     def take_gradient(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The ids and rows of every backward since ``zero_grad``, in order."""
