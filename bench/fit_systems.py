@@ -9,7 +9,8 @@ Children of this script (``--tf-fit FOLDER SERVERS STEPS_PER_EXECUTION``, or
   in-process cluster (2 workers, 1 or 2 servers, the table split by rows over
   2 servers), a tf_keras model of ``Embedding`` -> ``GlobalAveragePooling1D``
   -> ``Dense(1)`` compiled with the legacy Adamax and ``steps_per_execution``
-  as given, trained with ``model.fit`` over a ``DatasetCreator``;
+  as given, trained with ``model.fit`` over a ``DatasetCreator`` (with
+  ``steps_per_execution`` above 1, its tf.data pipeline ``tuned`` too);
 - adamax-ps: one worker process per rank running the same model with
   ``adamax_ps.keras`` under ``model.fit`` (Keras 3, or tf_keras), or the
   PyTorch module and optimizer of ``adamax_ps.torch`` in a plain loop.
@@ -40,6 +41,17 @@ from training_systems import (
 )
 
 TABLE, KERNEL, BIAS = "bench_emb", "bench_dense/kernel", "bench_dense/bias"
+TUNED_DATA = "BENCH_TUNED_DATA"  # set for a worker whose tf.data pipeline is tuned
+
+
+def tuned(tf, dataset):
+    """A tf.data pipeline tuned for a machine whose cores the workers share
+    with the servers: no autotuning, one private thread. (Autotuned prefetch
+    cost an adamax-ps Keras worker about 8 ms a step in most rounds here.)"""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.threading.private_threadpool_size = 1
+    return dataset.with_options(options)
 
 
 def keras_model(keras, embedding):
@@ -88,7 +100,8 @@ def tf_fit_runner(folder: Path, servers: int, steps_per_execution: int) -> None:
         def dataset_fn(context):
             data = tf.data.Dataset.from_tensor_slices((batch_ids, batch_targets))
             data = data.shard(context.num_input_pipelines, context.input_pipeline_id)
-            return data.repeat().prefetch(2)
+            data = data.repeat().prefetch(2)
+            return tuned(tf, data) if steps_per_execution > 1 else data
 
         model.fit(
             tf_keras.utils.experimental.DatasetCreator(dataset_fn),
@@ -111,7 +124,7 @@ def tf_fit_runner(folder: Path, servers: int, steps_per_execution: int) -> None:
 
 
 def keras_worker(folder: Path, rank: int, world: int) -> None:
-    import_tensorflow(WORKER_THREADS)  # thread limits before Keras loads
+    tf = import_tensorflow(WORKER_THREADS)  # thread limits before Keras loads
     from adamax_ps.client import connect
     from adamax_ps.keras import Adamax, Embedding
     from adamax_ps.keras.backend import keras_module
@@ -138,7 +151,11 @@ def keras_worker(folder: Path, rank: int, world: int) -> None:
         mine = list(range(start + rank, stop, world))
         x = np.asarray(ids[mine]).reshape(-1, IDS)
         y = np.asarray(targets[mine]).reshape(-1, 1)
-        state["model"].fit(x, y, batch_size=BATCH, shuffle=False, verbose=0)
+        if os.environ.get(TUNED_DATA):
+            data = tuned(tf, tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH))
+            state["model"].fit(data, verbose=0)
+        else:
+            state["model"].fit(x, y, batch_size=BATCH, shuffle=False, verbose=0)
         return {"steps": len(mine)}
 
     serve_commands({"attach": attach, "train": train})

@@ -212,8 +212,10 @@ def training_fit(doc: dict) -> str:
     ]
     labels = {
         "tf fit": "TensorFlow PS strategy, model.fit",
-        "tf fit x10": "TensorFlow PS strategy, model.fit, steps_per_execution=10",
+        "tf fit x10": "TensorFlow PS strategy, model.fit, tuned (steps_per_execution"
+        "=10, tf.data autotune off)",
         "adamax-ps keras": "adamax-ps, Keras 3 model.fit",
+        "adamax-ps keras tuned": "adamax-ps, Keras 3 model.fit, tf.data autotune off",
         "adamax-ps tf_keras": "adamax-ps, tf_keras model.fit",
         "adamax-ps torch": "adamax-ps, PyTorch loop",
     }
@@ -235,7 +237,7 @@ def training_fit(doc: dict) -> str:
         "",
         "Training steps/s with "
         f"{min(doc['servers'], key=int)} server(s), against TensorFlow's model.fit "
-        "(default / steps_per_execution=10): "
+        "(default / tuned): "
         + "; ".join(
             f"{labels[n].removeprefix('adamax-ps, ')} "
             f"{span(first[n]['x_tf_fit'])} / "

@@ -6,9 +6,11 @@ embedding, 8 Zipf ids per example averaged, a dense layer, MSE, batches of
 1024), 2 workers, 1 and 2 servers, run side by side (bench/fit_systems.py):
 
 - ``tf fit``: TensorFlow ParameterServerStrategy, tf_keras ``model.fit`` with
-  the default ``steps_per_execution`` (1), and ``tf fit x10`` tuned to 10;
+  the default ``steps_per_execution`` (1), and ``tf fit x10`` tuned: 10 steps
+  per execution and a tuned tf.data pipeline (no autotuning, one thread);
 - ``adamax-ps keras``: ``adamax_ps.keras`` layer and optimizer under Keras 3's
-  ``model.fit``, two worker processes; ``adamax-ps tf_keras`` the same under
+  ``model.fit`` on numpy arrays, two worker processes; ``adamax-ps keras
+  tuned`` on the same tuned tf.data pipeline; ``adamax-ps tf_keras`` under
   tf_keras;
 - ``adamax-ps torch``: ``adamax_ps.torch`` module and optimizer in a PyTorch
   loop, two worker processes.
@@ -53,6 +55,7 @@ SYSTEMS = (
     "tf fit",
     "tf fit x10",
     "adamax-ps keras",
+    "adamax-ps keras tuned",
     "adamax-ps tf_keras",
     "adamax-ps torch",
 )
@@ -90,11 +93,15 @@ class TensorFlowFit:
 class AdamaxPsWorkers:
     """Fresh servers holding the initial table, and two worker processes."""
 
-    def __init__(self, folder: Path, servers: int, kind: str, legacy: bool) -> None:
+    def __init__(
+        self, folder: Path, servers: int, kind: str, legacy: bool, tuned: bool
+    ) -> None:
         from adamax_ps.client import connect
         from adamax_ps.server.launcher import addresses, start_cluster
 
-        tag = f"{kind}{'-legacy' if legacy else ''}-{servers}"
+        tag = (
+            f"{kind}{'-legacy' if legacy else ''}{'-tuned' if tuned else ''}-{servers}"
+        )
         logs = folder / tag
         logs.mkdir()
         self.servers = start_cluster(servers, logs, checkpoints=False)
@@ -103,6 +110,8 @@ class AdamaxPsWorkers:
         table = np.load(folder / "table.npy")
         self.cluster.variable(fit_systems.TABLE, shape=table.shape).assign(table)
         env = {"TF_USE_LEGACY_KERAS": "1" if legacy else "0"}
+        if tuned:
+            env[fit_systems.TUNED_DATA] = "1"
         self.workers = [
             Child(
                 SCRIPT,
@@ -149,7 +158,13 @@ def start(name: str, folder: Path, servers: int):
     if name.startswith("tf fit"):
         return TensorFlowFit(folder, servers, 10 if name.endswith("x10") else 1)
     kind = "torch" if name.endswith("torch") else "keras"
-    return AdamaxPsWorkers(folder, servers, kind, legacy=name.endswith("tf_keras"))
+    return AdamaxPsWorkers(
+        folder,
+        servers,
+        kind,
+        legacy=name.endswith("tf_keras"),
+        tuned=name.endswith("tuned"),
+    )
 
 
 def run_servers(
