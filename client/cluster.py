@@ -367,9 +367,11 @@ class Cluster:
         """
         push_id = self.next_push_id()
         names = [g.variable for g in gradients]
-        with self._lock:
-            slotted = {v for o, v in self._slotted if o == optimizer}
         placements = [self.placement(g.variable) for g in gradients]
+        with self._lock:
+            slotted = {
+                p.name for p in placements if (optimizer, p.name) in self._slotted
+            }
         shares, new = call_shares(placements, gradients, slotted)
         first_seen = [(optimizer, name) for name in new]
         options = {

@@ -23,7 +23,8 @@ every variable, slot and counter bit for bit as it was.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -122,6 +123,7 @@ class PushPipeline:
         self.metrics.pushes.labels(optimizer).inc()
         return result
 
+    @contextmanager
     def apply_and_read(
         self,
         optimizer: str,
@@ -131,11 +133,13 @@ class PushPipeline:
         reads: Sequence[tuple[str, Any]] = (),
         read_limit: int,
         **options: Any,
-    ) -> tuple[ApplyResult, list[np.ndarray]]:
+    ) -> Iterator[tuple[ApplyResult, list[np.ndarray]]]:
         """``apply``, then copies of ``reads`` (``(variable, rows or None)``):
         a worker's push and its refresh in one round trip. The reads are
-        checked, and their size against ``read_limit``, before anything is
-        applied, so a bad read refuses the push whole; a retried push reads
+        checked, their size against ``read_limit``, and their bytes taken from
+        the in-flight budget before anything is applied, so a bad read refuses
+        the push whole; the bytes are held until the block ends (the answer
+        sent), as ``Variables.reading`` holds a read's. A retried push reads
         again (reads change nothing)."""
         planned = []
         for name, rows in reads:
@@ -147,14 +151,13 @@ class PushPipeline:
                 f"a push's reads come to {total} bytes, over the {read_limit} "
                 "bytes answered with a push: read them apart"
             )
-        result = self.apply(optimizer, gradients, push_id, **options)
-        values = [
-            self.variables.read(record, None)
-            if rows is None
-            else self.variables.gather(record, rows)
-            for record, rows, _ in planned
-        ]
-        return result, values
+        held = self.variables.inflight.held(total, "a push's reads")
+        with held if total else nullcontext():
+            result = self.apply(optimizer, gradients, push_id, **options)
+            values = [
+                self.variables.read_planned(record, rows) for record, rows, _ in planned
+            ]
+            yield result, values
 
     def _apply(
         self, optimizer, gradients, push_id, step, aggregate, call_variables, clipped

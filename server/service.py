@@ -19,7 +19,7 @@ request.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,8 +86,11 @@ class ParameterService:
     """The domain core of one server process. Thread-safe."""
 
     apply: Callable[..., ApplyResult]  # PushPipeline.apply: one push, exactly once
-    # PushPipeline.apply_and_read: a push and the reads answered with it
-    apply_and_read: Callable[..., tuple[ApplyResult, list[np.ndarray]]]
+    # PushPipeline.apply_and_read: a push and the reads answered with it, their
+    # bytes held in the in-flight budget for the ``with`` block
+    apply_and_read: Callable[
+        ..., AbstractContextManager[tuple[ApplyResult, list[np.ndarray]]]
+    ]
 
     def __init__(self, settings: ServiceSettings | None = None) -> None:
         self.settings = s = settings or ServiceSettings()

@@ -268,16 +268,9 @@ class Variables:
     ) -> Iterator[np.ndarray]:
         """``read`` (or ``gather`` of ``rows``) for a transport to send: the
         copy's bytes count in the in-flight budget until the block ends."""
-        if rows is None:
-            nbytes = record.nbytes
-        else:
-            rows = self._request_rows(record, rows)
-            nbytes = len(rows) * record.row_size * record.dtype.itemsize
+        rows, nbytes = self.planned_read(record, rows)
         with self.inflight.held(nbytes, f"reading {record.name!r}"):
-            if rows is None:
-                yield self.store.read(record, key)
-            else:
-                yield self.store.gather(record, rows, key)
+            yield self.read_planned(record, rows, key)
 
     def planned_read(self, record: VariableRecord, rows: Any) -> tuple[Any, int]:
         """A read checked now, to be made later: its rows (checked, or None
@@ -286,6 +279,14 @@ class Variables:
             return None, record.nbytes
         rows = self._request_rows(record, rows)
         return rows, len(rows) * record.row_size * record.dtype.itemsize
+
+    def read_planned(
+        self, record: VariableRecord, rows: np.ndarray | None, key: SlotKey = None
+    ) -> np.ndarray:
+        """The copy a ``planned_read`` names (its rows already checked)."""
+        if rows is None:
+            return self.store.read(record, key)
+        return self.store.gather(record, rows, key)
 
     def _request_rows(self, record: VariableRecord, rows: Any) -> np.ndarray:
         """Row numbers of one read, checked against the variable and the

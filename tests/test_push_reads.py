@@ -29,13 +29,15 @@ F32 = np.float32
 
 @pytest.fixture
 def served():
-    """An in-process service behind a real gRPC server, and a stub."""
-    service = ParameterService(ServiceSettings(shards=2))
+    """An in-process service behind a real gRPC server, and a stub; 8 MB of
+    requests in flight at most."""
+    service = ParameterService(ServiceSettings(shards=2, max_inflight_bytes=8 << 20))
     server = create_grpc_server(service, "127.0.0.1:0")
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     with connect(f"grpc://127.0.0.1:{server.port}") as cluster:
         w = cluster.variable("w", initial_value=np.arange(4, dtype=F32))
         cluster.variable("big", shape=(INLINE_READ_BYTES // 4 + 1,))
+        cluster.variable("half", shape=(INLINE_READ_BYTES // 8,))
         Adamax(cluster=cluster).apply_gradients([(np.ones(4, F32), w)])
         yield service, pb_grpc.ParameterServerStub(channel)
     channel.close()
@@ -99,6 +101,25 @@ def test_a_bad_read_refuses_the_push_whole(served, read, code, message):
     assert refused.value.code() == grpc.StatusCode[code]
     assert message in refused.value.details()
     assert snapshot(service) == state
+
+
+def test_a_push_s_reads_are_held_in_the_in_flight_budget(served):
+    """Their bytes are taken before the push applies: with the budget held
+    by other requests the push is refused as busy, and nothing changes."""
+    service, stub = served
+    service.inflight.wait = 0.2  # how long a push waits for the budget to free
+    service.inflight.acquire(6 << 20, "another request")
+    try:
+        state = snapshot(service)
+        with pytest.raises(grpc.RpcError) as refused:
+            push(stub, 8, pb.ReadRequest(variable="half"), pb.ReadRequest(variable="w"))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "a push's reads needs" in refused.value.details()
+        assert snapshot(service) == state
+    finally:
+        service.inflight.release(6 << 20)
+    answer = push(stub, 8, pb.ReadRequest(variable="half"))
+    assert answer.iterations == 2 and service.inflight.used == 0
 
 
 @pytest.mark.parametrize("scheme", ["grpc", "http"])

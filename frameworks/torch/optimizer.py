@@ -28,7 +28,7 @@ import torch
 
 from adamax_ps.client.cluster import Cluster, default_cluster
 from adamax_ps.client.optimizer import Adamax as RemoteAdamax
-from adamax_ps.client.variables import IndexedSlices, RemoteVariable
+from adamax_ps.client.variables import IndexedSlices, RemoteSlot, RemoteVariable
 
 STATE_KEY = "adamax_ps"
 
@@ -153,14 +153,10 @@ class Adamax(torch.optim.Optimizer):
         stepped (embedding tables' included: as large as the tables)."""
         state = super().state_dict()
         slots: dict[str, dict[str, np.ndarray]] = {}
-        names = set(self.remote.get_slot_names())
-        for variable in self._variables():
-            for slot in sorted(names):
-                try:
-                    value = self.remote.get_slot(variable, slot).numpy()
-                except KeyError:
-                    continue
-                slots.setdefault(variable.name, {})[slot] = value
+        ours = {variable.name for variable in self._variables()}
+        for weight in self.remote.weights:  # the optimizer's slots, listed once
+            if isinstance(weight, RemoteSlot) and weight.variable.name in ours:
+                slots.setdefault(weight.variable.name, {})[weight.slot] = weight.numpy()
         state[STATE_KEY] = {
             "iterations": int(self.remote.iterations.numpy()),
             "slots": slots,

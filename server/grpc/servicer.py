@@ -299,7 +299,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
                 raise InvalidArgumentError(
                     "a push reads variables (or their rows), not slots or weights"
                 )
-        result, values = self.service.apply_and_read(
+        with self.service.apply_and_read(
             request.optimizer,
             gradients,
             messages.push_id(request),
@@ -312,12 +312,12 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             aggregate=not request.aggregated,
             call_variables=list(request.call_variables) or None,
             clipped=request.clipped,
-        )
-        return pb.ApplyResponse(
-            step=result.step,
-            iterations=result.iterations,
-            values=[codec.encode(v) for v in values],
-        )
+        ) as (result, values):
+            return pb.ApplyResponse(
+                step=result.step,
+                iterations=result.iterations,
+                values=[codec.encode(v) for v in values],
+            )
 
     # Values -----------------------------------------------------------------------
 
