@@ -38,6 +38,7 @@ def connect(
     tls: Any = None,
     timeout: float | None = None,
     retry: RetryPolicy | None = None,
+    replica: int | None = None,
 ) -> Cluster:
     """Connect to a cluster: ``"grpc://a:50051,grpc://b:50051"`` or a list.
 
@@ -48,13 +49,22 @@ def connect(
     Checks that server ``i`` of the list is server ``i`` of a cluster of that
     size (``ClusterViewError`` otherwise). ``timeout`` bounds each call in
     seconds; unreachable servers are retried per ``retry`` before a
-    ``TransportError``.
+    ``TransportError``. ``replica`` is the worker's replica id in
+    synchronous training (default: its rank, from ``RANK`` or ``TF_CONFIG``;
+    else its client id): a step's pushes are summed in rank order.
     """
     if addresses is None:
         addresses = addresses_from_environment()
     if token is None:
         token = token_from_environment()
-    return Cluster(addresses, token=token, tls=tls, timeout=timeout, retry=retry)
+    return Cluster(
+        addresses,
+        token=token,
+        tls=tls,
+        timeout=timeout,
+        retry=retry,
+        replica=replica,
+    )
 
 
 __all__ = [

@@ -23,6 +23,7 @@ from adamax_ps.client import errors
 from adamax_ps.client.connection import open_transport, parse_addresses
 from adamax_ps.client.discovery import (
     addresses_from_environment,
+    replica_from_environment,
     token_from_environment,
 )
 from adamax_ps.client.placement import (
@@ -32,12 +33,14 @@ from adamax_ps.client.placement import (
     check_rows,
     place,
 )
+from adamax_ps.client.push_reads import Part, plan_reads
 from adamax_ps.client.retry import RetryPolicy
 from adamax_ps.client.transport import (
     ApplyOptions,
     Gradient,
     OptimizerInfo,
     PushId,
+    Read,
     ServerInfo,
     Transport,
     VariableSpec,
@@ -60,6 +63,7 @@ class Cluster:
         tls: Any = None,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        replica: int | None = None,
     ) -> None:
         self.addresses = parse_addresses(addresses)
         self.transports: list[Transport] = [
@@ -68,6 +72,9 @@ class Cluster:
         ]
         self.size = len(self.transports)
         self.client_id = new_client_id()
+        # Synchronous mode: this worker's replica id (its rank), apart from
+        # the exactly-once client id.
+        self.replica = replica if replica is not None else replica_from_environment()
         self._sequence = itertools.count()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(
@@ -351,14 +358,14 @@ class Cluster:
         step: int | None = None,
         aggregated: bool = False,
         clipped: bool = False,
-        refresh: Sequence[str] = (),
+        reads: Sequence[Read] = (),
     ) -> tuple[int, int, list[np.ndarray]]:
         """Apply one call's gradients, in call order, on every server
-        concerned; returns (step, iterations, the values of ``refresh``).
+        concerned; returns (step, iterations, the values of ``reads``).
 
-        ``refresh`` names variables to read once the push is applied: each
-        server the push goes to answers its slices with it (over gRPC, in the
-        same round trip), and any other slice is read after.
+        ``reads`` are variables (``rows`` None) or rows of them, read once the
+        push is applied (``push_reads``): each server the push goes to answers
+        its parts with it (over gRPC, in the same round trip).
 
         Asynchronous with several servers: the coordinator reserves the step,
         then every server holding a gradient applies it with that step.
@@ -381,6 +388,8 @@ class Cluster:
         if self.synchronous:
             targets = list(range(self.size))
             options[COORDINATOR].call_variables = names
+            for i in targets:
+                options[i].replica = self.replica
         elif self.size == 1:
             targets = [0]
         else:
@@ -392,34 +401,61 @@ class Cluster:
             targets = sorted(shares)
             for i in targets:
                 options[i].step = reserved
-        pieces = {name: self.placement(name).slices for name in refresh}
-        for name, slices in pieces.items():
-            for piece in slices:
-                if piece.server in targets:
-                    options[piece.server].reads = [*options[piece.server].reads, name]
-        applied = self.map(
-            lambda i: self.transports[i].apply(
-                self.view(i), optimizer, shares.get(i, []), push_id, options[i]
-            ),
-            targets,
-        )
-        results = dict(zip(targets, applied, strict=True))
+        plan, parts = plan_reads(reads, self.placement, targets, self._max_rows)
+        for server, inline in plan.inline.items():
+            options[server].reads = [part.read for part in inline]
+        # Parts on servers this push leaves untouched are read alongside it.
+        beside = [p for p in plan.alone if p.server not in targets]
+        after = [p for p in plan.alone if p.server in targets]
+        jobs = [("push", i) for i in targets] + [("read", p) for p in beside]
+
+        def run(job: tuple[str, Any]) -> Any:
+            kind, item = job
+            if kind == "read":
+                return self._read_part(item)
+            return self.transports[item].apply(
+                self.view(item), optimizer, shares.get(item, []), push_id, options[item]
+            )
+
+        done = self.map(run, jobs)
+        results = dict(zip(targets, done[: len(targets)], strict=True))
         with self._lock:
             self._slotted.update(first_seen)
-        answered = {
-            (i, name): value
-            for i, result in results.items()
-            for name, value in zip(options[i].reads, result.values, strict=True)
-        }
-        values = []
-        for name, slices in pieces.items():
-            if all((p.server, name) in answered for p in slices):
-                parts = [answered[p.server, name] for p in slices]
-                values.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
-            else:
-                values.append(self.read(name))
+        answers = {id(p): v for p, v in zip(beside, done[len(targets) :], strict=True)}
+        for server, inline in plan.inline.items():
+            answered = results[server].values
+            answers.update((id(p), v) for p, v in zip(inline, answered, strict=True))
+        answers.update(
+            (id(p), v)
+            for p, v in zip(after, self.map(self._read_part, after), strict=True)
+        )
         first = results[targets[0]]
-        return first.step, max(r.iterations for r in results.values()), values
+        return (
+            first.step,
+            max(r.iterations for r in results.values()),
+            plan.assemble(answers, parts),
+        )
+
+    def _max_rows(self, server: int) -> int:
+        return self.servers[server].max_request_rows
+
+    def _read_part(self, part: Part) -> np.ndarray:
+        """One part of a read, on its own (rows in server-sized requests)."""
+        read, transport = part.read, self.transports[part.server]
+        if read.rows is None:
+            return transport.read(read.variable, expected_bytes=part.nbytes)
+        step = self._max_rows(part.server) or max(1, len(read.rows))
+        pieces = [
+            transport.read(
+                read.variable,
+                rows=read.rows[lo : lo + step],
+                expected_bytes=part.nbytes
+                * len(read.rows[lo : lo + step])
+                // max(1, len(read.rows)),
+            )
+            for lo in range(0, len(read.rows), step)
+        ]
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     def checkpoint(self) -> list[dict[str, Any]]:
         """Ask every server to write a checkpoint now."""

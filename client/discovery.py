@@ -85,6 +85,19 @@ def worker_rank(environ: Mapping[str, str] | None = None) -> WorkerRank:
     return WorkerRank(0, 1)
 
 
+def replica_from_environment(environ: Mapping[str, str] | None = None) -> int | None:
+    """The worker's replica id for synchronous training: its rank when
+    ``RANK``/``WORLD_SIZE`` or a ``TF_CONFIG`` worker task say it, else None
+    (the client id stands in)."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return worker_rank(env).rank
+    raw = env.get(TF_CONFIG_ENV, "").strip()
+    if raw and _tf_config(raw).get("task", {}).get("type") == "worker":
+        return worker_rank(env).rank
+    return None
+
+
 def _tf_config(raw: str) -> dict:
     try:
         config = json.loads(raw)

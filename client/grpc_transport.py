@@ -246,7 +246,14 @@ class GrpcTransport:
                 aggregated=options.aggregated,
                 call_variables=list(options.call_variables),
                 clipped=options.clipped,
-                reads=[pb.ReadRequest(variable=name) for name in options.reads],
+                replica=options.replica,
+                reads=[
+                    pb.ReadRequest(
+                        variable=r.variable,
+                        rows=None if r.rows is None else codec.encode(r.rows),
+                    )
+                    for r in options.reads
+                ],
             )
 
         if nbytes <= STREAM_ABOVE:

@@ -244,6 +244,8 @@ class HttpTransport:
             "call_variables": list(options.call_variables),
             "clipped": options.clipped,
         }
+        if options.replica is not None:
+            header["replica"] = options.replica
         answer = self._send(
             "POST",
             f"/optimizers/{_q(optimizer)}/apply",
@@ -251,7 +253,7 @@ class HttpTransport:
             framed=(header, arrays),
             push_id=push_id,
         ).json()
-        values = [self.read(name) for name in options.reads]
+        values = [self.read(r.variable, rows=r.rows) for r in options.reads]
         return Applied(answer["step"], answer["iterations"], values)
 
     def read(

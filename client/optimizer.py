@@ -26,7 +26,7 @@ import numpy as np
 from adamax_ps.client import errors
 from adamax_ps.client.cluster import Cluster, default_cluster
 from adamax_ps.client.gradients import checked, compact, keras_pairs
-from adamax_ps.client.transport import Gradient
+from adamax_ps.client.transport import Gradient, Read
 from adamax_ps.client.variables import (
     Iterations,
     RemoteSlot,
@@ -150,7 +150,17 @@ class Adamax:
         """``apply_gradients``, then the values of ``refresh`` as the servers
         hold them once the step is applied: over gRPC, answered with the push
         (a framework layer's dense weights, in the step's round trip)."""
-        applied = self._apply(grads_and_vars, True, [v.name for v in refresh])
+        return self.apply_and_read(grads_and_vars, [Read(v.name) for v in refresh])
+
+    def apply_and_read(
+        self,
+        grads_and_vars: Iterable[tuple[Any, RemoteVariable]],
+        reads: Sequence[Read],
+    ) -> tuple[np.int64, list[np.ndarray]]:
+        """``apply_gradients``, then ``reads`` (whole variables, or rows of
+        them: the next batch's embedding rows) as the servers hold them once
+        the step is applied, answered with the push over gRPC."""
+        applied = self._apply(grads_and_vars, True, reads)
         if applied is None:
             raise ValueError("No gradients provided for any variable.")
         return applied
@@ -159,7 +169,7 @@ class Adamax:
         self,
         grads_and_vars: Iterable[tuple[Any, RemoteVariable]],
         experimental_aggregate_gradients: bool,
-        refresh: Sequence[str],
+        reads: Sequence[Read],
     ) -> tuple[np.int64, list[np.ndarray]] | None:
         pairs = keras_pairs(grads_and_vars)
         if not pairs:
@@ -204,7 +214,7 @@ class Adamax:
                 step=self._known_iterations if sync else None,
                 aggregated=sync and not experimental_aggregate_gradients,
                 clipped=clipped,
-                refresh=refresh,
+                reads=reads,
             )
         except errors.StalePushError:
             self._known_iterations = self._cluster.optimizer(self._name).iterations

@@ -85,15 +85,26 @@ class PushId:
     sequence: int
 
 
+@dataclass(frozen=True)
+class Read:
+    """A read answered with a push: a variable's value (this server's slice
+    of it), or the rows ``rows`` of it (local to the slice on the wire)."""
+
+    variable: str
+    rows: np.ndarray | None = None
+
+
 @dataclass
 class ApplyOptions:
     step: int | None = None
     aggregated: bool = False
     call_variables: Sequence[str] = field(default_factory=tuple)
     clipped: bool = False
-    # Variables (this server's slices) read after the push is applied, and
-    # answered with it: a worker's refresh in the same round trip.
-    reads: Sequence[str] = field(default_factory=tuple)
+    # Variables or rows (of this server's slices) read after the push is
+    # applied, and answered with it: a worker's refresh in the same round trip.
+    reads: Sequence[Read] = field(default_factory=tuple)
+    # Synchronous mode: the worker's rank, its replica id on the servers.
+    replica: int | None = None
 
 
 @dataclass(frozen=True)

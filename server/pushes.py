@@ -88,6 +88,7 @@ class PushPipeline:
         aggregate: bool = True,
         call_variables: Sequence[str] | None = None,
         clipped: bool = False,
+        replica: int | None = None,
     ) -> ApplyResult:
         """Apply one push (one ``apply_gradients`` call) to all of its variables
         or to none, exactly once per push id (see the module docstring).
@@ -102,7 +103,9 @@ class PushPipeline:
         ``call_variables`` names every variable of the call, on every server,
         for the ``weights`` order (default: this push's variables).
         ``clipped``: the sender already clipped the whole call (Keras order), so
-        the optimizer's clipping is not applied again.
+        the optimizer's clipping is not applied again. ``replica``
+        (synchronous mode): the worker's rank, which orders the step's sum and
+        may push once per step (default: the push id's client).
         """
         started = time.perf_counter()
         if step is not None and (not isinstance(step, int) or step < 0):
@@ -111,7 +114,14 @@ class PushPipeline:
             )
         try:
             result = self._apply(
-                optimizer, gradients, push_id, step, aggregate, call_variables, clipped
+                optimizer,
+                gradients,
+                push_id,
+                step,
+                aggregate,
+                call_variables,
+                clipped,
+                replica,
             )
         except ParameterServerError as e:
             self.metrics.rejected.labels(type(e).__name__).inc()
@@ -160,7 +170,15 @@ class PushPipeline:
             yield result, values
 
     def _apply(
-        self, optimizer, gradients, push_id, step, aggregate, call_variables, clipped
+        self,
+        optimizer,
+        gradients,
+        push_id,
+        step,
+        aggregate,
+        call_variables,
+        clipped,
+        replica,
     ) -> ApplyResult:
         state = self.optimizers.get(optimizer)
         if push_id is not None:
@@ -176,7 +194,9 @@ class PushPipeline:
             ]
             names = list(call_variables or [g.variable for g in checked])
             if self.sync is not None:
-                return self._apply_sync(state, checked, push_id, step, aggregate, names)
+                return self._apply_sync(
+                    state, checked, push_id, step, aggregate, names, replica
+                )
             if not checked and not names:  # Keras: apply_gradients([]) is a no-op
                 with state.lock:
                     return ApplyResult(state.name, state.iterations, state.iterations)
@@ -234,7 +254,7 @@ class PushPipeline:
         self.journal.wait(logged)
         return step
 
-    def _apply_sync(self, state, checked, push_id, step, aggregate_, names):
+    def _apply_sync(self, state, checked, push_id, step, aggregate_, names, replica):
         if step is None:
             raise InvalidArgumentError(
                 "this server runs synchronous training: a push must carry the step "
@@ -258,7 +278,7 @@ class PushPipeline:
                 raise
 
         def apply_round(step: int, contributions: dict[str, tuple]) -> ApplyResult:
-            replicas = sorted(contributions)
+            replicas = sorted(contributions, key=replica_order)
             summed = aggregate(
                 [contributions[r][1] for r in replicas], self.sync.settings.average
             )
@@ -272,7 +292,7 @@ class PushPipeline:
             state.name,
             step,
             current,
-            push_id.client,
+            replica_key(push_id, replica, self.sync.settings.replicas),
             (push_id, checked, names),
             apply_round,
         )
@@ -388,3 +408,27 @@ class _ShardTask:
                     step,
                     lo=part.lo,
                 )
+
+
+def replica_key(push_id: PushId, replica: int | None, replicas: int) -> str:
+    """The name a push's replica goes by in its step's round: ``rank N``
+    (checked below the server's replicas), else its client id."""
+    if replica is None:
+        return push_id.client
+    if isinstance(replica, bool) or not isinstance(replica, int) or replica < 0:
+        raise InvalidArgumentError(
+            f"a replica id is a non-negative integer. Received: {replica!r}"
+        )
+    if replica >= replicas:
+        raise InvalidArgumentError(
+            f"replica {replica} is not below this server's {replicas} replicas "
+            "(--replicas): ranks run from 0"
+        )
+    return f"rank {replica}"
+
+
+def replica_order(key: str) -> tuple[int, int, str]:
+    """Ranks in numeric order, then client ids (a reproducible sum)."""
+    if key.startswith("rank ") and key[5:].isdigit():
+        return (0, int(key[5:]), "")
+    return (1, 0, key)

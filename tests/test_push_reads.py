@@ -14,7 +14,15 @@ import torch
 from helpers.servers import addresses, start_cluster
 from helpers.state import snapshot
 
-from adamax_ps.client import Adamax, IndexedSlices, connect, placement
+from adamax_ps.client import (
+    Adamax,
+    IndexedSlices,
+    connect,
+    errors,
+    placement,
+    push_reads,
+)
+from adamax_ps.client.transport import Read
 from adamax_ps.proto import codec
 from adamax_ps.proto.v1 import parameter_server_pb2 as pb
 from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
@@ -182,5 +190,58 @@ def test_a_pytorch_step_costs_two_requests_on_one_server(tmp_path):
         spent = {m: after.get(m, 0) - before.get(m, 0) for m in after}
         spent = {m: n / steps for m, n in spent.items() if n}
         assert spent == {"ReadInline": 1.0, "ApplyGradients": 1.0}, spent
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("scheme", ["grpc", "http"])
+def test_the_client_reads_rows_with_the_push(tmp_path, scheme, monkeypatch):
+    """The next batch's rows come back with the push, after it is applied:
+    parts on servers the push goes to with it (a small budget sends the rest
+    on their own, after), parts on untouched servers beside it."""
+    monkeypatch.setattr(placement, "SPLIT_BYTES", 1)  # every variable split by rows
+    monkeypatch.setattr(push_reads, "INLINE_READ_BYTES", 24)  # three rows a server
+    servers = start_cluster(2, tmp_path, checkpoints=False)
+    try:
+        address = (
+            addresses(servers)
+            if scheme == "grpc"
+            else ",".join(s.http_address for s in servers)
+        )
+        with connect(address) as cluster:
+            table = np.arange(12, dtype=F32).reshape(6, 2)
+            emb = cluster.variable("emb", initial_value=table)
+            w = cluster.variable("w", initial_value=np.zeros(3, F32))
+            opt = Adamax(cluster=cluster)
+            opt.apply_gradients([(IndexedSlices(np.ones((1, 2), F32), [0]), emb)])
+            assert [s.server for s in cluster.placement("emb").slices] == [0, 1]
+            wanted = np.array([5, 0, 4, 4, 1, 3])
+            grads = [(IndexedSlices(np.ones((2, 2), F32), [4, 3]), emb)]  # server 1
+            iterations, (rows, dense, none) = opt.apply_and_read(
+                grads,
+                [Read("emb", wanted), Read("w"), Read("emb", np.array([], np.int64))],
+            )
+            assert iterations == 2
+            after = emb.numpy()
+            np.testing.assert_array_equal(rows, after[wanted])
+            assert rows[2].tolist() != [8.0, 9.0]  # row 4 as the push left it
+            np.testing.assert_array_equal(dense, w.numpy())
+            assert none.shape == (0, 2)
+    finally:
+        for server in servers:
+            server.kill()
+
+
+@pytest.mark.parametrize("scheme", ["grpc", "http"])
+def test_the_replica_id_travels_with_a_synchronous_push(tmp_path, scheme):
+    (server,) = start_cluster(1, tmp_path, "--replicas", "2", checkpoints=False)
+    try:
+        address = server.grpc_address if scheme == "grpc" else server.http_address
+        with connect(address, replica=2) as cluster:
+            w = cluster.variable("w", initial_value=np.zeros(3, F32))
+            with pytest.raises(
+                errors.InvalidArgumentError, match="replica 2 is not below"
+            ):
+                Adamax(cluster=cluster).apply_gradients([(np.ones(3, F32), w)])
     finally:
         server.kill()

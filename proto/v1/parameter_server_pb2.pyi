@@ -215,7 +215,7 @@ class ReserveStepResponse(_message.Message):
     def __init__(self, step: _Optional[int] = ...) -> None: ...
 
 class ApplyRequest(_message.Message):
-    __slots__ = ("view", "optimizer", "push_id", "gradients", "step", "aggregated", "call_variables", "clipped", "reads")
+    __slots__ = ("view", "optimizer", "push_id", "gradients", "step", "aggregated", "call_variables", "clipped", "reads", "replica")
     VIEW_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     PUSH_ID_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +225,7 @@ class ApplyRequest(_message.Message):
     CALL_VARIABLES_FIELD_NUMBER: _ClassVar[int]
     CLIPPED_FIELD_NUMBER: _ClassVar[int]
     READS_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
     view: ClusterView
     optimizer: str
     push_id: PushId
@@ -234,7 +235,8 @@ class ApplyRequest(_message.Message):
     call_variables: _containers.RepeatedScalarFieldContainer[str]
     clipped: bool
     reads: _containers.RepeatedCompositeFieldContainer[ReadRequest]
-    def __init__(self, view: _Optional[_Union[ClusterView, _Mapping]] = ..., optimizer: _Optional[str] = ..., push_id: _Optional[_Union[PushId, _Mapping]] = ..., gradients: _Optional[_Iterable[_Union[Gradient, _Mapping]]] = ..., step: _Optional[int] = ..., aggregated: _Optional[bool] = ..., call_variables: _Optional[_Iterable[str]] = ..., clipped: _Optional[bool] = ..., reads: _Optional[_Iterable[_Union[ReadRequest, _Mapping]]] = ...) -> None: ...
+    replica: int
+    def __init__(self, view: _Optional[_Union[ClusterView, _Mapping]] = ..., optimizer: _Optional[str] = ..., push_id: _Optional[_Union[PushId, _Mapping]] = ..., gradients: _Optional[_Iterable[_Union[Gradient, _Mapping]]] = ..., step: _Optional[int] = ..., aggregated: _Optional[bool] = ..., call_variables: _Optional[_Iterable[str]] = ..., clipped: _Optional[bool] = ..., reads: _Optional[_Iterable[_Union[ReadRequest, _Mapping]]] = ..., replica: _Optional[int] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
     __slots__ = ("step", "iterations", "values")

@@ -312,6 +312,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             aggregate=not request.aggregated,
             call_variables=list(request.call_variables) or None,
             clipped=request.clipped,
+            replica=request.replica if request.HasField("replica") else None,
         ) as (result, values):
             return pb.ApplyResponse(
                 step=result.step,

@@ -45,6 +45,7 @@ def push_options(header: dict) -> dict[str, Any]:
         "aggregate": not _flag(header, "aggregated"),
         "call_variables": _strings(header.get("call_variables")) or None,
         "clipped": _flag(header, "clipped"),
+        "replica": _optional_int(header.get("replica"), "replica"),
     }
 
 

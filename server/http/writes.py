@@ -106,7 +106,7 @@ def writes(api: Api) -> APIRouter:
     async def apply(name: OptimizerPath, request: Request) -> dict:
         """Apply a push. Header: ``{"gradients": [{variable, values: {shape,
         dtype}, indices?: {shape, dtype}}], push_id?, step?, aggregated?,
-        call_variables?, clipped?}``; for each gradient its indices' bytes (if
+        call_variables?, clipped?, replica?}``; for each gradient its indices' bytes (if
         sparse) then its values' bytes follow."""
         header, data = await api.bodies.framed(request)
         gradients = framed.gradients(header, data, limit)

@@ -12,6 +12,7 @@ from adamax_ps.client import ClusterViewError, connect
 from adamax_ps.client.discovery import (
     WorkerRank,
     addresses_from_environment,
+    replica_from_environment,
     worker_rank,
 )
 
@@ -65,6 +66,15 @@ def test_rank_from_torchrun_then_tf_config():
         worker_rank({"RANK": "4", "WORLD_SIZE": "4"})
     with pytest.raises(ValueError, match="RANK='x' is not an integer"):
         worker_rank({"RANK": "x", "WORLD_SIZE": "4"})
+
+
+def test_the_replica_id_is_the_workers_rank_when_one_is_given():
+    assert replica_from_environment({"RANK": "3", "WORLD_SIZE": "4"}) == 3
+    task = {"type": "worker", "index": 1}
+    assert replica_from_environment({"TF_CONFIG": tf_config(["p:1"], task)}) == 1
+    chief = {"type": "chief", "index": 0}
+    assert replica_from_environment({"TF_CONFIG": tf_config(["p:1"], chief)}) is None
+    assert replica_from_environment({}) is None
 
 
 def test_connect_with_no_arguments_reaches_the_tf_config_servers(

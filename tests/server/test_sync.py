@@ -191,3 +191,65 @@ def test_a_replica_counts_once_per_step(make_service):
 def test_bad_sync_settings(settings):
     with pytest.raises(ValueError):
         SyncSettings(**settings)
+
+
+def test_ranks_order_the_sum_whatever_the_client_ids(make_service):
+    """Replica ids (the workers' ranks) order a step's sum numerically, so a
+    run is reproducible; client ids (random per run) would order it by text."""
+    n = 12
+    rng = np.random.default_rng(7)
+    grads = [
+        (rng.normal(size=40) * 10.0 ** rng.integers(-4, 4)).astype(F32)
+        for _ in range(n)
+    ]
+    by_rank = grads[0].copy()
+    for g in grads[1:]:
+        by_rank += g
+    by_text = np.zeros(40, F32)
+    for k in sorted(range(n), key=str):
+        by_text += grads[k]
+    assert by_rank.tobytes() != by_text.tobytes()  # the order shows in the bits
+    service = setup(make_service, replicas=n)
+
+    def one(rank):
+        push = [Gradient.dense("w", grads[rank])]
+        return service.apply(
+            "Adamax", push, PushId(f"client-{n - rank}", 0), step=0, replica=rank
+        )
+
+    with ThreadPoolExecutor(n) as pool:
+        assert {r.iterations for r in pool.map(one, range(n))} == {1}
+    reference = make_service(shards=1)
+    reference.create_optimizer({"learning_rate": 0.01})
+    reference.create_variable("w", shape=(40,))
+    reference.apply("Adamax", [Gradient.dense("w", by_rank)])
+    assert service.pull("w").tobytes() == reference.pull("w").tobytes()
+
+
+def test_bad_replica_ids(make_service):
+    service = setup(make_service, replicas=2, timeout=10)
+    grads = replica_grads(1)["r0"]
+    with pytest.raises(
+        InvalidArgumentError, match=r"replica 2 is not below .* 2 replicas"
+    ):
+        service.apply("Adamax", grads, PushId("a", 0), step=0, replica=2)
+    with pytest.raises(InvalidArgumentError, match="non-negative integer"):
+        service.apply("Adamax", grads, PushId("a", 0), step=0, replica=-1)
+
+    def one(client):
+        try:
+            return service.apply("Adamax", grads, PushId(client, 0), step=0, replica=1)
+        except InvalidArgumentError as e:
+            return e
+
+    # Two workers claiming rank 1: the second is refused, naming the rank.
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(one, "a")
+        while service.sync.pending() == 0:  # rank 1 of client a is waiting
+            pass
+        second = one("b")
+        assert isinstance(second, InvalidArgumentError)
+        assert "'rank 1' already pushed for step 0" in str(second)
+        assert service.iterations("Adamax") == 0
+        service.apply("Adamax", grads, PushId("c", 0), step=0, replica=0)
+        assert first.result().iterations == 1
