@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -82,6 +83,7 @@ class Cluster:
         )
         self._placements: dict[str, Placement] = {}
         self._slotted: set[tuple[str, str]] = set()  # (optimizer, split variable)
+        self._before_close: list[weakref.WeakMethod] = []
         tune_malloc()
         self.servers = self._check_view()
 
@@ -110,12 +112,16 @@ class Cluster:
 
         Called from one of the pool's own threads (a nested fan-out), it runs
         the items on that thread: waiting on the pool from inside it could
-        take every worker and deadlock.
+        take every worker and deadlock. So it does at the interpreter's exit,
+        when the pool takes no more work.
         """
         items = list(items)
         if len(items) <= 1 or getattr(_worker, "active", False):
             return [fn(item) for item in items]
-        futures = [self._pool.submit(fn, item) for item in items[1:]]
+        try:
+            futures = [self._pool.submit(fn, item) for item in items[1:]]
+        except RuntimeError:  # the interpreter is exiting: one by one, here
+            return [fn(item) for item in items]
         first = fn(items[0])
         return [first] + [f.result() for f in futures]
 
@@ -123,7 +129,19 @@ class Cluster:
         with self._lock:
             return PushId(self.client_id, next(self._sequence))
 
+    def before_close(self, method: Callable[[], None]) -> None:
+        """Call the bound ``method`` first when this cluster closes, while its
+        object lives (a framework optimizer sends the push it holds back)."""
+        with self._lock:
+            self._before_close.append(weakref.WeakMethod(method))
+
     def close(self) -> None:
+        with self._lock:
+            hooks, self._before_close = self._before_close, []
+        for hook in hooks:
+            method = hook()
+            if method is not None:
+                method()
         self._pool.shutdown(wait=True)
         for transport in self.transports:
             transport.close()

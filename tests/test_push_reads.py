@@ -169,29 +169,47 @@ def requests(server) -> dict[str, float]:
     return {method: float(count) for method, count in found}
 
 
-def test_a_pytorch_step_costs_two_requests_on_one_server(tmp_path):
-    """The gather of the batch's rows and the push, which brings the dense
-    layer back with it: no separate refresh, no step reservation."""
-    (server,) = start_cluster(1, tmp_path, checkpoints=False)
+@pytest.mark.parametrize("servers_count", [1, 2])
+def test_a_pytorch_step_is_one_request_a_server(tmp_path, servers_count, monkeypatch):
+    """In the steady state each step's forward sends the push the last step
+    held back and reads the batch's rows and the dense layer with it: one
+    ApplyGradients a server, no reads. With two servers (table and layer
+    split over both) the step reservation at server 0 is still its own."""
+    monkeypatch.setattr(placement, "SPLIT_BYTES", 1)
+    servers = start_cluster(servers_count, tmp_path, checkpoints=False)
     try:
-        with connect(server.grpc_address) as cluster:
+        with connect(addresses(servers)) as cluster:
             table = Embedding(100, 4, name="counted", cluster=cluster)
-            dense = torch.nn.Linear(4, 1)
+            dense = torch.nn.Linear(4, 2)
             params = [("counted/handle", table.handle), ("counted_dense", dense.weight)]
             optimizer = TorchAdamax(params, cluster=cluster, name="counted_opt")
-            before = requests(server)
-            steps = 10
-            for step in range(steps):
+
+            def step(number: int) -> None:
                 optimizer.zero_grad()
-                ids = torch.tensor([[step, step + 1, 7]])
+                ids = torch.tensor([[number, 60 + number, 7]])
                 dense(table(ids).mean(dim=1)).sum().backward()
                 optimizer.step()
-            after = requests(server)
-        spent = {m: after.get(m, 0) - before.get(m, 0) for m in after}
-        spent = {m: n / steps for m, n in spent.items() if n}
-        assert spent == {"ReadInline": 1.0, "ApplyGradients": 1.0}, spent
+
+            step(0)
+            before = [requests(server) for server in servers]
+            steps = 10
+            for number in range(1, steps + 1):
+                step(number)
+            after = [requests(server) for server in servers]
+            held = int(optimizer.remote.iterations.numpy())
+            optimizer.flush()
+            iterations = int(optimizer.remote.iterations.numpy())
+        assert (held, iterations) == (steps, steps + 1)
+        for index, (was, now) in enumerate(zip(before, after, strict=True)):
+            spent = {m: (now[m] - was.get(m, 0)) / steps for m in now}
+            spent = {m: n for m, n in spent.items() if n}
+            expected = {"ApplyGradients": 1.0}
+            if servers_count > 1 and index == 0:
+                expected["ReserveStep"] = 1.0
+            assert spent == expected, (index, spent)
     finally:
-        server.kill()
+        for server in servers:
+            server.kill()
 
 
 @pytest.mark.parametrize("scheme", ["grpc", "http"])

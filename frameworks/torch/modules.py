@@ -1,16 +1,18 @@
 """``Embedding``: a ``torch.nn.Module`` whose table lives on the servers.
 
 The worker never holds the table. ``forward`` fetches the rows of the
-batch's distinct ids (one gather from the servers that hold them) and
-indexes them into place; ``backward`` keeps the gradient rows with their ids
-(``pending``) until ``adamax_ps.torch.Adamax.step`` pushes them as a sparse
-gradient, summed over duplicate ids the way Keras sums them. The module's one
-parameter is a scalar ``handle``, so ``model.parameters()`` hands the table
-to the optimizer like any other parameter.
+batch's distinct ids (with the push its optimizer held back, else one gather
+from the servers that hold them) and indexes them into place; ``backward``
+keeps the gradient rows with their ids (``pending``) until
+``adamax_ps.torch.Adamax.step`` pushes them as a sparse gradient, summed over
+duplicate ids the way Keras sums them. The module's one parameter is a scalar
+``handle``, so ``model.parameters()`` hands the table to the optimizer like
+any other parameter.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -29,7 +31,7 @@ class _Lookup(torch.autograd.Function):
     def forward(ctx: Any, handle: torch.Tensor, ids: torch.Tensor, module: Embedding):
         flat = ids.reshape(-1)
         unique, inverse = torch.unique(flat, return_inverse=True)
-        rows = module.table.gather(unique.numpy())
+        rows = module.rows(unique.numpy())
         ctx.module, ctx.flat = module, flat
         return torch.from_numpy(rows)[inverse].reshape(*ids.shape, -1)
 
@@ -89,12 +91,35 @@ class Embedding(torch.nn.Module):
         self.handle = torch.nn.Parameter(torch.zeros(()))
         self.handle._adamax_ps_embedding = self  # what the optimizer pushes to
         self.pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._optimizer: weakref.ref | None = None
         self.register_state_dict_post_hook(_table_in_state_dict)
         self.register_load_state_dict_pre_hook(_table_from_state_dict)
 
     @property
     def weight(self) -> RemoteVariable:
+        """The server table, once the push its optimizer held back is sent."""
+        self.flush()
         return self.table
+
+    def stepped_by(self, optimizer: Any) -> None:
+        """``adamax_ps.torch.Adamax`` steps this table (and may hold a push
+        back until this module's next forward)."""
+        self._optimizer = weakref.ref(optimizer)
+
+    def flush(self) -> None:
+        optimizer = self._optimizer() if self._optimizer is not None else None
+        if optimizer is not None:
+            optimizer.flush()
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Rows ``ids`` of the table as they are after every push of this
+        worker: read with the push held back when there is one."""
+        optimizer = self._optimizer() if self._optimizer is not None else None
+        if optimizer is not None and optimizer.holds(self.table):
+            rows = optimizer.send_with((self.table, ids))
+            if rows is not None:
+                return rows
+        return self.table.gather(ids)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.dtype not in (torch.int32, torch.int64):
@@ -129,7 +154,7 @@ def _default_name() -> str:
 
 
 def _table_in_state_dict(module: Embedding, state: dict, prefix: str, meta: Any):
-    state[prefix + "weight"] = torch.from_numpy(module.table.numpy())
+    state[prefix + "weight"] = torch.from_numpy(module.weight.numpy())
 
 
 def _table_from_state_dict(
@@ -138,6 +163,7 @@ def _table_from_state_dict(
     value = state.pop(prefix + "weight", None)
     if value is None:
         return
+    module.flush()
     value = np.asarray(value.detach().cpu().numpy(), np.float32)
     if value.shape != module.table.shape:
         raise ValueError(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,100 @@ def test_learning_rates_are_one_per_optimizer(cluster):
     with pytest.raises(ValueError, match="weight_decay"):
         Adamax(linear.parameters(), weight_decay=0.1, cluster=cluster)
     assert isinstance(optimizer, torch.optim.Optimizer)
+
+
+class DenseFirst(torch.nn.Module):
+    """A model whose linear layer runs before its embedding in the forward."""
+
+    def __init__(self, embedding: Embedding) -> None:
+        super().__init__()
+        self.gate = torch.nn.Linear(2, 2)
+        self.emb = embedding
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        gate = self.gate(torch.ones(ids.shape[0], 2))
+        return (self.emb(ids).mean(dim=1) * gate).sum(dim=1)
+
+
+def train_dense_first(cluster, name: str, steps: int, **options) -> tuple:
+    torch.manual_seed(0)
+    cluster.variable(name, initial_value=np.full((20, 2), 0.5, np.float32))
+    model = DenseFirst(Embedding(20, 2, name=name, cluster=cluster))
+    params = [(f"{name}/{k}", v) for k, v in model.named_parameters()]
+    optimizer = Adamax(params, lr=0.1, name=f"{name}_opt", cluster=cluster, **options)
+    rng = np.random.default_rng(1)
+    losses = []
+    for _ in range(steps):
+        ids = torch.from_numpy(rng.integers(0, 20, (4, 3)))
+        optimizer.zero_grad()
+        loss = (model(ids) - 1.0).square().mean()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if options.get("prefetch") is None and name.endswith("at_once"):
+            optimizer.flush()  # the reference: every push sent at once
+    return losses, model, optimizer
+
+
+def test_a_held_push_reaches_a_layer_that_runs_before_the_embedding(cluster):
+    """The push is held back until the next forward; a module using the
+    optimizer's dense parameters before the embedding's lookup sends it
+    first, so every forward sees what a push sent at once gives."""
+    held, model, optimizer = train_dense_first(cluster, "first_held", 6)
+    ref, ref_model, _ = train_dense_first(cluster, "first_at_once", 6)
+    assert held == ref
+    state, ref_state = model.state_dict(), ref_model.state_dict()  # sends the last
+    for key in state:
+        np.testing.assert_array_equal(state[key].numpy(), ref_state[key].numpy())
+    assert int(optimizer.remote.iterations.numpy()) == 6
+
+
+def test_prefetch_sends_the_push_while_the_next_batch_computes(cluster):
+    """prefetch=1: the push goes in the background; the step after waits
+    for it. Training still converges on the same data, every step counted."""
+    exact, _, _ = train_dense_first(cluster, "pre_exact", 30)
+    ahead, model, optimizer = train_dense_first(cluster, "pre_ahead", 30, prefetch=1)
+    state = optimizer.state_dict()  # waits for the push in flight
+    assert state["adamax_ps"]["iterations"] == 30
+    assert ahead[:1] == exact[:1]  # nothing stale before the first push
+    assert ahead[-1] < ahead[0] / 2 and abs(ahead[-1] - exact[-1]) < 0.1
+    with pytest.raises(ValueError, match="prefetch is 0"):
+        Adamax(model.parameters(), prefetch=2, cluster=cluster)
+
+
+def test_the_last_held_push_is_sent_when_the_worker_exits(servers, tmp_path):
+    """A script that ends right after optimizer.step() (nothing read since)
+    still applies its last step: at exit, and when its cluster closes."""
+    script = tmp_path / "train.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys, torch
+            from adamax_ps.client import connect
+            from adamax_ps.torch import Adamax, Embedding
+
+            address, close = sys.argv[1], sys.argv[2] == "close"
+            cluster = connect(address)
+            name = "exit_" + sys.argv[2]
+            emb = Embedding(10, 2, name=name, cluster=cluster)
+            optimizer = Adamax(emb.parameters(), name=name + "_opt", cluster=cluster)
+            for step in range(3):
+                optimizer.zero_grad()
+                emb(torch.tensor([step])).sum().backward()
+                optimizer.step()
+            if close:
+                cluster.close()
+            """
+        )
+    )
+    for how in ("exit", "close"):
+        done = subprocess.run(
+            [sys.executable, str(script), addresses(servers), how],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "not applied" not in done.stderr
+        with connect(addresses(servers)) as cluster:
+            assert cluster.optimizer(f"exit_{how}_opt").iterations == 3

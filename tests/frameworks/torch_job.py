@@ -95,17 +95,19 @@ def on_servers(address, name, initial):
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+    # The last step's push is held back until something reads what it
+    # changes: the table's weight sends it.
+    weights = [
+        model.emb.weight.numpy(),
+        model.fc.weight.detach().numpy(),
+        model.fc.bias.detach().numpy(),
+    ]
     remote = ClientAdamax(
         name=f"{name}_opt", learning_rate=LEARNING_RATE, cluster=cluster
     )
     names = [f"{name}_emb", f"{name}_fc.weight", f"{name}_fc.bias"]
     variables = [cluster.variable(n, shape=cluster.placement(n).shape) for n in names]
     slots = [remote.get_slot(v, s).numpy() for v in variables for s in ("m", "v")]
-    weights = [
-        model.emb.weight.numpy(),
-        model.fc.weight.detach().numpy(),
-        model.fc.bias.detach().numpy(),
-    ]
     return model, optimizer, remote, variables, losses, weights, slots
 
 
