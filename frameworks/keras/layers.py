@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from adamax_ps.client.cluster import Cluster, default_cluster
 from adamax_ps.client.variables import RemoteVariable
+from adamax_ps.keras import holding
 from adamax_ps.keras.backend import keras_module
 
 keras, KERAS_MAJOR = keras_module()
@@ -44,6 +45,14 @@ def server_initializer(initializer: Any) -> str | dict:
     )
 
 
+def flush_held_pushes(cluster: Cluster) -> None:
+    """Send the pushes adamax_ps.keras optimizers of ``cluster`` hold back
+    (before the table is read or written from outside a step)."""
+    from adamax_ps.keras.optimizer import flush_all
+
+    flush_all(cluster)
+
+
 class TableCheckpoint(tf.__internal__.tracking.Trackable):
     """The server table as a TensorFlow checkpoint value: written by
     ``tf.train.Checkpoint`` (and tf_keras's ``save_weights`` in its default
@@ -53,7 +62,7 @@ class TableCheckpoint(tf.__internal__.tracking.Trackable):
         self._layer = layer
 
     def _serialize_to_tensors(self) -> dict[str, tf.Tensor]:
-        return {"table": tf.constant(self._layer.embeddings.numpy())}
+        return {"table": tf.constant(self._layer.get_weights()[0])}
 
     def _restore_from_tensors(self, restored_tensors: dict[str, tf.Tensor]) -> Any:
         self._layer.set_weights([restored_tensors["table"].numpy()])
@@ -143,6 +152,7 @@ class Embedding(keras.layers.Layer):
         return self.table
 
     def get_weights(self) -> list[np.ndarray]:
+        flush_held_pushes(self.embeddings.cluster)
         return [self.embeddings.numpy()]
 
     def set_weights(self, weights: list[Any]) -> None:
@@ -157,11 +167,12 @@ class Embedding(keras.layers.Layer):
                 f"Layer {self.name!r} weight shape {(self.input_dim, self.output_dim)} "
                 f"is not compatible with provided weight shape {value.shape}"
             )
+        flush_held_pushes(self.embeddings.cluster)
         self.embeddings.assign(value)
 
     # Keras 3's weight files (model.save_weights / load_weights, .keras files).
     def save_own_variables(self, store: Any) -> None:
-        store["0"] = self.embeddings.numpy()
+        store["0"] = self.get_weights()[0]
 
     def load_own_variables(self, store: Any) -> None:
         self.set_weights([store["0"]])
@@ -176,17 +187,61 @@ class Embedding(keras.layers.Layer):
         rows = self._lookup(flat)
         return tf.reshape(rows, tf.concat([tf.shape(ids), [self.output_dim]], 0))
 
+    def _stepper(self) -> tuple[Any, list[Any]]:
+        """The optimizer that may hold a push back for this table, and the
+        dense weights this lookup refreshes (``holding``): those of the model
+        whose step is being traced, when its optimizer is adamax-ps's."""
+        from adamax_ps.keras.optimizer import Adamax
+
+        model = holding.model_in_step(keras.Model)
+        optimizer = getattr(model, "optimizer", None)
+        if not isinstance(optimizer, Adamax) or optimizer.remote.cluster is not (
+            self.embeddings.cluster
+        ):
+            return None, []
+        if not optimizer.holds_pushes:
+            return None, []
+        if tf.executing_eagerly():
+            optimizer.flush()  # assigned before any layer reads them
+            return None, []
+        graph = tf.compat.v1.get_default_graph()
+        if holding.assigned_in(graph):
+            return optimizer, []  # an earlier lookup of this step assigns them
+        dense = optimizer.dense_variables(list(model.trainable_variables))
+        if holding.read_in(graph, dense):
+            return None, []  # a layer before this one read them: push at once
+        holding.mark_assigned(graph, dense)
+        return optimizer, dense
+
     def _lookup(self, flat: tf.Tensor) -> tf.Tensor:
         table, handle, dim = self.embeddings, self.handle, self.output_dim
         dense_shape = tf.constant([self.input_dim, dim], tf.int64)
         dtype = tf.as_dtype(table.dtype)
+        unique, positions = tf.unique(flat)
+        optimizer, dense = self._stepper()
+        if optimizer is None:
+            rows = tf.numpy_function(table.gather, [unique], dtype, stateful=True)
+        else:
+            # The held push goes with this read; the dense weights after it
+            # are assigned before the layers after this one read them.
+            fetched = tf.numpy_function(
+                lambda ids: optimizer.lookup(table, ids, dense),
+                [unique],
+                [dtype] + [tf.as_dtype(v.dtype) for v in dense],
+                stateful=True,
+            )
+            rows = fetched[0]
+            assigns = []
+            for variable, value in zip(dense, fetched[1:], strict=True):
+                value.set_shape(variable.shape)
+                assigns.append(variable.assign(value))
+            with tf.control_dependencies(assigns):
+                rows = tf.identity(rows)
+        rows.set_shape([None, dim])
 
         @tf.custom_gradient
-        def lookup(flat: tf.Tensor) -> Any:
+        def lookup(rows: tf.Tensor) -> Any:
             tf.convert_to_tensor(handle)  # the tape's link to the handle
-            unique, positions = tf.unique(flat)
-            rows = tf.numpy_function(table.gather, [unique], dtype, stateful=True)
-            rows.set_shape([None, dim])
 
             def grad(dy: tf.Tensor, variables: Any = None) -> Any:
                 # Exactly TensorFlow's summing of an embedding's duplicate rows.
@@ -197,7 +252,7 @@ class Embedding(keras.layers.Layer):
 
             return tf.gather(rows, positions), grad
 
-        return lookup(flat)
+        return lookup(rows)
 
     def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
         if not self.mask_zero:

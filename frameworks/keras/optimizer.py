@@ -9,10 +9,23 @@ weights live on the servers so that every worker trains one model: each
 worker's copy is replaced by the servers' value when the optimizer first meets
 it, and refreshed after every push. (Weights kept apart per worker would be
 several models trained on parts of the data.)
+
+With Keras 3, ``model.fit``'s step holds its push back (``holding``): the next
+step's ``Embedding`` lookup sends it with the read of the new batch's rows and
+the dense weights, one round trip a server per step, with the values a push
+sent at once would give. The end of ``fit`` (``finalize_variable_values``),
+reading the table, saving, closing the cluster and the interpreter's exit
+send a push still held. With tf_keras, whose ``fit`` tells a legacy
+optimizer nothing when it ends, each step pushes at once (its push and the
+next lookup are two round trips).
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
+import threading
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,8 +34,12 @@ import tensorflow as tf
 
 from adamax_ps.client.cluster import Cluster, default_cluster
 from adamax_ps.client.optimizer import Adamax as RemoteAdamax
+from adamax_ps.client.transport import Read
 from adamax_ps.client.variables import IndexedSlices, RemoteVariable
+from adamax_ps.keras import holding
 from adamax_ps.keras.backend import keras_module
+
+log = logging.getLogger("adamax_ps.keras")
 
 keras, KERAS_MAJOR = keras_module()
 if KERAS_MAJOR == 2:
@@ -74,6 +91,16 @@ class Adamax(Base):
         self._cluster = cluster
         self.remote = remote
         self._remote_variables: dict[int, RemoteVariable] = {}
+        self._keras_variables: dict[int, Any] = {}
+        # The dense weights' values as this worker last read them.
+        self._values: dict[int, np.ndarray] = {}
+        # Keras 3: a step's push held back until the next lookup.
+        self.holds_pushes = KERAS_MAJOR == 3
+        self._held: list[tuple[Any, RemoteVariable]] | None = None
+        self._held_lock = threading.Lock()
+        self._iterations_seen = int(remote.iterations.numpy())
+        cluster.before_close(self.flush)
+        _every.add(self)
 
     # What the servers hold ----------------------------------------------------------
 
@@ -86,8 +113,11 @@ class Adamax(Base):
             remote = self._cluster.variable(
                 server_name(variable), initial_value=np.asarray(variable.numpy())
             )
-            variable.assign(remote.numpy())
+            value = remote.numpy()
+            variable.assign(value)
             self._remote_variables[id(variable)] = remote
+            self._keras_variables[id(variable)] = variable
+            self._values[id(variable)] = value
 
     def build(self, var_list: Any) -> None:
         dense = [v for v in var_list if _table_of(v) is None]
@@ -121,10 +151,9 @@ class Adamax(Base):
                 else:
                     inputs.append(grad)
                     layout.append((self._remote_variables[id(variable)], False))
-        outputs = [tf.int64] + [tf.as_dtype(v.dtype) for v in dense]
 
-        def push(*arrays: np.ndarray) -> list[np.ndarray]:
-            it = iter(arrays)
+        def gradients_of(arrays: tuple[np.ndarray, ...], copy: bool) -> list:
+            it = iter(np.array(a) if copy else a for a in arrays)
             grads_and_remote = []
             for remote, sparse in layout:
                 if sparse:
@@ -132,11 +161,36 @@ class Adamax(Base):
                     grads_and_remote.append((IndexedSlices(next(it), ids), remote))
                 else:
                     grads_and_remote.append((next(it), remote))
+            return grads_and_remote
+
+        assigned = holding.assigned_in(tf.compat.v1.get_default_graph())
+        if (
+            self.holds_pushes
+            and not tf.executing_eagerly()
+            and any(_table_of(v) is not None for _, v in pairs)
+            and all(id(v) in assigned for v in dense)
+        ):
+            # The next step's lookup sends it and refreshes the dense weights.
+            def hold(*arrays: np.ndarray) -> np.int64:
+                # Copies: TensorFlow may reuse the inputs' buffers.
+                return np.int64(self._hold(gradients_of(arrays, copy=True)))
+
+            iterations = tf.numpy_function(hold, inputs, tf.int64, stateful=True)
+            iterations.set_shape(())
+            return self.iterations.assign(iterations)
+        outputs = [tf.int64] + [tf.as_dtype(v.dtype) for v in dense]
+
+        def push(*arrays: np.ndarray) -> list[np.ndarray]:
+            grads_and_remote = gradients_of(arrays, copy=False)
+            self.flush(assign=False)  # a push held back goes first
             # The dense weights come back with the push (gRPC: one round trip).
             remotes = [self._remote_variables[id(v)] for v in dense]
             iterations, refreshed = self.remote.apply_and_refresh(
                 grads_and_remote, remotes
             )
+            self._iterations_seen = int(iterations)
+            for variable, value in zip(dense, refreshed, strict=True):
+                self._values[id(variable)] = value
             return [np.int64(iterations), *refreshed]
 
         results = tf.numpy_function(push, inputs, outputs, stateful=True)
@@ -147,6 +201,67 @@ class Adamax(Base):
         with tf.control_dependencies(updates):
             return self.iterations.assign(results[0])
 
+    # Held-back pushes ---------------------------------------------------------------
+
+    def _hold(self, gradients: list) -> int:
+        with self._held_lock:
+            previous, self._held = self._held, None
+        if previous is not None:  # no lookup since: it goes first
+            self._send(previous, [])
+        with self._held_lock:
+            self._held = gradients
+        return self._iterations_seen + 1
+
+    def _send(self, gradients: list, reads: list[Read]) -> list[np.ndarray]:
+        """The push, then ``reads`` and every dense weight after it (their
+        values kept for the lookups); the reads' values."""
+        keys = list(self._remote_variables)
+        dense = [Read(self._remote_variables[k].name) for k in keys]
+        iterations, values = self.remote.apply_and_read(gradients, reads + dense)
+        self._iterations_seen = int(iterations)
+        for key, value in zip(keys, values[len(reads) :], strict=True):
+            self._values[key] = value
+        return values[: len(reads)]
+
+    def lookup(
+        self, table: RemoteVariable, ids: np.ndarray, dense: list[Any]
+    ) -> list[np.ndarray]:
+        """Rows ``ids`` of ``table`` and the values of ``dense`` (Keras
+        variables) after every push of this worker: read with the push held
+        back, if any (one round trip a server)."""
+        with self._held_lock:
+            held, self._held = self._held, None
+        if held is None:
+            rows = table.gather(ids)
+        else:
+            (rows,) = self._send(held, [Read(table.name, ids)])
+        return [rows, *(self._values[id(v)] for v in dense)]
+
+    def dense_variables(self, variables: list[Any]) -> list[Any]:
+        """The dense ones of a model's trainable ``variables``, attached to
+        the servers (a lookup assigns them)."""
+        dense = [v for v in variables if _table_of(v) is None]
+        with tf.init_scope():
+            self._attach(dense)
+        return dense
+
+    def flush(self, assign: bool = True) -> None:
+        """Send the push held back, if any; with ``assign``, give the dense
+        weights the servers' values after it (eagerly)."""
+        with self._held_lock:
+            held, self._held = self._held, None
+        if held is None:
+            return
+        self._send(held, [])
+        if assign:
+            for key, variable in self._keras_variables.items():
+                variable.assign(self._values[key])
+
+    def finalize_variable_values(self, var_list: Any) -> None:
+        """The end of ``model.fit`` (Keras 3): the last step's push."""
+        self.flush()
+        super().finalize_variable_values(var_list)
+
     # Keras plumbing -----------------------------------------------------------------
 
     def get_config(self) -> dict[str, Any]:
@@ -156,6 +271,26 @@ class Adamax(Base):
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> Adamax:
         del custom_objects
         return cls(**config)
+
+
+_every: weakref.WeakSet = weakref.WeakSet()
+
+
+def flush_all(cluster: Cluster) -> None:
+    """``flush`` every optimizer of ``cluster`` (eagerly)."""
+    for optimizer in list(_every):
+        if optimizer.remote.cluster is cluster:
+            optimizer.flush()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    """The last step's push reaches the servers however the script ends."""
+    for optimizer in list(_every):
+        try:
+            optimizer.flush(assign=False)
+        except Exception:
+            log.exception("the last step's push of %r was not applied", optimizer)
 
 
 def _table_of(variable: Any) -> RemoteVariable | None:
