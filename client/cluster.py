@@ -21,23 +21,16 @@ from typing import Any
 import numpy as np
 
 from adamax_ps.client import errors
+from adamax_ps.client.calls import COORDINATOR, apply_call
 from adamax_ps.client.connection import open_transport, parse_addresses
 from adamax_ps.client.discovery import (
     addresses_from_environment,
     replica_from_environment,
     token_from_environment,
 )
-from adamax_ps.client.placement import (
-    Placement,
-    Slice,
-    call_shares,
-    check_rows,
-    place,
-)
-from adamax_ps.client.push_reads import Part, plan_reads
+from adamax_ps.client.placement import Placement, Slice, check_rows, place
 from adamax_ps.client.retry import RetryPolicy
 from adamax_ps.client.transport import (
-    ApplyOptions,
     Gradient,
     OptimizerInfo,
     PushId,
@@ -49,8 +42,6 @@ from adamax_ps.client.transport import (
 )
 from adamax_ps.client.variables import RemoteVariable, new_variable
 from adamax_ps.common.malloc import tune_malloc
-
-COORDINATOR = 0
 
 
 class Cluster:
@@ -84,6 +75,8 @@ class Cluster:
         self._placements: dict[str, Placement] = {}
         self._slotted: set[tuple[str, str]] = set()  # (optimizer, split variable)
         self._before_close: list[weakref.WeakMethod] = []
+        # Per optimizer: the step the coordinator handed out for the next call.
+        self._ahead: dict[str, int] = {}
         tune_malloc()
         self.servers = self._check_view()
 
@@ -385,95 +378,43 @@ class Cluster:
         push is applied (``push_reads``): each server the push goes to answers
         its parts with it (over gRPC, in the same round trip).
 
-        Asynchronous with several servers: the coordinator reserves the step,
-        then every server holding a gradient applies it with that step.
+        Asynchronous with several servers: every server holding a gradient,
+        and the coordinator, apply the call with one step, handed out by the
+        coordinator with this client's previous call (its answer's
+        ``next_step``; the coordinator counts the call when it gets it), or,
+        for a first call, reserved first (a round trip of its own).
         Synchronous: every server gets a push for ``step`` (empty if none of the
         call's rows are its), so every server's round completes.
         """
-        push_id = self.next_push_id()
-        names = [g.variable for g in gradients]
-        placements = [self.placement(g.variable) for g in gradients]
-        with self._lock:
-            slotted = {
-                p.name for p in placements if (optimizer, p.name) in self._slotted
-            }
-        shares, new = call_shares(placements, gradients, slotted)
-        first_seen = [(optimizer, name) for name in new]
-        options = {
-            i: ApplyOptions(step=step, aggregated=aggregated, clipped=clipped)
-            for i in range(self.size)
-        }
-        if self.synchronous:
-            targets = list(range(self.size))
-            options[COORDINATOR].call_variables = names
-            for i in targets:
-                options[i].replica = self.replica
-        elif self.size == 1:
-            targets = [0]
-        else:
-            # The reservation shares the call's push id (the coordinator keeps
-            # one entry per client for both).
-            reserved = self.transports[COORDINATOR].reserve_step(
-                self.view(COORDINATOR), optimizer, names, push_id
-            )
-            targets = sorted(shares)
-            for i in targets:
-                options[i].step = reserved
-        plan, parts = plan_reads(reads, self.placement, targets, self._max_rows)
-        for server, inline in plan.inline.items():
-            options[server].reads = [part.read for part in inline]
-        # Parts on servers this push leaves untouched are read alongside it.
-        beside = [p for p in plan.alone if p.server not in targets]
-        after = [p for p in plan.alone if p.server in targets]
-        jobs = [("push", i) for i in targets] + [("read", p) for p in beside]
-
-        def run(job: tuple[str, Any]) -> Any:
-            kind, item = job
-            if kind == "read":
-                return self._read_part(item)
-            return self.transports[item].apply(
-                self.view(item), optimizer, shares.get(item, []), push_id, options[item]
-            )
-
-        done = self.map(run, jobs)
-        results = dict(zip(targets, done[: len(targets)], strict=True))
-        with self._lock:
-            self._slotted.update(first_seen)
-        answers = {id(p): v for p, v in zip(beside, done[len(targets) :], strict=True)}
-        for server, inline in plan.inline.items():
-            answered = results[server].values
-            answers.update((id(p), v) for p, v in zip(inline, answered, strict=True))
-        answers.update(
-            (id(p), v)
-            for p, v in zip(after, self.map(self._read_part, after), strict=True)
-        )
-        first = results[targets[0]]
-        return (
-            first.step,
-            max(r.iterations for r in results.values()),
-            plan.assemble(answers, parts),
+        return apply_call(
+            self,
+            optimizer,
+            gradients,
+            step=step,
+            aggregated=aggregated,
+            clipped=clipped,
+            reads=reads,
         )
 
-    def _max_rows(self, server: int) -> int:
-        return self.servers[server].max_request_rows
+    def slotted(self, optimizer: str, placements: list[Placement]) -> set[str]:
+        """Of these split variables, those whose slots ``optimizer`` made."""
+        with self._lock:
+            return {p.name for p in placements if (optimizer, p.name) in self._slotted}
 
-    def _read_part(self, part: Part) -> np.ndarray:
-        """One part of a read, on its own (rows in server-sized requests)."""
-        read, transport = part.read, self.transports[part.server]
-        if read.rows is None:
-            return transport.read(read.variable, expected_bytes=part.nbytes)
-        step = self._max_rows(part.server) or max(1, len(read.rows))
-        pieces = [
-            transport.read(
-                read.variable,
-                rows=read.rows[lo : lo + step],
-                expected_bytes=part.nbytes
-                * len(read.rows[lo : lo + step])
-                // max(1, len(read.rows)),
-            )
-            for lo in range(0, len(read.rows), step)
-        ]
-        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+    def take_step_ahead(self, optimizer: str) -> int | None:
+        """The step the coordinator handed out for this client's next call."""
+        with self._lock:
+            return self._ahead.pop(optimizer, None)
+
+    def note_call(
+        self, optimizer: str, slotted: list[str], next_step: int | None
+    ) -> None:
+        """After a call: the split variables it made slots for, and the step
+        handed out for the next call."""
+        with self._lock:
+            self._slotted.update((optimizer, name) for name in slotted)
+            if next_step is not None:
+                self._ahead[optimizer] = next_step
 
     def checkpoint(self) -> list[dict[str, Any]]:
         """Ask every server to write a checkpoint now."""

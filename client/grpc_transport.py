@@ -247,6 +247,8 @@ class GrpcTransport:
                 call_variables=list(options.call_variables),
                 clipped=options.clipped,
                 replica=options.replica,
+                reserve_next=options.reserve_next,
+                step_reserved_ahead=options.step_reserved_ahead,
                 reads=[
                     pb.ReadRequest(
                         variable=r.variable,
@@ -274,6 +276,7 @@ class GrpcTransport:
             response.step,
             response.iterations,
             [codec.decode(value).copy() for value in response.values],
+            response.next_step if response.HasField("next_step") else None,
         )
 
     def read(

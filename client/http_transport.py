@@ -246,6 +246,10 @@ class HttpTransport:
         }
         if options.replica is not None:
             header["replica"] = options.replica
+        if options.reserve_next:
+            header["reserve_next"] = True
+        if options.step_reserved_ahead:
+            header["step_reserved_ahead"] = True
         answer = self._send(
             "POST",
             f"/optimizers/{_q(optimizer)}/apply",
@@ -254,7 +258,9 @@ class HttpTransport:
             push_id=push_id,
         ).json()
         values = [self.read(r.variable, rows=r.rows) for r in options.reads]
-        return Applied(answer["step"], answer["iterations"], values)
+        return Applied(
+            answer["step"], answer["iterations"], values, answer.get("next_step")
+        )
 
     def read(
         self,

@@ -105,6 +105,10 @@ class ApplyOptions:
     reads: Sequence[Read] = field(default_factory=tuple)
     # Synchronous mode: the worker's rank, its replica id on the servers.
     replica: int | None = None
+    # Async cluster mode, to the coordinator: hand out the next call's step
+    # (``Applied.next_step``); ``step`` was handed out so (count the call).
+    reserve_next: bool = False
+    step_reserved_ahead: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,7 @@ class Applied:
     step: int
     iterations: int
     values: list[np.ndarray] = field(default_factory=list)
+    next_step: int | None = None
 
 
 class Transport(Protocol):

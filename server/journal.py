@@ -152,12 +152,15 @@ class Journal:
         push_ids: Sequence[PushId | None],
         step: int,
         call_variables: Sequence[str],
+        counted: bool = False,
     ) -> int:
         """Append a push as applied (see ``push_record``); 0 when not logging,
         without building the record: this is every push's path."""
         if not self.enabled or self.replaying:
             return 0
         header, arrays = push_record(gradients, push_ids, step, call_variables)
+        if counted:  # a step handed out ahead: this push counts the call
+            header["counted"] = True
         return self.write("push", {"optimizer": optimizer, **header}, arrays)
 
     def wait(self, number: int) -> None:

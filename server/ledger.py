@@ -75,6 +75,8 @@ class ApplyResult:
     step: int  # iterations before this push: the step's t is step + 1
     iterations: int
     record: int = field(default=0, compare=False)  # its log record, while new
+    # The coordinator's step handed out ahead for the client's next call.
+    next_step: int | None = None
 
 
 PUSH, STEP = "push", "step"  # the operations a push id can name

@@ -68,6 +68,9 @@ class OptimizerState:
     )  # variables whose m, v are in weights
     extra_weights: dict[str, np.ndarray] = field(default_factory=dict)
     pushes: int = 0
+    # The coordinator's next step to hand out; above ``iterations`` while
+    # steps handed out ahead are not pushed yet. In memory only.
+    next_step: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -84,6 +87,12 @@ class OptimizerState:
             tuple(self.slot_names),
             tuple(self.weights),
         )
+
+    def take_step(self) -> int:
+        """Hand out the next step (the coordinator's reservations)."""
+        step = max(self.iterations, self.next_step)
+        self.next_step = step + 1
+        return step
 
     def create_iterations(self) -> None:
         """Keras creates ``iterations`` on first read or first apply."""

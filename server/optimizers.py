@@ -198,6 +198,7 @@ class Optimizers:
         with state.lock:
             state.create_iterations()
             state.iterations = iterations
+            state.next_step = iterations
             logged = self.journal.write(
                 "iterations", {"optimizer": optimizer, "iterations": iterations}
             )

@@ -45,7 +45,7 @@ from adamax_ps.server.metrics import Metrics
 from adamax_ps.server.optimizer_state import OptimizerState
 from adamax_ps.server.optimizers import Optimizers
 from adamax_ps.server.store import ShardedStore
-from adamax_ps.server.sync import SyncCoordinator
+from adamax_ps.server.sync import SyncCoordinator, replica_key, replica_order
 from adamax_ps.server.validation import NonFinitePolicy, check_gradient
 from adamax_ps.server.variables import Variables
 
@@ -89,6 +89,8 @@ class PushPipeline:
         call_variables: Sequence[str] | None = None,
         clipped: bool = False,
         replica: int | None = None,
+        reserve_next: bool = False,
+        step_reserved_ahead: bool = False,
     ) -> ApplyResult:
         """Apply one push (one ``apply_gradients`` call) to all of its variables
         or to none, exactly once per push id (see the module docstring).
@@ -106,6 +108,10 @@ class PushPipeline:
         the optimizer's clipping is not applied again. ``replica``
         (synchronous mode): the worker's rank, which orders the step's sum and
         may push once per step (default: the push id's client).
+        ``reserve_next`` (the coordinator, asynchronous): hand out the step
+        of the client's next call with the answer (``next_step``);
+        ``step_reserved_ahead``: ``step`` was handed out so, and this push
+        counts the call in ``iterations``.
         """
         started = time.perf_counter()
         if step is not None and (not isinstance(step, int) or step < 0):
@@ -122,6 +128,7 @@ class PushPipeline:
                 call_variables,
                 clipped,
                 replica,
+                (reserve_next, step_reserved_ahead),
             )
         except ParameterServerError as e:
             self.metrics.rejected.labels(type(e).__name__).inc()
@@ -179,6 +186,7 @@ class PushPipeline:
         call_variables,
         clipped,
         replica,
+        ahead=(False, False),
     ) -> ApplyResult:
         state = self.optimizers.get(optimizer)
         if push_id is not None:
@@ -200,8 +208,23 @@ class PushPipeline:
             if not checked and not names:  # Keras: apply_gradients([]) is a no-op
                 with state.lock:
                     return ApplyResult(state.name, state.iterations, state.iterations)
+            reserve_next, counted = ahead
+            if (reserve_next or counted) and (self.server_index != 0 or step is None):
+                raise InvalidArgumentError(
+                    "steps are handed out ahead by server 0 of a cluster, for a "
+                    "push carrying its step"
+                )
             prepared = _prepared(state, checked, clip=not clipped)
-            return self.apply_prepared(state, prepared, [push_id], step, False, names)
+            return self.apply_prepared(
+                state,
+                prepared,
+                [push_id],
+                step,
+                False,
+                names,
+                counted=counted,
+                reserve_next=reserve_next,
+            )
         except BaseException:
             if push_id is not None:
                 self.ledger.abandon(push_id)
@@ -234,11 +257,14 @@ class PushPipeline:
                 self.ledger.abandon(push_id, STEP)
             raise
         with state.lock:
-            step = state.iterations if step is None else step
+            # Counted here, once (the ledger and the log's position keep a
+            # retry or a replay from counting it again).
+            step = state.take_step() if step is None else step
             state.create_iterations()
             state.hypers_created = True
             state.record_call(list(variables))
-            state.iterations = max(state.iterations, step + 1)
+            state.iterations += 1
+            state.next_step = max(state.next_step, step + 1)
             logged = self.journal.write(
                 "reserve",
                 {
@@ -305,6 +331,9 @@ class PushPipeline:
         step: int | None,
         exact: bool,
         call_variables: list[str],
+        *,
+        counted: bool = False,
+        reserve_next: bool = False,
     ) -> ApplyResult:
         """Take the push's shards, its step, then update every shard in parallel
         (step 4). ``gradients`` are validated, clipped and deduplicated; so is
@@ -312,7 +341,11 @@ class PushPipeline:
 
         ``step`` None: take the optimizer's next step. ``exact``: the step must
         be the optimizer's next (synchronous mode). Otherwise a given step is
-        used as is and the counter only moves forward.
+        used as is: ``counted`` (handed out ahead) counts the call; a step this
+        coordinator handed out leaves the counter as its reservation did;
+        else the counter only moves forward, to ``step + 1``.
+        ``reserve_next``: also hand out the client's next step (the answer's
+        ``next_step``).
         """
         shards = set().union(*(g.shards() for g in gradients))
         with self.store.locked(shards):
@@ -336,14 +369,19 @@ class PushPipeline:
                 state.hypers_created = True
                 state.record_call(call_variables)
                 state.created_slots(new)
-                state.iterations = max(state.iterations, step + 1)
+                if counted:
+                    state.iterations += 1
+                elif exact or self.server_index != 0 or step >= state.next_step:
+                    state.iterations = max(state.iterations, step + 1)
+                state.next_step = max(state.next_step, step + 1)
+                next_step = state.take_step() if reserve_next else None
                 state.pushes += 1
             for name in new:
                 for part in self.store.parts(self.variables.get(name)):
                     for slot in missing[name]:  # an add_slot "m" is kept, as in Keras
                         part.slots[(state.name, slot)] = np.zeros_like(part.value)
             logged = self.journal.write_push(
-                state.name, gradients, push_ids, step, call_variables
+                state.name, gradients, push_ids, step, call_variables, counted
             )
             scalars = {
                 dtype: state.config.step_scalars(step, dtype)
@@ -354,7 +392,8 @@ class PushPipeline:
                 for shard in sorted(shards)
             ]
             self.store.run_parallel(tasks)
-            result = ApplyResult(state.name, step, step + 1, logged)
+            iterations = state.iterations if counted else step + 1
+            result = ApplyResult(state.name, step, iterations, logged, next_step)
             for push_id in push_ids:
                 if push_id is not None:
                     self.ledger.complete(push_id, result)
@@ -408,27 +447,3 @@ class _ShardTask:
                     step,
                     lo=part.lo,
                 )
-
-
-def replica_key(push_id: PushId, replica: int | None, replicas: int) -> str:
-    """The name a push's replica goes by in its step's round: ``rank N``
-    (checked below the server's replicas), else its client id."""
-    if replica is None:
-        return push_id.client
-    if isinstance(replica, bool) or not isinstance(replica, int) or replica < 0:
-        raise InvalidArgumentError(
-            f"a replica id is a non-negative integer. Received: {replica!r}"
-        )
-    if replica >= replicas:
-        raise InvalidArgumentError(
-            f"replica {replica} is not below this server's {replicas} replicas "
-            "(--replicas): ranks run from 0"
-        )
-    return f"rank {replica}"
-
-
-def replica_order(key: str) -> tuple[int, int, str]:
-    """Ranks in numeric order, then client ids (a reproducible sum)."""
-    if key.startswith("rank ") and key[5:].isdigit():
-        return (0, int(key[5:]), "")
-    return (1, 0, key)

@@ -73,7 +73,13 @@ class Replayer:
                 )
         state = self.optimizers.get(header["optimizer"])
         self.pushes.apply_prepared(
-            state, gradients, push_ids, header["step"], False, header["call_variables"]
+            state,
+            gradients,
+            push_ids,
+            header["step"],
+            False,
+            header["call_variables"],
+            counted=bool(header.get("counted", False)),
         )
 
     def _variable(self, header: dict, arrays: list[np.ndarray]) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from adamax_ps.server.errors import (
     FailedPreconditionError,
@@ -176,3 +176,27 @@ class SyncCoordinator(Generic[Contribution, Result]):
         """Replicas currently waiting for their step to complete."""
         with self._cond:
             return sum(len(r.contributions) for r in self._rounds.values())
+
+
+def replica_key(push_id: Any, replica: int | None, replicas: int) -> str:
+    """The name a push's replica goes by in its step's round: ``rank N``
+    (checked below the server's replicas), else its client id."""
+    if replica is None:
+        return push_id.client
+    if isinstance(replica, bool) or not isinstance(replica, int) or replica < 0:
+        raise InvalidArgumentError(
+            f"a replica id is a non-negative integer. Received: {replica!r}"
+        )
+    if replica >= replicas:
+        raise InvalidArgumentError(
+            f"replica {replica} is not below this server's {replicas} replicas "
+            "(--replicas): ranks run from 0"
+        )
+    return f"rank {replica}"
+
+
+def replica_order(key: str) -> tuple[int, int, str]:
+    """Ranks in numeric order, then client ids (a reproducible sum)."""
+    if key.startswith("rank ") and key[5:].isdigit():
+        return (0, int(key[5:]), "")
+    return (1, 0, key)

@@ -154,6 +154,7 @@ def test_importing_the_client_loads_nothing_heavy():
 DENSE_PUSH_PATH = [
     "client/optimizer.py",
     "client/cluster.py",
+    "client/calls.py",
     "client/grpc_transport.py",
     "client/retry.py",
     "server/grpc/servicer.py",

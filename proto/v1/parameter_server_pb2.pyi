@@ -215,7 +215,7 @@ class ReserveStepResponse(_message.Message):
     def __init__(self, step: _Optional[int] = ...) -> None: ...
 
 class ApplyRequest(_message.Message):
-    __slots__ = ("view", "optimizer", "push_id", "gradients", "step", "aggregated", "call_variables", "clipped", "reads", "replica")
+    __slots__ = ("view", "optimizer", "push_id", "gradients", "step", "aggregated", "call_variables", "clipped", "reads", "replica", "reserve_next", "step_reserved_ahead")
     VIEW_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     PUSH_ID_FIELD_NUMBER: _ClassVar[int]
@@ -226,6 +226,8 @@ class ApplyRequest(_message.Message):
     CLIPPED_FIELD_NUMBER: _ClassVar[int]
     READS_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
+    RESERVE_NEXT_FIELD_NUMBER: _ClassVar[int]
+    STEP_RESERVED_AHEAD_FIELD_NUMBER: _ClassVar[int]
     view: ClusterView
     optimizer: str
     push_id: PushId
@@ -236,17 +238,21 @@ class ApplyRequest(_message.Message):
     clipped: bool
     reads: _containers.RepeatedCompositeFieldContainer[ReadRequest]
     replica: int
-    def __init__(self, view: _Optional[_Union[ClusterView, _Mapping]] = ..., optimizer: _Optional[str] = ..., push_id: _Optional[_Union[PushId, _Mapping]] = ..., gradients: _Optional[_Iterable[_Union[Gradient, _Mapping]]] = ..., step: _Optional[int] = ..., aggregated: _Optional[bool] = ..., call_variables: _Optional[_Iterable[str]] = ..., clipped: _Optional[bool] = ..., reads: _Optional[_Iterable[_Union[ReadRequest, _Mapping]]] = ..., replica: _Optional[int] = ...) -> None: ...
+    reserve_next: bool
+    step_reserved_ahead: bool
+    def __init__(self, view: _Optional[_Union[ClusterView, _Mapping]] = ..., optimizer: _Optional[str] = ..., push_id: _Optional[_Union[PushId, _Mapping]] = ..., gradients: _Optional[_Iterable[_Union[Gradient, _Mapping]]] = ..., step: _Optional[int] = ..., aggregated: _Optional[bool] = ..., call_variables: _Optional[_Iterable[str]] = ..., clipped: _Optional[bool] = ..., reads: _Optional[_Iterable[_Union[ReadRequest, _Mapping]]] = ..., replica: _Optional[int] = ..., reserve_next: _Optional[bool] = ..., step_reserved_ahead: _Optional[bool] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
-    __slots__ = ("step", "iterations", "values")
+    __slots__ = ("step", "iterations", "values", "next_step")
     STEP_FIELD_NUMBER: _ClassVar[int]
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_STEP_FIELD_NUMBER: _ClassVar[int]
     step: int
     iterations: int
     values: _containers.RepeatedCompositeFieldContainer[Tensor]
-    def __init__(self, step: _Optional[int] = ..., iterations: _Optional[int] = ..., values: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
+    next_step: int
+    def __init__(self, step: _Optional[int] = ..., iterations: _Optional[int] = ..., values: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., next_step: _Optional[int] = ...) -> None: ...
 
 class ApplyChunk(_message.Message):
     __slots__ = ("header", "data")

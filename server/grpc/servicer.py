@@ -313,11 +313,14 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             call_variables=list(request.call_variables) or None,
             clipped=request.clipped,
             replica=request.replica if request.HasField("replica") else None,
+            reserve_next=request.reserve_next,
+            step_reserved_ahead=request.step_reserved_ahead,
         ) as (result, values):
             return pb.ApplyResponse(
                 step=result.step,
                 iterations=result.iterations,
                 values=[codec.encode(v) for v in values],
+                next_step=result.next_step,
             )
 
     # Values -----------------------------------------------------------------------

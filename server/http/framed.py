@@ -46,6 +46,8 @@ def push_options(header: dict) -> dict[str, Any]:
         "call_variables": _strings(header.get("call_variables")) or None,
         "clipped": _flag(header, "clipped"),
         "replica": _optional_int(header.get("replica"), "replica"),
+        "reserve_next": _flag(header, "reserve_next"),
+        "step_reserved_ahead": _flag(header, "step_reserved_ahead"),
     }
 
 

@@ -204,6 +204,8 @@ class HistoryResponse(Strict):
 class ApplyResponse(Strict):
     step: int
     iterations: int
+    # The step handed out for the client's next call (reserve_next).
+    next_step: int | None = None
 
 
 class StepResponse(Strict):

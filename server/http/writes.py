@@ -106,7 +106,8 @@ def writes(api: Api) -> APIRouter:
     async def apply(name: OptimizerPath, request: Request) -> dict:
         """Apply a push. Header: ``{"gradients": [{variable, values: {shape,
         dtype}, indices?: {shape, dtype}}], push_id?, step?, aggregated?,
-        call_variables?, clipped?, replica?}``; for each gradient its indices' bytes (if
+        call_variables?, clipped?, replica?, reserve_next?,
+        step_reserved_ahead?}``; for each gradient its indices' bytes (if
         sparse) then its values' bytes follow."""
         header, data = await api.bodies.framed(request)
         gradients = framed.gradients(header, data, limit)
@@ -115,7 +116,10 @@ def writes(api: Api) -> APIRouter:
         result = await run_in_threadpool(
             service.apply, name, gradients, push_id, **options
         )
-        return {"step": result.step, "iterations": result.iterations}
+        answer = {"step": result.step, "iterations": result.iterations}
+        if result.next_step is not None:
+            answer["next_step"] = result.next_step
+        return answer
 
     @router.post(
         "/optimizers/{name:path}/reserve-step",
