@@ -13,7 +13,8 @@ Children of this script (``--tf-fit FOLDER SERVERS STEPS_PER_EXECUTION``, or
   ``steps_per_execution`` above 1, its tf.data pipeline ``tuned`` too);
 - adamax-ps: one worker process per rank running the same model with
   ``adamax_ps.keras`` under ``model.fit`` (Keras 3, or tf_keras), or the
-  PyTorch module and optimizer of ``adamax_ps.torch`` in a plain loop.
+  PyTorch module and optimizer of ``adamax_ps.torch`` in a plain loop (exact,
+  or with ``prefetch=1``, or with the bfloat16 wire).
 
 All start from bench/training_systems.py's initial values and train on its
 batches (a worker of rank r takes every WORLD-th batch from r).
@@ -42,6 +43,7 @@ from training_systems import (
 
 TABLE, KERNEL, BIAS = "bench_emb", "bench_dense/kernel", "bench_dense/bias"
 TUNED_DATA = "BENCH_TUNED_DATA"  # set for a worker whose tf.data pipeline is tuned
+PREFETCH = "BENCH_PREFETCH"  # set for a PyTorch worker whose optimizer prefetches
 
 
 def tuned(tf, dataset):
@@ -189,7 +191,10 @@ def torch_worker(folder: Path, rank: int, world: int) -> None:
         named = [("bench_dense/kernel_t", model.dense.weight), (BIAS, model.dense.bias)]
         named.append((TABLE + "/handle", model.emb.handle))
         state["model"] = model
-        state["optimizer"] = Adamax(named, lr=LEARNING_RATE, cluster=cluster)
+        prefetch = 1 if os.environ.get(PREFETCH) else 0
+        state["optimizer"] = Adamax(
+            named, lr=LEARNING_RATE, cluster=cluster, prefetch=prefetch
+        )
         return {"kernel": "bench_dense/kernel_t", "bias": BIAS}
 
     def train(start: int, stop: int) -> dict:
@@ -203,6 +208,7 @@ def torch_worker(folder: Path, rank: int, world: int) -> None:
             )
             loss.backward()
             optimizer.step()
+        optimizer.flush()  # the round's last push applied, inside its time
         return {"steps": len(mine)}
 
     serve_commands({"attach": attach, "train": train})

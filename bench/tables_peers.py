@@ -218,6 +218,8 @@ def training_fit(doc: dict) -> str:
         "adamax-ps keras tuned": "adamax-ps, Keras 3 model.fit, tf.data autotune off",
         "adamax-ps tf_keras": "adamax-ps, tf_keras model.fit",
         "adamax-ps torch": "adamax-ps, PyTorch loop",
+        "adamax-ps torch prefetch": "adamax-ps, PyTorch loop, prefetch=1",
+        "adamax-ps torch bfloat16": "adamax-ps, PyTorch loop, bfloat16 wire",
     }
     for n, systems in doc["servers"].items():
         seconds = {name: r["seconds"] for name, r in systems.items()}
@@ -255,8 +257,12 @@ def training_fit(doc: dict) -> str:
         f"- Threads: TensorFlow's in-process cluster intra-op {tf['intra_op']}, "
         f"inter-op {tf['inter_op']}; each adamax-ps worker intra-op "
         f"{workers['intra_op']}, inter-op {workers['inter_op']}. An adamax-ps "
-        "step is a gather of the batch's rows, then the push, which brings the "
-        "dense layer back (with 2 servers, a step reservation too); no prefetch.",
+        "step of Keras 3 or PyTorch is one request a server: the push held back "
+        "from the step before, sent with the read of the batch's rows and the "
+        "dense layer (tf_keras: the push, then the next step's gather). "
+        "prefetch=1 sends the push in the background and reads the rows beside "
+        "it (at most one step stale); the bfloat16 wire halves the gradient and "
+        "row bytes (exact float32 on the servers).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -58,6 +58,8 @@ SYSTEMS = (
     "adamax-ps keras tuned",
     "adamax-ps tf_keras",
     "adamax-ps torch",
+    "adamax-ps torch prefetch",
+    "adamax-ps torch bfloat16",
 )
 BASELINE = "tf fit"
 
@@ -94,13 +96,22 @@ class AdamaxPsWorkers:
     """Fresh servers holding the initial table, and two worker processes."""
 
     def __init__(
-        self, folder: Path, servers: int, kind: str, legacy: bool, tuned: bool
+        self,
+        folder: Path,
+        servers: int,
+        kind: str,
+        legacy: bool = False,
+        tuned: bool = False,
+        prefetch: bool = False,
+        wire_dtype: str = "",
     ) -> None:
         from adamax_ps.client import connect
         from adamax_ps.server.launcher import addresses, start_cluster
 
         tag = (
-            f"{kind}{'-legacy' if legacy else ''}{'-tuned' if tuned else ''}-{servers}"
+            f"{kind}{'-legacy' if legacy else ''}{'-tuned' if tuned else ''}"
+            f"{'-prefetch' if prefetch else ''}{'-' + wire_dtype if wire_dtype else ''}"
+            f"-{servers}"
         )
         logs = folder / tag
         logs.mkdir()
@@ -112,6 +123,10 @@ class AdamaxPsWorkers:
         env = {"TF_USE_LEGACY_KERAS": "1" if legacy else "0"}
         if tuned:
             env[fit_systems.TUNED_DATA] = "1"
+        if prefetch:
+            env[fit_systems.PREFETCH] = "1"
+        if wire_dtype:
+            env["ADAMAX_PS_WIRE_DTYPE"] = wire_dtype
         self.workers = [
             Child(
                 SCRIPT,
@@ -157,13 +172,15 @@ class AdamaxPsWorkers:
 def start(name: str, folder: Path, servers: int):
     if name.startswith("tf fit"):
         return TensorFlowFit(folder, servers, 10 if name.endswith("x10") else 1)
-    kind = "torch" if name.endswith("torch") else "keras"
+    kind = "torch" if "torch" in name else "keras"
     return AdamaxPsWorkers(
         folder,
         servers,
         kind,
         legacy=name.endswith("tf_keras"),
         tuned=name.endswith("tuned"),
+        prefetch=name.endswith("prefetch"),
+        wire_dtype="bfloat16" if name.endswith("bfloat16") else "",
     )
 
 

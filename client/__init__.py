@@ -17,6 +17,7 @@ from adamax_ps.client.cluster import Cluster
 from adamax_ps.client.discovery import (
     addresses_from_environment,
     token_from_environment,
+    wire_from_environment,
 )
 from adamax_ps.client.errors import (
     ClusterViewError,
@@ -39,6 +40,7 @@ def connect(
     timeout: float | None = None,
     retry: RetryPolicy | None = None,
     replica: int | None = None,
+    wire_dtype: str | None = None,
 ) -> Cluster:
     """Connect to a cluster: ``"grpc://a:50051,grpc://b:50051"`` or a list.
 
@@ -52,6 +54,9 @@ def connect(
     ``TransportError``. ``replica`` is the worker's replica id in
     synchronous training (default: its rank, from ``RANK`` or ``TF_CONFIG``;
     else its client id): a step's pushes are summed in rank order.
+    ``wire_dtype`` ("float16" or "bfloat16"; default ``ADAMAX_PS_WIRE_DTYPE``,
+    else float32) sends float32 variables' gradients and gathered rows in
+    reduced precision over gRPC; the servers keep and update float32.
     """
     if addresses is None:
         addresses = addresses_from_environment()
@@ -64,6 +69,7 @@ def connect(
         timeout=timeout,
         retry=retry,
         replica=replica,
+        wire_dtype=wire_dtype if wire_dtype is not None else wire_from_environment(),
     )
 
 

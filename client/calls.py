@@ -1,5 +1,6 @@
-"""One ``apply_gradients`` call across the servers: each server's share,
-the call's step, and the reads answered with it, in one round of requests.
+"""One ``apply_gradients`` call across the servers (each server's share,
+the call's step, and the reads answered with it, in one round of requests),
+and a gather of rows from the servers that hold them.
 
 Asynchronous with several servers, the coordinator (server 0) takes part in
 every call: it applies its share (maybe empty) with the call's step, counts
@@ -15,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from adamax_ps.client.placement import call_shares
+from adamax_ps.client.placement import call_shares, check_rows
 from adamax_ps.client.push_reads import Part, plan_reads
 from adamax_ps.client.transport import ApplyOptions, Gradient, Read
+from adamax_ps.proto import codec
 
 if TYPE_CHECKING:
     from adamax_ps.client.cluster import Cluster
@@ -42,6 +44,16 @@ def apply_call(
     shares, new = call_shares(
         placements, gradients, cluster.slotted(optimizer, placements)
     )
+    if cluster.wire_dtype is not None:
+        shares = {
+            i: [_reduced(g, cluster.wire_dtype) for g in s] for i, s in shares.items()
+        }
+        reads = [
+            Read(r.variable, r.rows, cluster.wire_dtype)
+            if r.rows is not None and cluster.placement(r.variable).dtype == np.float32
+            else r
+            for r in reads
+        ]
     options = {
         i: ApplyOptions(step=step, aggregated=aggregated, clipped=clipped)
         for i in range(cluster.size)
@@ -107,6 +119,14 @@ def apply_call(
     return results[targets[0]].step, iterations, plan.assemble(answers, parts)
 
 
+def _reduced(gradient: Gradient, wire_dtype: str) -> Gradient:
+    """A float32 gradient's values as the reduced-precision wire sends them."""
+    if gradient.values.dtype != np.float32:
+        return gradient
+    values = gradient.values.astype(codec.REDUCED[wire_dtype])
+    return Gradient(gradient.variable, values, gradient.indices)
+
+
 def read_part(cluster: Cluster, part: Part) -> np.ndarray:
     """One part of a read, on its own (rows in server-sized requests)."""
     read, transport = part.read, cluster.transports[part.server]
@@ -120,7 +140,43 @@ def read_part(cluster: Cluster, part: Part) -> np.ndarray:
             read.variable,
             rows=read.rows[lo : lo + size],
             expected_bytes=row_bytes * len(read.rows[lo : lo + size]),
+            wire_dtype=read.wire_dtype,
         )
         for lo in range(0, count, size)
     ]
     return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
+def gather_rows(
+    cluster: Cluster, name: str, rows: np.ndarray, optimizer: str, slot: str
+) -> np.ndarray:
+    """See ``Cluster.gather``."""
+    placement = cluster.placement(name)
+    rows = check_rows(rows, placement)
+    wire = cluster.wire_dtype if not (optimizer or slot) else None
+    if placement.dtype != np.float32:
+        wire = None
+    out = np.empty((len(rows), *placement.shape[1:]), placement.dtype)
+    wanted = [
+        (piece, np.flatnonzero((rows >= piece.lo) & (rows < piece.hi)))
+        for piece in placement.slices
+    ]
+    wanted = [(piece, where) for piece, where in wanted if where.size]
+
+    def fetch(item) -> None:
+        piece, where = item
+        local = (rows[where] - piece.lo).astype(np.int64)
+        # At most the server's rows per request (--max-request-rows) each.
+        step = cluster.servers[piece.server].max_request_rows or len(local)
+        for start in range(0, len(local), step):
+            out[where[start : start + step]] = cluster.transports[piece.server].read(
+                name,
+                optimizer=optimizer,
+                slot=slot,
+                rows=local[start : start + step],
+                expected_bytes=placement.nbytes(len(local[start : start + step])),
+                wire_dtype=wire,
+            )
+
+    cluster.map(fetch, wanted)
+    return out

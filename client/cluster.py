@@ -21,14 +21,15 @@ from typing import Any
 import numpy as np
 
 from adamax_ps.client import errors
-from adamax_ps.client.calls import COORDINATOR, apply_call
+from adamax_ps.client.calls import COORDINATOR, apply_call, gather_rows
 from adamax_ps.client.connection import open_transport, parse_addresses
 from adamax_ps.client.discovery import (
     addresses_from_environment,
     replica_from_environment,
     token_from_environment,
+    wire_from_environment,
 )
-from adamax_ps.client.placement import Placement, Slice, check_rows, place
+from adamax_ps.client.placement import Placement, Slice, place
 from adamax_ps.client.retry import RetryPolicy
 from adamax_ps.client.transport import (
     Gradient,
@@ -56,7 +57,13 @@ class Cluster:
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
         replica: int | None = None,
+        wire_dtype: str | None = None,
     ) -> None:
+        if wire_dtype not in (None, "float16", "bfloat16"):
+            raise ValueError(
+                f"wire_dtype is float16 or bfloat16 (or None: float32). "
+                f"Received: {wire_dtype!r}"
+            )
         self.addresses = parse_addresses(addresses)
         self.transports: list[Transport] = [
             open_transport(a, token=token, tls=tls, timeout=timeout, retry=retry)
@@ -67,6 +74,8 @@ class Cluster:
         # Synchronous mode: this worker's replica id (its rank), apart from
         # the exactly-once client id.
         self.replica = replica if replica is not None else replica_from_environment()
+        # Rows and gradients of float32 variables travel so (gRPC); None: float32.
+        self.wire_dtype = wire_dtype
         self._sequence = itertools.count()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(
@@ -254,32 +263,9 @@ class Cluster:
     def gather(
         self, name: str, rows: np.ndarray, *, optimizer: str = "", slot: str = ""
     ) -> np.ndarray:
-        """Selected rows, fetched only from the servers that hold them."""
-        placement = self.placement(name)
-        rows = check_rows(rows, placement)
-        out = np.empty((len(rows), *placement.shape[1:]), placement.dtype)
-        wanted = [
-            (piece, np.flatnonzero((rows >= piece.lo) & (rows < piece.hi)))
-            for piece in placement.slices
-        ]
-        wanted = [(piece, where) for piece, where in wanted if where.size]
-
-        def fetch(item) -> None:
-            piece, where = item
-            local = (rows[where] - piece.lo).astype(np.int64)
-            # At most the server's rows per request (--max-request-rows) each.
-            step = self.servers[piece.server].max_request_rows or len(local)
-            for start in range(0, len(local), step):
-                out[where[start : start + step]] = self.transports[piece.server].read(
-                    name,
-                    optimizer=optimizer,
-                    slot=slot,
-                    rows=local[start : start + step],
-                    expected_bytes=placement.nbytes(len(local[start : start + step])),
-                )
-
-        self.map(fetch, wanted)
-        return out
+        """Selected rows, fetched only from the servers that hold them (a
+        variable's in ``wire_dtype`` when set: a worker's batch rows)."""
+        return gather_rows(self, name, rows, optimizer, slot)
 
     def assign(
         self, name: str, value: np.ndarray, *, optimizer: str = "", slot: str = ""
@@ -439,6 +425,8 @@ def default_cluster() -> Cluster:
     with _default_lock:
         if _default is None:
             _default = Cluster(
-                addresses_from_environment(), token=token_from_environment()
+                addresses_from_environment(),
+                token=token_from_environment(),
+                wire_dtype=wire_from_environment(),
             )
         return _default

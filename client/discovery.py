@@ -85,6 +85,15 @@ def worker_rank(environ: Mapping[str, str] | None = None) -> WorkerRank:
     return WorkerRank(0, 1)
 
 
+WIRE_ENV = "ADAMAX_PS_WIRE_DTYPE"
+
+
+def wire_from_environment(environ: Mapping[str, str] | None = None) -> str | None:
+    """``ADAMAX_PS_WIRE_DTYPE`` (float16 or bfloat16), or None: float32."""
+    env = os.environ if environ is None else environ
+    return env.get(WIRE_ENV) or None
+
+
 def replica_from_environment(environ: Mapping[str, str] | None = None) -> int | None:
     """The worker's replica id for synchronous training: its rank when
     ``RANK``/``WORLD_SIZE`` or a ``TF_CONFIG`` worker task say it, else None

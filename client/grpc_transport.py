@@ -253,6 +253,7 @@ class GrpcTransport:
                     pb.ReadRequest(
                         variable=r.variable,
                         rows=None if r.rows is None else codec.encode(r.rows),
+                        wire_dtype=_wire_code(r.wire_dtype),
                     )
                     for r in options.reads
                 ],
@@ -275,7 +276,10 @@ class GrpcTransport:
         return Applied(
             response.step,
             response.iterations,
-            [codec.decode(value).copy() for value in response.values],
+            [
+                _handed_out(codec.decode(value), read.wire_dtype)
+                for value, read in zip(response.values, options.reads, strict=True)
+            ],
             response.next_step if response.HasField("next_step") else None,
         )
 
@@ -288,6 +292,7 @@ class GrpcTransport:
         rows: np.ndarray | None = None,
         weight: str = "",
         expected_bytes: int | None = None,
+        wire_dtype: str | None = None,
     ) -> np.ndarray:
         def request() -> pb.ReadRequest:
             return pb.ReadRequest(
@@ -296,14 +301,17 @@ class GrpcTransport:
                 slot=slot,
                 weight=weight,
                 rows=codec.encode(rows) if rows is not None else None,
+                wire_dtype=_wire_code(wire_dtype),
             )
 
         if expected_bytes is not None and expected_bytes <= INLINE_READ_BYTES:
             # One message: a streamed answer costs gRPC a thread per call.
             # A writable copy, as a streamed read gives (the message's bytes
             # are read-only).
-            return codec.decode(self._call(self.stub.ReadInline, request)).copy()
-        return self._call(grpc_messages.collect(self.stub.Read), request)
+            value = codec.decode(self._call(self.stub.ReadInline, request))
+        else:
+            value = self._call(grpc_messages.collect(self.stub.Read), request)
+        return _handed_out(value, wire_dtype)
 
     def assign(
         self,
@@ -403,3 +411,18 @@ def _push_id(push_id: PushId, attempt: int) -> pb.PushId:
 
 def _view(view: View) -> pb.ClusterView:
     return pb.ClusterView(server_index=view[0], num_servers=view[1])
+
+
+def _wire_code(wire_dtype: str | None) -> int:
+    """``ReadRequest.wire_dtype`` of a reduced-precision read."""
+    if wire_dtype is None:
+        return pb.DTYPE_UNSPECIFIED
+    return codec.dtype_code(codec.REDUCED[wire_dtype])
+
+
+def _handed_out(value: np.ndarray, wire_dtype: str | None) -> np.ndarray:
+    """A value as the client hands it out: writable (a message's own bytes
+    are read-only), and float32 again when it came in reduced precision."""
+    if wire_dtype is not None:
+        return value.astype(np.float32)
+    return value if value.flags.writeable else value.copy()

@@ -271,8 +271,11 @@ class HttpTransport:
         rows: np.ndarray | None = None,
         weight: str = "",
         expected_bytes: int | None = None,
+        wire_dtype: str | None = None,
     ) -> np.ndarray:
-        del expected_bytes  # one HTTP answer, whatever its size
+        # One HTTP answer, whatever its size; reads travel as float32 (the
+        # reduced-precision wire is gRPC's).
+        del expected_bytes, wire_dtype
         if weight:
             return _npy(
                 self._send("GET", f"/optimizers/{_q(optimizer)}/weights/{_q(weight)}")

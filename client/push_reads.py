@@ -84,7 +84,7 @@ def plan_reads(
                     Part(
                         index,
                         piece.server,
-                        Read(read.variable),
+                        Read(read.variable, None, read.wire_dtype),
                         placement.nbytes(piece.hi - piece.lo),
                     )
                 )
@@ -97,7 +97,7 @@ def plan_reads(
                 Part(
                     index,
                     piece.server,
-                    Read(read.variable, local),
+                    Read(read.variable, local, read.wire_dtype),
                     placement.nbytes(len(local)),
                     where,
                 )

@@ -92,6 +92,8 @@ class Read:
 
     variable: str
     rows: np.ndarray | None = None
+    # "float16" or "bfloat16": a float32 variable's values travel so (rows).
+    wire_dtype: str | None = None
 
 
 @dataclass
@@ -156,6 +158,7 @@ class Transport(Protocol):
         rows: np.ndarray | None = None,
         weight: str = "",
         expected_bytes: int | None = None,
+        wire_dtype: str | None = None,
     ) -> np.ndarray: ...
     def assign(
         self,

@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from adamax_ps.proto.v1 import parameter_server_pb2 as pb
@@ -29,7 +30,10 @@ _TO_DTYPE = {
     pb.FLOAT64: np.dtype("<f8"),
     pb.INT32: np.dtype("<i4"),
     pb.INT64: np.dtype("<i8"),
+    pb.BFLOAT16: np.dtype(ml_dtypes.bfloat16),
 }
+# What a float32 variable's rows and gradients may travel as.
+REDUCED = {"float16": np.dtype("<f2"), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 _FROM_DTYPE = {dtype.newbyteorder("="): code for code, dtype in _TO_DTYPE.items()}
 
 
@@ -42,7 +46,7 @@ class TooLargeError(CodecError):
 
 
 def dtype_code(dtype: np.dtype | str | type) -> int:
-    """The wire code of a numpy dtype (float16/32/64, int32/64)."""
+    """The wire code of a numpy dtype (float16/32/64, int32/64, bfloat16)."""
     code = _FROM_DTYPE.get(np.dtype(dtype).newbyteorder("="))
     if code is None:
         raise CodecError(f"dtype {np.dtype(dtype)} cannot travel on the wire")
@@ -123,7 +127,7 @@ def frame(header: dict, arrays: Sequence[np.ndarray]) -> list[bytes | memoryview
     """A framed body as pieces (the arrays' own memory, no copy)."""
     text = json.dumps(header).encode()
     pieces: list[bytes | memoryview] = [len(text).to_bytes(4, "little"), text]
-    pieces += [memoryview(little_endian(a).reshape(-1)).cast("B") for a in arrays]
+    pieces += [memoryview(little_endian(a).reshape(-1).view(np.uint8)) for a in arrays]
     return pieces
 
 
@@ -156,7 +160,8 @@ def tensor_from_json(description: Any) -> pb.Tensor:
     ):
         raise CodecError(f"a tensor shape is a list of integers. Received: {shape!r}")
     try:
-        code = dtype_code(np.dtype(dtype)) if isinstance(dtype, str) else None
+        known = REDUCED.get(dtype) if isinstance(dtype, str) else None
+        code = dtype_code(known or np.dtype(dtype)) if isinstance(dtype, str) else None
     except TypeError:
         code = None
     if code is None:

@@ -186,6 +186,8 @@ def check_gradient(
 def _values(record: VariableRecord, values: Any) -> np.ndarray:
     if not isinstance(values, np.ndarray):
         raise InvalidArgumentError(f"gradient for {record.name!r} is not an array")
+    if record.dtype == np.float32 and values.dtype.name in ("float16", "bfloat16"):
+        return values.astype(np.float32)  # a worker's reduced-precision wire
     if values.dtype != record.dtype:
         raise InvalidArgumentError(
             f"gradient for {record.name!r} must have dtype {record.dtype}. "

@@ -15,12 +15,14 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FLOAT64: _ClassVar[DType]
     INT32: _ClassVar[DType]
     INT64: _ClassVar[DType]
+    BFLOAT16: _ClassVar[DType]
 DTYPE_UNSPECIFIED: DType
 FLOAT16: DType
 FLOAT32: DType
 FLOAT64: DType
 INT32: DType
 INT64: DType
+BFLOAT16: DType
 
 class Tensor(_message.Message):
     __slots__ = ("shape", "dtype", "data")
@@ -263,18 +265,20 @@ class ApplyChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[ApplyRequest, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ReadRequest(_message.Message):
-    __slots__ = ("variable", "optimizer", "slot", "rows", "weight")
+    __slots__ = ("variable", "optimizer", "slot", "rows", "weight", "wire_dtype")
     VARIABLE_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIRE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     variable: str
     optimizer: str
     slot: str
     rows: Tensor
     weight: str
-    def __init__(self, variable: _Optional[str] = ..., optimizer: _Optional[str] = ..., slot: _Optional[str] = ..., rows: _Optional[_Union[Tensor, _Mapping]] = ..., weight: _Optional[str] = ...) -> None: ...
+    wire_dtype: DType
+    def __init__(self, variable: _Optional[str] = ..., optimizer: _Optional[str] = ..., slot: _Optional[str] = ..., rows: _Optional[_Union[Tensor, _Mapping]] = ..., weight: _Optional[str] = ..., wire_dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
 
 class TensorChunk(_message.Message):
     __slots__ = ("header", "data")

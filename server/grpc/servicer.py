@@ -299,6 +299,8 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
                 raise InvalidArgumentError(
                     "a push reads variables (or their rows), not slots or weights"
                 )
+            if read.wire_dtype:  # checked before the push applies
+                wire_dtype(read.wire_dtype, self.service.variable(read.variable).dtype)
         with self.service.apply_and_read(
             request.optimizer,
             gradients,
@@ -319,7 +321,10 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             return pb.ApplyResponse(
                 step=result.step,
                 iterations=result.iterations,
-                values=[codec.encode(v) for v in values],
+                values=[
+                    codec.encode(on_the_wire(v, r.wire_dtype))
+                    for v, r in zip(values, request.reads, strict=True)
+                ],
                 next_step=result.next_step,
             )
 
@@ -349,7 +354,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             slot=request.slot or None,
             rows=rows,
         ) as value:
-            yield value
+            yield on_the_wire(value, request.wire_dtype)
 
     @_unary
     def Assign(self, request_iterator, context):
@@ -393,3 +398,22 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             bytes=info.nbytes,
             seconds=info.seconds,
         )
+
+
+def wire_dtype(code: int, dtype: np.dtype) -> np.dtype | None:
+    """The dtype a read's values travel as (``ReadRequest.wire_dtype``:
+    float16 or bfloat16, for a float32 variable), or None: as they are."""
+    if code == pb.DTYPE_UNSPECIFIED:
+        return None
+    wanted = codec.numpy_dtype(code)
+    if wanted.name not in codec.REDUCED or dtype != np.float32:
+        raise InvalidArgumentError(
+            "a read's wire dtype is float16 or bfloat16, of a float32 variable. "
+            f"Received {wanted.name} for {dtype}"
+        )
+    return wanted
+
+
+def on_the_wire(value: np.ndarray, code: int) -> np.ndarray:
+    wanted = wire_dtype(code, value.dtype)
+    return value if wanted is None else value.astype(wanted)

@@ -4,6 +4,7 @@ with two workers, the Keras one as two workers found through ``TF_CONFIG``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -25,10 +26,19 @@ LINE = re.compile(
 @pytest.fixture
 def cluster_address(tmp_path):
     """``adamax-ps cluster --servers 2`` as a user starts it; its address."""
+    with running_cluster(tmp_path) as address:
+        yield address
+
+
+@contextlib.contextmanager
+def running_cluster(folder, *serve_options: str):
+    """``adamax-ps cluster`` of two servers (``serve_options`` for each);
+    its address."""
     process = subprocess.Popen(
         [
             *(SCRIPT, "cluster", "--servers", "2", "--grpc-port", "0"),
-            *("--http-port", "0", "--checkpoint-dir", str(tmp_path)),
+            *("--http-port", "0", "--checkpoint-dir", str(folder)),
+            *(("--", *serve_options) if serve_options else ()),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -81,6 +91,30 @@ def test_torch_example_under_torchrun_with_two_workers(cluster_address):
     check_workers([done.stdout])
     # Asynchronous: one step per worker per batch, on one shared optimizer.
     assert optimizer_iterations(cluster_address) == 2 * STEPS
+
+
+@pytest.mark.slow
+def test_torch_example_trains_synchronously_with_ranks_as_replicas(tmp_path):
+    """Against servers run with --replicas 2, the two torchrun workers are
+    the step's two replicas (their ranks): one step per pair of pushes, and
+    one model, the same in both workers after every step."""
+    with running_cluster(tmp_path, "--replicas", "2") as address:
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "torch.distributed.run", "--standalone"),
+                *("--nproc-per-node", "2", "-m"),
+                *("adamax_ps.examples.torch_recommender", "--steps", str(STEPS)),
+            ],
+            env={**os.environ, "ADAMAX_PS_ADDRESS": address},
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert done.returncode == 0, done.stderr[-4000:]
+        check_workers([done.stdout])
+        found = LINE.findall(done.stdout)
+        assert found[0][1:] == found[1][1:], found  # one model: same losses
+        assert optimizer_iterations(address) == STEPS
 
 
 @pytest.mark.slow
