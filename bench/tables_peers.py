@@ -257,9 +257,8 @@ def training_fit(doc: dict) -> str:
         f"- Threads: TensorFlow's in-process cluster intra-op {tf['intra_op']}, "
         f"inter-op {tf['inter_op']}; each adamax-ps worker intra-op "
         f"{workers['intra_op']}, inter-op {workers['inter_op']}. An adamax-ps "
-        "step of Keras 3 or PyTorch is one request a server: the push held back "
-        "from the step before, sent with the read of the batch's rows and the "
-        "dense layer (tf_keras: the push, then the next step's gather). "
+        "step is one request a server: the push held back from the step before, "
+        "sent with the read of the batch's rows and the dense layer. "
         "prefetch=1 sends the push in the background and reads the rows beside "
         "it (at most one step stale); the bfloat16 wire halves the gradient and "
         "row bytes (exact float32 on the servers).",

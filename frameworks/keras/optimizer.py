@@ -10,14 +10,13 @@ worker's copy is replaced by the servers' value when the optimizer first meets
 it, and refreshed after every push. (Weights kept apart per worker would be
 several models trained on parts of the data.)
 
-With Keras 3, ``model.fit``'s step holds its push back (``holding``): the next
-step's ``Embedding`` lookup sends it with the read of the new batch's rows and
-the dense weights, one round trip a server per step, with the values a push
-sent at once would give. The end of ``fit`` (``finalize_variable_values``),
-reading the table, saving, closing the cluster and the interpreter's exit
-send a push still held. With tf_keras, whose ``fit`` tells a legacy
-optimizer nothing when it ends, each step pushes at once (its push and the
-next lookup are two round trips).
+``model.fit``'s step holds its push back (``holding``): the next step's
+``Embedding`` lookup sends it with the read of the new batch's rows and the
+dense weights, one round trip a server per step, with the values a push sent
+at once would give. The end of ``fit`` (``finalize_variable_values``, which
+Keras 3 and tf_keras call on their non-legacy optimizer bases, this class's
+base), reading the table, saving, closing the cluster and the interpreter's
+exit send a push still held.
 """
 
 from __future__ import annotations
@@ -42,10 +41,10 @@ from adamax_ps.keras.backend import keras_module
 log = logging.getLogger("adamax_ps.keras")
 
 keras, KERAS_MAJOR = keras_module()
-if KERAS_MAJOR == 2:
-    Base = keras.optimizers.legacy.Optimizer
-else:
-    Base = keras.optimizers.Optimizer
+# tf_keras's optimizer base, not its legacy one: its model.fit tells only
+# this one that training ended (finalize_variable_values), where a held push
+# is sent. The arithmetic is the servers' either way.
+Base = keras.optimizers.Optimizer
 
 
 def server_name(variable: Any) -> str:
@@ -83,7 +82,8 @@ class Adamax(Base):
             learning_rate, beta_1, beta_2, epsilon, name, cluster=cluster, **kwargs
         )
         if KERAS_MAJOR == 2:
-            super().__init__(name=name)
+            super().__init__(name=name, jit_compile=False)
+            self._learning_rate = self._build_learning_rate(_plain(learning_rate))
         else:
             # Keras 3 keeps a learning-rate variable; the servers' schedule is
             # the one that counts, this one only answers optimizer.learning_rate.
@@ -91,11 +91,12 @@ class Adamax(Base):
         self._cluster = cluster
         self.remote = remote
         self._remote_variables: dict[int, RemoteVariable] = {}
-        self._keras_variables: dict[int, Any] = {}
+        # Weakly: the model owns them (and a checkpoint tracks them there).
+        self._keras_variables: dict[int, weakref.ref] = {}
         # The dense weights' values as this worker last read them.
         self._values: dict[int, np.ndarray] = {}
-        # Keras 3: a step's push held back until the next lookup.
-        self.holds_pushes = KERAS_MAJOR == 3
+        # A step's push held back until the next lookup.
+        self.holds_pushes = True
         self._held: list[tuple[Any, RemoteVariable]] | None = None
         self._held_lock = threading.Lock()
         self._iterations_seen = int(remote.iterations.numpy())
@@ -116,7 +117,7 @@ class Adamax(Base):
             value = remote.numpy()
             variable.assign(value)
             self._remote_variables[id(variable)] = remote
-            self._keras_variables[id(variable)] = variable
+            self._keras_variables[id(variable)] = weakref.ref(variable)
             self._values[id(variable)] = value
 
     def build(self, var_list: Any) -> None:
@@ -254,8 +255,10 @@ class Adamax(Base):
             return
         self._send(held, [])
         if assign:
-            for key, variable in self._keras_variables.items():
-                variable.assign(self._values[key])
+            for key, ref in self._keras_variables.items():
+                variable = ref()
+                if variable is not None:
+                    variable.assign(self._values[key])
 
     def finalize_variable_values(self, var_list: Any) -> None:
         """The end of ``model.fit`` (Keras 3): the last step's push."""
