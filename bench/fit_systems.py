@@ -43,7 +43,7 @@ from training_systems import (
 
 TABLE, KERNEL, BIAS = "bench_emb", "bench_dense/kernel", "bench_dense/bias"
 TUNED_DATA = "BENCH_TUNED_DATA"  # set for a worker whose tf.data pipeline is tuned
-PREFETCH = "BENCH_PREFETCH"  # set for a PyTorch worker whose optimizer prefetches
+PREFETCH = "BENCH_PREFETCH"  # set for a worker whose optimizer prefetches
 
 
 def tuned(tf, dataset):
@@ -141,9 +141,11 @@ def keras_worker(folder: Path, rank: int, world: int) -> None:
         model.layers[-1].set_weights(
             [np.load(folder / "kernel.npy"), np.load(folder / "bias.npy")]
         )
-        model.compile(
-            optimizer=Adamax(learning_rate=LEARNING_RATE, cluster=cluster), loss="mse"
+        prefetch = 1 if os.environ.get(PREFETCH) else 0
+        optimizer = Adamax(
+            learning_rate=LEARNING_RATE, cluster=cluster, prefetch=prefetch
         )
+        model.compile(optimizer=optimizer, loss="mse")
         state["model"] = model
         dense = model.layers[-1].weights
         names = [v.path if hasattr(v, "path") else v.name.split(":")[0] for v in dense]

@@ -217,6 +217,8 @@ def training_fit(doc: dict) -> str:
         "adamax-ps keras": "adamax-ps, Keras 3 model.fit",
         "adamax-ps keras tuned": "adamax-ps, Keras 3 model.fit, tf.data autotune off",
         "adamax-ps tf_keras": "adamax-ps, tf_keras model.fit",
+        "adamax-ps keras tuned prefetch": "adamax-ps, Keras 3 model.fit, tf.data "
+        "autotune off, prefetch=1",
         "adamax-ps torch": "adamax-ps, PyTorch loop",
         "adamax-ps torch prefetch": "adamax-ps, PyTorch loop, prefetch=1",
         "adamax-ps torch bfloat16": "adamax-ps, PyTorch loop, bfloat16 wire",

@@ -10,10 +10,11 @@ embedding, 8 Zipf ids per example averaged, a dense layer, MSE, batches of
   per execution and a tuned tf.data pipeline (no autotuning, one thread);
 - ``adamax-ps keras``: ``adamax_ps.keras`` layer and optimizer under Keras 3's
   ``model.fit`` on numpy arrays, two worker processes; ``adamax-ps keras
-  tuned`` on the same tuned tf.data pipeline; ``adamax-ps tf_keras`` under
-  tf_keras;
+  tuned`` on the same tuned tf.data pipeline (and with ``prefetch=1``);
+  ``adamax-ps tf_keras`` under tf_keras;
 - ``adamax-ps torch``: ``adamax_ps.torch`` module and optimizer in a PyTorch
-  loop, two worker processes.
+  loop, two worker processes (exact, with ``prefetch=1``, and with the
+  bfloat16 wire).
 
 One untimed warm-up round (tracing, first calls), then rounds interleaved
 system by system (the order rotates). Steps/s counts both workers' steps;
@@ -57,6 +58,7 @@ SYSTEMS = (
     "adamax-ps keras",
     "adamax-ps keras tuned",
     "adamax-ps tf_keras",
+    "adamax-ps keras tuned prefetch",
     "adamax-ps torch",
     "adamax-ps torch prefetch",
     "adamax-ps torch bfloat16",
@@ -178,7 +180,7 @@ def start(name: str, folder: Path, servers: int):
         servers,
         kind,
         legacy=name.endswith("tf_keras"),
-        tuned=name.endswith("tuned"),
+        tuned="tuned" in name,
         prefetch=name.endswith("prefetch"),
         wire_dtype="bfloat16" if name.endswith("bfloat16") else "",
     )

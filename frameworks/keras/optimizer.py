@@ -26,6 +26,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -63,7 +64,10 @@ class Adamax(Base):
 
     Takes Keras's arguments (``learning_rate`` a float or a schedule,
     ``clipnorm``, ``clipvalue``, ``global_clipnorm``, ``decay``); the clipping
-    is done once, by the client, over the whole step.
+    is done once, by the client, over the whole step. ``prefetch=1`` sends
+    each push in the background instead of holding it: the next step's rows
+    are read beside it and its dense weights are the last push's (at most one
+    step stale); ``prefetch=0``, the default, is exact.
     """
 
     def __init__(
@@ -75,8 +79,14 @@ class Adamax(Base):
         name: str = "Adamax",
         *,
         cluster: Cluster | None = None,
+        prefetch: int = 0,
         **kwargs: Any,
     ) -> None:
+        if prefetch not in (0, 1):
+            raise ValueError(
+                f"prefetch is 0 (exact) or 1 (rows at most one step stale). "
+                f"Received: {prefetch!r}"
+            )
         cluster = cluster if cluster is not None else default_cluster()
         remote = RemoteAdamax(
             learning_rate, beta_1, beta_2, epsilon, name, cluster=cluster, **kwargs
@@ -99,6 +109,13 @@ class Adamax(Base):
         self.holds_pushes = True
         self._held: list[tuple[Any, RemoteVariable]] | None = None
         self._held_lock = threading.Lock()
+        self.prefetch = prefetch
+        self._in_flight: Future | None = None  # prefetch=1: the last push
+        self._background = (
+            ThreadPoolExecutor(1, thread_name_prefix="adamax-ps-push")
+            if prefetch
+            else None
+        )
         self._iterations_seen = int(remote.iterations.numpy())
         cluster.before_close(self.flush)
         _every.add(self)
@@ -205,6 +222,10 @@ class Adamax(Base):
     # Held-back pushes ---------------------------------------------------------------
 
     def _hold(self, gradients: list) -> int:
+        if self._background is not None:  # prefetch=1: at most one in flight
+            self._wait_in_flight()
+            self._in_flight = self._background.submit(self._send, gradients, [])
+            return self._iterations_seen + 1
         with self._held_lock:
             previous, self._held = self._held, None
         if previous is not None:  # no lookup since: it goes first
@@ -246,14 +267,24 @@ class Adamax(Base):
             self._attach(dense)
         return dense
 
+    def _wait_in_flight(self) -> bool:
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is None:
+            return False
+        in_flight.result()  # its dense values are kept by _send
+        return True
+
     def flush(self, assign: bool = True) -> None:
-        """Send the push held back, if any; with ``assign``, give the dense
-        weights the servers' values after it (eagerly)."""
+        """Send the push held back, if any (or wait for the one in flight);
+        with ``assign``, give the dense weights the servers' values after it
+        (eagerly)."""
+        waited = self._wait_in_flight()
         with self._held_lock:
             held, self._held = self._held, None
-        if held is None:
+        if held is None and not waited:
             return
-        self._send(held, [])
+        if held is not None:
+            self._send(held, [])
         if assign:
             for key, ref in self._keras_variables.items():
                 variable = ref()

@@ -102,3 +102,40 @@ def test_a_dense_layer_before_the_lookup_gets_every_push_at_once(tmp_path):
         assert losses["first"] == losses["first_ref"]
     finally:
         server.kill()
+
+
+def test_prefetch_sends_the_push_in_the_background(tmp_path):
+    """prefetch=1: each push goes in the background; fit's end waits for the
+    last; the model trains as the exact one does, to within a step's
+    staleness."""
+    (server,) = start_cluster(1, tmp_path, checkpoints=False)
+    try:
+        x, y = data(20)
+        losses, weights = {}, {}
+        with connect(server.grpc_address) as cluster:
+            for name, prefetch in (("exact", 0), ("ahead", 1)):
+                keras.utils.set_random_seed(0)
+                table = np.random.default_rng(0).uniform(-0.05, 0.05, (VOCABULARY, DIM))
+                cluster.variable(f"{name}_emb", initial_value=table.astype(np.float32))
+                model = keras.Sequential(
+                    [
+                        keras.Input(shape=(IDS,), dtype="int64"),
+                        Embedding(VOCABULARY, DIM, name=f"{name}_emb", cluster=cluster),
+                        keras.layers.GlobalAveragePooling1D(),
+                        keras.layers.Dense(1, name=f"{name}_dense"),
+                    ]
+                )
+                optimizer = Adamax(0.05, name=name, cluster=cluster, prefetch=prefetch)
+                model.compile(optimizer=optimizer, loss="mse")
+                history = model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0)
+                losses[name] = history.history["loss"][0]
+                weights[name] = model.get_weights()
+                assert cluster.optimizer(name).iterations == 20
+            with pytest.raises(ValueError, match="prefetch is 0"):
+                Adamax(cluster=cluster, prefetch=3)
+        assert losses["ahead"] != losses["exact"]  # it did run ahead
+        assert abs(losses["ahead"] - losses["exact"]) < 0.05 * losses["exact"]
+        for ahead, exact in zip(weights["ahead"], weights["exact"], strict=True):
+            np.testing.assert_allclose(ahead, exact, atol=0.1)
+    finally:
+        server.kill()
