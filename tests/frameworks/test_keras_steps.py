@@ -20,6 +20,8 @@ from adamax_ps.client import connect
 from adamax_ps.keras import Adamax, Embedding
 
 JOB = Path(__file__).with_name("keras_steps_job.py")
+sys.path.insert(0, str(JOB.parent))
+from keras_steps_job import requests  # noqa: E402
 
 IDS, DIM, VOCABULARY, BATCH = 4, 8, 200, 16
 
@@ -105,13 +107,14 @@ def test_a_dense_layer_before_the_lookup_gets_every_push_at_once(tmp_path):
 
 
 def test_prefetch_sends_the_push_in_the_background(tmp_path):
-    """prefetch=1: each push goes in the background; fit's end waits for the
-    last; the model trains as the exact one does, to within a step's
-    staleness."""
+    """prefetch=1: each push goes in the background and every step's rows are
+    read beside it (a gather a step, where the exact run has only its first);
+    fit's end waits for the last push; the model trains as the exact one
+    does, to within a step's staleness."""
     (server,) = start_cluster(1, tmp_path, checkpoints=False)
     try:
         x, y = data(20)
-        losses, weights = {}, {}
+        losses, weights, gathers = {}, {}, {}
         with connect(server.grpc_address) as cluster:
             for name, prefetch in (("exact", 0), ("ahead", 1)):
                 keras.utils.set_random_seed(0)
@@ -127,13 +130,17 @@ def test_prefetch_sends_the_push_in_the_background(tmp_path):
                 )
                 optimizer = Adamax(0.05, name=name, cluster=cluster, prefetch=prefetch)
                 model.compile(optimizer=optimizer, loss="mse")
+                before = requests(server.http_address).get("ReadInline", 0)
                 history = model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0)
+                gathers[name] = requests(server.http_address)["ReadInline"] - before
                 losses[name] = history.history["loss"][0]
                 weights[name] = model.get_weights()
                 assert cluster.optimizer(name).iterations == 20
             with pytest.raises(ValueError, match="prefetch is 0"):
                 Adamax(cluster=cluster, prefetch=3)
-        assert losses["ahead"] != losses["exact"]  # it did run ahead
+        # The same reads of the dense layer when fit first traces its step;
+        # then one gather for the exact run's first step, 20 for prefetch's.
+        assert gathers["ahead"] - gathers["exact"] == 19
         assert abs(losses["ahead"] - losses["exact"]) < 0.05 * losses["exact"]
         for ahead, exact in zip(weights["ahead"], weights["exact"], strict=True):
             np.testing.assert_allclose(ahead, exact, atol=0.1)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.servers import addresses
+from test_push_reads import requests
 
 from adamax_ps.client import connect
 from adamax_ps.torch import Adamax, Embedding
@@ -137,22 +138,29 @@ def test_learning_rates_are_one_per_optimizer(cluster):
 
 
 class DenseFirst(torch.nn.Module):
-    """A model whose linear layer runs before its embedding in the forward."""
+    """A model whose linear layer runs before its embedding in the forward
+    (or after it, ``gate_first=False``)."""
 
-    def __init__(self, embedding: Embedding) -> None:
+    def __init__(self, embedding: Embedding, gate_first: bool = True) -> None:
         super().__init__()
         self.gate = torch.nn.Linear(2, 2)
         self.emb = embedding
+        self.gate_first = gate_first
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        gate = self.gate(torch.ones(ids.shape[0], 2))
-        return (self.emb(ids).mean(dim=1) * gate).sum(dim=1)
+        if self.gate_first:
+            gate = self.gate(torch.ones(ids.shape[0], 2))
+            return (self.emb(ids).mean(dim=1) * gate).sum(dim=1)
+        rows = self.emb(ids).mean(dim=1)
+        return (rows * self.gate(torch.ones(ids.shape[0], 2))).sum(dim=1)
 
 
-def train_dense_first(cluster, name: str, steps: int, **options) -> tuple:
+def train_dense_first(
+    cluster, name: str, steps: int, gate_first: bool = True, **options
+) -> tuple:
     torch.manual_seed(0)
     cluster.variable(name, initial_value=np.full((20, 2), 0.5, np.float32))
-    model = DenseFirst(Embedding(20, 2, name=name, cluster=cluster))
+    model = DenseFirst(Embedding(20, 2, name=name, cluster=cluster), gate_first)
     params = [(f"{name}/{k}", v) for k, v in model.named_parameters()]
     optimizer = Adamax(params, lr=0.1, name=f"{name}_opt", cluster=cluster, **options)
     rng = np.random.default_rng(1)
@@ -182,11 +190,22 @@ def test_a_held_push_reaches_a_layer_that_runs_before_the_embedding(cluster):
     assert int(optimizer.remote.iterations.numpy()) == 6
 
 
-def test_prefetch_sends_the_push_while_the_next_batch_computes(cluster):
-    """prefetch=1: the push goes in the background; the step after waits
-    for it. Training still converges on the same data, every step counted."""
-    exact, _, _ = train_dense_first(cluster, "pre_exact", 30)
-    ahead, model, optimizer = train_dense_first(cluster, "pre_ahead", 30, prefetch=1)
+def test_prefetch_sends_the_push_while_the_next_batch_computes(cluster, servers):
+    """prefetch=1: the push goes in the background and each forward reads its
+    rows beside it (a gather a step, where the exact loop has only its
+    first); the step after waits for it. Training still converges on the
+    same data, every step counted."""
+
+    def reads() -> float:
+        return sum(requests(s).get("ReadInline", 0) for s in servers)
+
+    before = reads()
+    exact, _, _ = train_dense_first(cluster, "pre_exact", 30, gate_first=False)
+    middle = reads()
+    ahead, model, optimizer = train_dense_first(
+        cluster, "pre_ahead", 30, gate_first=False, prefetch=1
+    )
+    assert (reads() - middle) - (middle - before) == 29
     state = optimizer.state_dict()  # waits for the push in flight
     assert state["adamax_ps"]["iterations"] == 30
     assert ahead[:1] == exact[:1]  # nothing stale before the first push
