@@ -128,7 +128,8 @@ class PushPipeline:
                 call_variables,
                 clipped,
                 replica,
-                (reserve_next, step_reserved_ahead),
+                reserve_next,
+                step_reserved_ahead,
             )
         except ParameterServerError as e:
             self.metrics.rejected.labels(type(e).__name__).inc()
@@ -186,7 +187,8 @@ class PushPipeline:
         call_variables,
         clipped,
         replica,
-        ahead=(False, False),
+        reserve_next,
+        counted,
     ) -> ApplyResult:
         state = self.optimizers.get(optimizer)
         if push_id is not None:
@@ -208,7 +210,6 @@ class PushPipeline:
             if not checked and not names:  # Keras: apply_gradients([]) is a no-op
                 with state.lock:
                     return ApplyResult(state.name, state.iterations, state.iterations)
-            reserve_next, counted = ahead
             if (reserve_next or counted) and (self.server_index != 0 or step is None):
                 raise InvalidArgumentError(
                     "steps are handed out ahead by server 0 of a cluster, for a "

@@ -130,6 +130,13 @@ def test_a_push_s_reads_are_held_in_the_in_flight_budget(served):
     assert answer.iterations == 2 and service.inflight.used == 0
 
 
+def scheme_address(servers, scheme: str) -> str:
+    """The cluster's address list over gRPC or over HTTP."""
+    if scheme == "grpc":
+        return addresses(servers)
+    return ",".join(s.http_address for s in servers)
+
+
 @pytest.mark.parametrize("scheme", ["grpc", "http"])
 def test_the_client_refreshes_split_variables_with_the_push(
     tmp_path, scheme, monkeypatch
@@ -137,11 +144,7 @@ def test_the_client_refreshes_split_variables_with_the_push(
     monkeypatch.setattr(placement, "SPLIT_BYTES", 1)  # every variable split by rows
     servers = start_cluster(2, tmp_path, checkpoints=False)
     try:
-        address = (
-            addresses(servers)
-            if scheme == "grpc"
-            else ",".join(s.http_address for s in servers)
-        )
+        address = scheme_address(servers, scheme)
         with connect(address) as cluster:
             emb = cluster.variable("emb", initial_value=np.zeros((6, 2), F32))
             w = cluster.variable("w", initial_value=np.zeros(3, F32))
@@ -219,11 +222,7 @@ def test_the_client_reads_rows_with_the_push(tmp_path, scheme, monkeypatch):
     monkeypatch.setattr(push_reads, "INLINE_READ_BYTES", 24)  # three rows a server
     servers = start_cluster(2, tmp_path, checkpoints=False)
     try:
-        address = (
-            addresses(servers)
-            if scheme == "grpc"
-            else ",".join(s.http_address for s in servers)
-        )
+        address = scheme_address(servers, scheme)
         with connect(address) as cluster:
             table = np.arange(12, dtype=F32).reshape(6, 2)
             emb = cluster.variable("emb", initial_value=table)
