@@ -29,6 +29,7 @@ from adamax_ps.client.errors import (
 )
 from adamax_ps.client.optimizer import Adamax
 from adamax_ps.client.retry import RetryPolicy
+from adamax_ps.client.tables import RemoteTable, TableExport
 from adamax_ps.client.variables import IndexedSlices, RemoteSlot, RemoteVariable
 
 
@@ -81,10 +82,12 @@ __all__ = [
     "InvalidArgumentError",
     "ParameterServerError",
     "RemoteSlot",
+    "RemoteTable",
     "RemoteVariable",
     "RetryPolicy",
     "StalePushError",
     "SyncTimeoutError",
+    "TableExport",
     "TransportError",
     "connect",
 ]

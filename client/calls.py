@@ -157,19 +157,14 @@ def gather_rows(
     if placement.dtype != np.float32:
         wire = None
     out = np.empty((len(rows), *placement.shape[1:]), placement.dtype)
-    wanted = [
-        (piece, np.flatnonzero((rows >= piece.lo) & (rows < piece.hi)))
-        for piece in placement.slices
-    ]
-    wanted = [(piece, where) for piece, where in wanted if where.size]
 
     def fetch(item) -> None:
-        piece, where = item
-        local = (rows[where] - piece.lo).astype(np.int64)
+        server, where, local = item
+        local = local.astype(np.int64, copy=False)
         # At most the server's rows per request (--max-request-rows) each.
-        step = cluster.servers[piece.server].max_request_rows or len(local)
+        step = cluster.servers[server].max_request_rows or len(local)
         for start in range(0, len(local), step):
-            out[where[start : start + step]] = cluster.transports[piece.server].read(
+            out[where[start : start + step]] = cluster.transports[server].read(
                 name,
                 optimizer=optimizer,
                 slot=slot,
@@ -178,5 +173,33 @@ def gather_rows(
                 wire_dtype=wire,
             )
 
-    cluster.map(fetch, wanted)
+    cluster.map(fetch, placement.locate(rows))
     return out
+
+
+def assign_value(
+    cluster: Cluster, name: str, value: np.ndarray, optimizer: str, slot: str
+) -> None:
+    """See ``Cluster.assign``: each server gets its slice of the value."""
+    placement = cluster.placement(name)
+    if placement.keyed:
+        raise ValueError(f"{name!r} is a hash-keyed table: assign rows by keys")
+    value = np.asarray(value)
+    if value.shape != placement.shape:
+        raise ValueError(
+            f"value for {name!r} must have shape {placement.shape}. "
+            f"Received: {value.shape}"
+        )
+    value = value.astype(placement.dtype, copy=False)
+
+    def put(piece) -> None:
+        part = value[piece.lo : piece.hi] if placement.shape else value
+        cluster.transports[piece.server].assign(
+            cluster.view(piece.server),
+            part,
+            variable=name,
+            optimizer=optimizer,
+            slot=slot,
+        )
+
+    cluster.map(put, placement.slices)

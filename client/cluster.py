@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from adamax_ps.client import errors
-from adamax_ps.client.calls import COORDINATOR, apply_call, gather_rows
+from adamax_ps.client.calls import COORDINATOR, apply_call, assign_value, gather_rows
 from adamax_ps.client.connection import open_transport, parse_addresses
 from adamax_ps.client.discovery import (
     addresses_from_environment,
@@ -31,6 +31,7 @@ from adamax_ps.client.discovery import (
 )
 from adamax_ps.client.placement import Placement, Slice, place
 from adamax_ps.client.retry import RetryPolicy
+from adamax_ps.client.tables import RemoteTable, create_table, discover_tables
 from adamax_ps.client.transport import (
     Gradient,
     OptimizerInfo,
@@ -198,7 +199,36 @@ class Cluster:
             raise errors.VariableNotFoundError(f"variable {name!r} does not exist")
         return placement
 
+    def embedding_table(
+        self,
+        name: str,
+        dim: int,
+        *,
+        dtype: Any = "float32",
+        initializer: str | dict = "zeros",
+        admission: dict | None = None,
+        eviction: dict | None = None,
+        capacity: int | None = None,
+    ) -> RemoteTable:
+        """Create a hash-keyed table of ``dim``-wide rows (any int64 key), or
+        attach to it with the same settings; see ``client.tables``."""
+        return create_table(
+            self,
+            name,
+            dim,
+            dtype=dtype,
+            initializer=initializer,
+            admission=admission,
+            eviction=eviction,
+            capacity=capacity,
+        )
+
+    def add_placement(self, placement: Placement) -> None:
+        with self._lock:
+            self._placements.setdefault(placement.name, placement)
+
     def _discover(self) -> None:
+        discover_tables(self)
         found: dict[str, Placement] = {}
         for infos in self.map(lambda t: t.list_variables(), self.transports):
             for info in infos:
@@ -270,26 +300,8 @@ class Cluster:
     def assign(
         self, name: str, value: np.ndarray, *, optimizer: str = "", slot: str = ""
     ) -> None:
-        placement = self.placement(name)
-        value = np.asarray(value)
-        if value.shape != placement.shape:
-            raise ValueError(
-                f"value for {name!r} must have shape {placement.shape}. "
-                f"Received: {value.shape}"
-            )
-        value = value.astype(placement.dtype, copy=False)
-
-        def put(piece: Slice) -> None:
-            part = value[piece.lo : piece.hi] if placement.shape else value
-            self.transports[piece.server].assign(
-                self.view(piece.server),
-                part,
-                variable=name,
-                optimizer=optimizer,
-                slot=slot,
-            )
-
-        self.map(put, placement.slices)
+        """Replace a variable's (or one slot's) value on every server of it."""
+        assign_value(self, name, value, optimizer, slot)
 
     # Optimizers ---------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from adamax_ps.client.tables import RemoteTable
 from adamax_ps.client.transport import Gradient
 from adamax_ps.client.variables import RemoteVariable
 from adamax_ps.common import dedup
@@ -31,7 +32,7 @@ def keras_pairs(grads_and_vars: Iterable) -> list[tuple[Any, RemoteVariable]]:
                 "apply_gradients takes (gradient, variable) pairs. Received an item "
                 f"of type {type(item).__name__}"
             ) from None
-        if not isinstance(v, RemoteVariable):
+        if not isinstance(v, RemoteVariable | RemoteTable):
             raise TypeError(
                 "apply_gradients takes (gradient, variable) pairs whose variable is "
                 f"a RemoteVariable. Received: {type(v).__name__} as the variable"
@@ -43,6 +44,8 @@ def keras_pairs(grads_and_vars: Iterable) -> list[tuple[Any, RemoteVariable]]:
 def checked(gradient: Any, var: RemoteVariable) -> Gradient:
     """What a Keras gradient is (dense, or anything with ``indices`` and
     ``values``), checked against the variable before anything is sent."""
+    if isinstance(var, RemoteTable):
+        return _keyed(gradient, var)
     if hasattr(gradient, "indices") and hasattr(gradient, "values"):
         values = _array(gradient.values)
         indices = _array(gradient.indices)
@@ -79,6 +82,31 @@ def checked(gradient: Any, var: RemoteVariable) -> Gradient:
         )
     _check_dtype(values, var)
     return Gradient(var.name, np.asarray(values, order="C"))
+
+
+def _keyed(gradient: Any, table: RemoteTable) -> Gradient:
+    """A table's gradient: IndexedSlices of its keys, ``[n, dim]`` values."""
+    if not (hasattr(gradient, "indices") and hasattr(gradient, "values")):
+        raise ValueError(
+            f"{table.name!r} is a hash-keyed table: its gradient is "
+            "IndexedSlices(values, keys)"
+        )
+    values = _array(gradient.values)
+    keys = _array(gradient.indices)
+    if keys.ndim != 1 or keys.dtype.kind not in "iu":
+        raise ValueError(
+            f"keys of table {table.name!r} must be a 1-D integer array. "
+            f"Received shape {keys.shape}, dtype {keys.dtype}"
+        )
+    if values.shape != (len(keys), table.dim):
+        raise ValueError(
+            f"IndexedSlices values for table {table.name!r} must have shape "
+            f"{(len(keys), table.dim)}. Received: {values.shape}"
+        )
+    _check_dtype(values, table)
+    return Gradient(
+        table.name, np.ascontiguousarray(values), keys.astype(np.int64, copy=False)
+    )
 
 
 def compact(gradient: Gradient) -> Gradient:

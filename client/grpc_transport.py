@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 
 from adamax_ps.client import errors, grpc_messages
+from adamax_ps.client.grpc_tables import GrpcTableCalls
 from adamax_ps.client.retry import RetryableError, RetryPolicy, with_retries
 from adamax_ps.client.transport import (
     Applied,
@@ -36,7 +37,7 @@ from adamax_ps.proto.wire import ERROR_KEY, INLINE_READ_BYTES, MESSAGE_LIMIT
 STREAM_ABOVE = streams.CHUNK_BYTES  # pushes larger than this travel as a stream
 
 
-class GrpcTransport:
+class GrpcTransport(GrpcTableCalls):
     """``grpc://host:port``: one channel, reused by every thread."""
 
     def __init__(

@@ -37,10 +37,33 @@ class Placement:
     shape: tuple[int, ...]
     dtype: np.dtype
     slices: tuple[Slice, ...]
+    keyed: bool = False  # a hash-keyed table: rows are keys, spread by hash
 
     @property
     def split(self) -> bool:
         return len(self.slices) > 1
+
+    def locate(self, rows: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """``(server, positions in rows, the server's own rows)`` for each
+        server holding some of ``rows`` (checked global rows, or keys)."""
+        if self.keyed:
+            if len(self.slices) == 1:
+                return [(0, np.arange(len(rows)), rows)] if len(rows) else []
+            from adamax_ps.common.keys import server_of  # numba: on first use
+
+            owner = server_of(rows, len(self.slices))
+            found = []
+            for server in range(len(self.slices)):
+                where = np.flatnonzero(owner == server)
+                if where.size:
+                    found.append((server, where, rows[where]))
+            return found
+        found = []
+        for piece in self.slices:
+            where = np.flatnonzero((rows >= piece.lo) & (rows < piece.hi))
+            if where.size:
+                found.append((piece.server, where, rows[where] - piece.lo))
+        return found
 
     def servers(self) -> list[int]:
         return [s.server for s in self.slices]
@@ -62,13 +85,29 @@ def place(
     return Placement(name, shape, np.dtype(dtype), tuple(Slice(*r) for r in ranges))
 
 
+def place_table(name: str, dim: int, dtype: np.dtype, servers: int) -> Placement:
+    """A hash-keyed table: every server holds the keys ``common.keys`` gives it."""
+    return Placement(
+        name,
+        (0, dim),
+        np.dtype(dtype),
+        tuple(Slice(i, 0, 0) for i in range(servers)),
+        keyed=True,
+    )
+
+
 def check_rows(rows: Any, placement: Placement) -> np.ndarray:
     rows = np.asarray(rows)
+    what = "keys" if placement.keyed else "rows"
     if rows.ndim != 1 or rows.dtype.kind not in "iu":
         raise ValueError(
-            f"rows of {placement.name!r} must be a 1-D array of integers. "
+            f"{what} of {placement.name!r} must be a 1-D array of integers. "
             f"Received shape {rows.shape}, dtype {rows.dtype}"
         )
+    if placement.keyed:
+        if rows.dtype == np.uint64 and rows.size and rows.max() >= 2**63:
+            raise ValueError(f"keys of {placement.name!r} must fit in int64")
+        return rows.astype(np.int64, copy=False)
     total = placement.shape[0] if placement.shape else 0
     bad = np.flatnonzero((rows < 0) | (rows >= total))
     if bad.size:
@@ -84,6 +123,10 @@ def server_shares(
 ) -> Iterator[tuple[int, Gradient]]:
     """Each server's share of one gradient (sparse rows made local)."""
     name, values, indices = placement.name, gradient.values, gradient.indices
+    if placement.keyed:
+        for server, where, keys in placement.locate(indices):
+            yield server, Gradient(name, values[where], keys)
+        return
     if not placement.split:
         yield placement.slices[0].server, gradient
         return
@@ -114,7 +157,7 @@ def call_shares(
         for server, share in server_shares(placement, gradient):
             shares.setdefault(server, []).append(share)
             hit.add(server)
-        if placement.split and placement.name not in slotted:
+        if placement.split and not placement.keyed and placement.name not in slotted:
             for piece in placement.slices:
                 if piece.server not in hit:
                     empty = np.zeros((0, *placement.shape[1:]), placement.dtype)

@@ -78,25 +78,26 @@ def plan_reads(
     parts: list[Part] = []
     for index, (read, placement) in enumerate(zip(reads, placements, strict=True)):
         wanted = rows[index]
-        for piece in placement.slices:
-            if wanted is None:
-                parts.append(
-                    Part(
-                        index,
-                        piece.server,
-                        Read(read.variable, None, read.wire_dtype),
-                        placement.nbytes(piece.hi - piece.lo),
-                    )
-                )
-                continue
-            where = np.flatnonzero((wanted >= piece.lo) & (wanted < piece.hi))
-            if not where.size:
-                continue
-            local = wanted[where] - piece.lo
-            parts.append(
+        if wanted is None and placement.keyed:
+            raise ValueError(
+                f"{placement.name!r} is a hash-keyed table: read it by keys"
+            )
+        if wanted is None:
+            parts += [
                 Part(
                     index,
                     piece.server,
+                    Read(read.variable, None, read.wire_dtype),
+                    placement.nbytes(piece.hi - piece.lo),
+                )
+                for piece in placement.slices
+            ]
+            continue
+        for server, where, local in placement.locate(wanted):
+            parts.append(
+                Part(
+                    index,
+                    server,
                     Read(read.variable, local, read.wire_dtype),
                     placement.nbytes(len(local)),
                     where,

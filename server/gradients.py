@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from adamax_ps.common.dedup import deduplicate
+from adamax_ps.common.keys import shard_of
 from adamax_ps.server.store import VariableRecord
 
 
@@ -35,6 +36,10 @@ class Gradient:
     finite: bool = False
     record: VariableRecord | None = None
     unique: bool = False
+    # A table's push: which keys were admitted (a uint8 mask) and which keys
+    # were evicted to make room, as decided when it was applied (the log
+    # keeps them, so a replay repeats them).
+    decided: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def dense(cls, variable: str, values: np.ndarray, finite: bool = False):
@@ -53,6 +58,11 @@ class Gradient:
     @property
     def is_dense(self) -> bool:
         return self.indices is None
+
+    @property
+    def keyed(self) -> bool:
+        """A hash-keyed table's gradient (``indices`` are keys)."""
+        return getattr(self.record, "keyed", False)
 
     def bound(
         self, record: VariableRecord, values: np.ndarray, indices=None
@@ -74,6 +84,9 @@ class Gradient:
     def shards(self) -> set[int]:
         """Shards holding what this gradient updates (a sparse one: its rows')."""
         record = self.record
+        if self.keyed:
+            shards = shard_of(self.indices, record.num_shards)
+            return set(np.unique(shards).tolist())
         if self.is_dense or len(record.parts) == 1:
             return set(record.shards)
         bounds = np.asarray([lo for _, lo, _ in record.parts[1:]])

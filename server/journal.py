@@ -191,6 +191,10 @@ def push_record(
     """A push as applied: its gradients clipped, duplicate rows summed."""
     described, arrays = [], []
     for g in gradients:
+        if g.keyed:  # with what it decided: admitted keys, evicted keys
+            described.append({"variable": g.variable, "dense": False, "keyed": True})
+            arrays += [g.indices, g.values, *g.decided]
+            continue
         described.append({"variable": g.variable, "dense": g.is_dense})
         arrays += [g.values] if g.is_dense else [g.indices, g.values]
     header = {

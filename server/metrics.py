@@ -37,6 +37,10 @@ class Watched(Protocol):
     def writes_stopped(self) -> str | None: ...
 
     def optimizers(self) -> list[Any]: ...
+    def table_infos(self) -> list[dict[str, Any]]: ...
+
+    @property
+    def table_growth_refused(self) -> int: ...
 
 
 LATENCY_BUCKETS = (
@@ -116,6 +120,13 @@ class Metrics:
             registry=r,
         )
 
+        self.eviction_lock_seconds = Histogram(
+            "adamax_ps_table_eviction_lock_seconds",
+            "Time one eviction batch held a shard's lock (what a push may wait).",
+            buckets=(1e-5, 1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.05, 0.1),
+            registry=r,
+        )
+
     def watch(self, service: Watched) -> None:
         """Add gauges read from ``service`` at every scrape."""
         self.registry.register(_ServiceGauges(service))
@@ -185,6 +196,11 @@ class _ServiceGauges(Collector):
                 service.memory.refused,
             ),
             (
+                "table_growth_refusals",
+                "Pushes refused: a table's growth would pass the memory budget.",
+                service.table_growth_refused,
+            ),
+            (
                 "busy_refusals",
                 "Requests refused: in-flight budget full.",
                 service.inflight.busy,
@@ -203,9 +219,41 @@ class _ServiceGauges(Collector):
                 counter = CounterMetricFamily(f"adamax_ps_wal_{name}", documentation)
                 counter.add_metric([], value)
                 yield counter
+        yield from _table_families(service.table_infos())
         if service.sync is not None:
             pending = GaugeMetricFamily(
                 "adamax_ps_sync_pending", "Synchronous pushes waiting for their step."
             )
             pending.add_metric([], service.sync.pending())
             yield pending
+
+
+def _table_families(infos: list[dict]) -> Iterator[Any]:
+    """Per hash-keyed table: rows, capacity, bytes, and the keys admitted,
+    evicted and filtered so far."""
+    gauges = {
+        "rows": "Rows a hash-keyed table holds on this server.",
+        "capacity": "A table's capacity in rows (the whole cluster's; 0: none).",
+        "bytes": "Bytes a table holds on this server (rows, slots, index, filter).",
+        "bytes_per_row": "A table's bytes per row held.",
+    }
+    counters = {
+        "admitted": "Keys given a row.",
+        "evicted": "Rows evicted (capacity or time to live).",
+        "filtered": "Gradients of keys not admitted (dropped).",
+    }
+    fields = {"rows": "size"}
+    for name, documentation in gauges.items():
+        family = GaugeMetricFamily(
+            f"adamax_ps_table_{name}", documentation, labels=["table"]
+        )
+        for info in infos:
+            family.add_metric([info["name"]], info[fields.get(name, name)] or 0)
+        yield family
+    for name, documentation in counters.items():
+        family = CounterMetricFamily(
+            f"adamax_ps_table_{name}", documentation, labels=["table"]
+        )
+        for info in infos:
+            family.add_metric([info["name"]], info[name])
+        yield family

@@ -292,7 +292,9 @@ class Persistence:
         except ResourceExhaustedError as e:
             raise CheckpointError(str(e)) from None
         try:
-            optimizers, ledger, nbytes = snapshot.load(self.store, reader)
+            optimizers, ledger, nbytes = snapshot.load(
+                self.store, reader, self.owner.server_index, self.owner.num_servers
+            )
         except (CheckpointError, KeyError, TypeError, ValueError) as e:
             self._reset()
             raise _DamagedCheckpointError(

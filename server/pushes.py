@@ -37,15 +37,19 @@ from adamax_ps.server.errors import (
     ResourceExhaustedError,
     StalePushError,
 )
-from adamax_ps.server.gradients import Gradient, aggregate
+from adamax_ps.server.gradients import Gradient
 from adamax_ps.server.journal import Journal
 from adamax_ps.server.ledger import STEP, ApplyResult, PushId, PushLedger
 from adamax_ps.server.limits import MemoryBudget
 from adamax_ps.server.metrics import Metrics
 from adamax_ps.server.optimizer_state import OptimizerState
 from adamax_ps.server.optimizers import Optimizers
+from adamax_ps.server.push_tasks import prepare
 from adamax_ps.server.store import ShardedStore
-from adamax_ps.server.sync import SyncCoordinator, replica_key, replica_order
+from adamax_ps.server.sync import SyncCoordinator
+from adamax_ps.server.sync_apply import apply_sync
+from adamax_ps.server.table_part import PartPlan
+from adamax_ps.server.tables import Tables
 from adamax_ps.server.validation import NonFinitePolicy, check_gradient
 from adamax_ps.server.variables import Variables
 
@@ -66,6 +70,7 @@ class PushPipeline:
         nonfinite: NonFinitePolicy,
         sync: SyncCoordinator | None,
         server_index: int,
+        tables: Tables,
     ) -> None:
         self.store = store
         self.variables = variables
@@ -77,6 +82,7 @@ class PushPipeline:
         self.nonfinite = nonfinite
         self.sync = sync
         self.server_index = server_index  # server 0 reserves the steps
+        self.tables = tables
 
     def apply(
         self,
@@ -108,10 +114,9 @@ class PushPipeline:
         the optimizer's clipping is not applied again. ``replica``
         (synchronous mode): the worker's rank, which orders the step's sum and
         may push once per step (default: the push id's client).
-        ``reserve_next`` (the coordinator, asynchronous): hand out the step
-        of the client's next call with the answer (``next_step``);
-        ``step_reserved_ahead``: ``step`` was handed out so, and this push
-        counts the call in ``iterations``.
+        ``reserve_next`` (the coordinator): hand out the client's next step
+        with the answer; ``step_reserved_ahead``: ``step`` was handed out so,
+        and this push counts the call.
         """
         started = time.perf_counter()
         if step is not None and (not isinstance(step, int) or step < 0):
@@ -161,6 +166,10 @@ class PushPipeline:
         again (reads change nothing)."""
         planned = []
         for name, rows in reads:
+            table = self.tables.find(name)
+            if table is not None:
+                planned.append((table, *self.tables.planned_read(table, rows)))
+                continue
             record = self.variables.get(name)
             planned.append((record, *self.variables.planned_read(record, rows)))
         total = sum(nbytes for _, _, nbytes in planned)
@@ -173,7 +182,10 @@ class PushPipeline:
         with held if total else nullcontext():
             result = self.apply(optimizer, gradients, push_id, **options)
             values = [
-                self.variables.read_planned(record, rows) for record, rows, _ in planned
+                self.tables.gather(record, rows)
+                if getattr(record, "keyed", False)
+                else self.variables.read_planned(record, rows)
+                for record, rows, _ in planned
             ]
             yield result, values
 
@@ -198,14 +210,15 @@ class PushPipeline:
                 return answer
         try:
             self.journal.check()
-            checked = [
-                check_gradient(self.variables.get(g.variable), g, self.nonfinite)
-                for g in gradients
+            checked = [self._checked(g) for g in gradients]
+            names = [
+                n
+                for n in (call_variables or [g.variable for g in checked])
+                if self.tables.find(n) is None  # tables' slots are not weights
             ]
-            names = list(call_variables or [g.variable for g in checked])
             if self.sync is not None:
-                return self._apply_sync(
-                    state, checked, push_id, step, aggregate, names, replica
+                return apply_sync(
+                    self, state, checked, push_id, step, aggregate, names, replica
                 )
             if not checked and not names:  # Keras: apply_gradients([]) is a no-op
                 with state.lock:
@@ -215,7 +228,7 @@ class PushPipeline:
                     "steps are handed out ahead by server 0 of a cluster, for a "
                     "push carrying its step"
                 )
-            prepared = _prepared(state, checked, clip=not clipped)
+            prepared = prepare(state, checked, clip=not clipped)
             return self.apply_prepared(
                 state,
                 prepared,
@@ -230,6 +243,13 @@ class PushPipeline:
             if push_id is not None:
                 self.ledger.abandon(push_id)
             raise
+
+    def _checked(self, g: Gradient) -> Gradient:
+        """A gradient validated against its variable or table."""
+        table = self.tables.find(g.variable)
+        if table is None:
+            return check_gradient(self.variables.get(g.variable), g, self.nonfinite)
+        return self.tables.check_gradient(table, g, self.nonfinite)
 
     def reserve_step(
         self,
@@ -281,49 +301,6 @@ class PushPipeline:
         self.journal.wait(logged)
         return step
 
-    def _apply_sync(self, state, checked, push_id, step, aggregate_, names, replica):
-        if step is None:
-            raise InvalidArgumentError(
-                "this server runs synchronous training: a push must carry the step "
-                "(iterations) its gradients were computed at"
-            )
-        if push_id is None:
-            raise InvalidArgumentError(
-                "synchronous pushes need a push id: its client id names the replica"
-            )
-        with state.lock:
-            current = state.iterations
-        if not aggregate_:
-            self.sync.close_step(state.name, step, current)
-            try:
-                prepared = _prepared(state, checked)
-                return self.apply_prepared(
-                    state, prepared, [push_id], step, True, names
-                )
-            except BaseException:
-                self.sync.reopen(state.name, step)
-                raise
-
-        def apply_round(step: int, contributions: dict[str, tuple]) -> ApplyResult:
-            replicas = sorted(contributions, key=replica_order)
-            summed = aggregate(
-                [contributions[r][1] for r in replicas], self.sync.settings.average
-            )
-            ids = [contributions[r][0] for r in replicas]
-            every = [n for r in replicas for n in contributions[r][2]]
-            prepared = _prepared(state, summed)
-            return self.apply_prepared(state, prepared, ids, step, True, every)
-
-        self.metrics.sync_waits.inc()
-        return self.sync.contribute(
-            state.name,
-            step,
-            current,
-            replica_key(push_id, replica, self.sync.settings.replicas),
-            (push_id, checked, names),
-            apply_round,
-        )
-
     def apply_prepared(
         self,
         state: OptimizerState,
@@ -358,7 +335,9 @@ class PushPipeline:
                         f"step {step} of optimizer {state.name!r} cannot be applied: "
                         f"the optimizer is at iterations {state.iterations}"
                     )
-                new = state.without_slots([g.variable for g in gradients])
+                new = state.without_slots(
+                    [g.variable for g in gradients if not g.keyed]
+                )
                 missing = {name: state.missing_slots(name) for name in new}
                 if new:  # counted before anything changes: refused, it is a no-op
                     records = {g.variable: g.record for g in gradients}
@@ -366,6 +345,14 @@ class PushPipeline:
                         sum(len(missing[n]) * records[n].nbytes for n in new),
                         f"the m and v slots of {new} for optimizer {state.name!r}",
                     )
+                try:  # a table's growth refused: the push is refused whole
+                    gradients, plans = self.tables.plan_push(gradients, step, state)
+                except ResourceExhaustedError:
+                    if new:
+                        self.memory.release(
+                            sum(len(missing[n]) * records[n].nbytes for n in new)
+                        )
+                    raise
                 state.create_iterations()
                 state.hypers_created = True
                 state.record_call(call_variables)
@@ -389,7 +376,9 @@ class PushPipeline:
                 for dtype in {g.record.dtype for g in gradients}
             }
             tasks = [
-                _ShardTask(self.store, state.name, shard, gradients, scalars)
+                ShardTask(
+                    self.store, state.name, shard, gradients, scalars, plans, step
+                )
                 for shard in sorted(shards)
             ]
             self.store.run_parallel(tasks)
@@ -402,37 +391,43 @@ class PushPipeline:
         return result
 
 
-def _prepared(
-    state: OptimizerState, gradients: list[Gradient], clip: bool = True
-) -> list[Gradient]:
-    """Clip (Keras order, raw sparse values), then sum duplicate rows (step 3)."""
-    if clip and state.config.clips:
-        try:
-            clipped = state.config.clip([g.values for g in gradients])
-        except ValueError as e:
-            raise InvalidArgumentError(str(e)) from None
-        gradients = [g.with_values(c) for g, c in zip(gradients, clipped, strict=True)]
-    return [g.deduplicated() for g in gradients]
-
-
-class _ShardTask:
+class ShardTask:
     """Runs one push's kernel calls for the parts held by one shard, in order
-    (a variable named twice in a push is updated twice, as in Keras)."""
+    (a variable named twice in a push is updated twice, as in Keras). A
+    table's part commits its plan (``TablePart.commit``)."""
 
     def __init__(
-        self, store: ShardedStore, optimizer: str, shard: int, gradients, scalars
+        self,
+        store: ShardedStore,
+        optimizer: str,
+        shard: int,
+        gradients: list[Gradient],
+        scalars: dict,
+        plans: dict[tuple[int, int], PartPlan],
+        step: int,
     ):
-        parts = store.shards[shard].parts
-        self.parts = [(g, parts[g.variable]) for g in gradients if g.variable in parts]
+        held = store.shards[shard]
+        self.work = []
+        for position, g in enumerate(gradients):
+            if g.keyed:
+                plan = plans.get((position, shard))
+                if plan is not None:
+                    self.work.append((g, held.tables[g.variable], plan))
+            elif g.variable in held.parts:
+                self.work.append((g, held.parts[g.variable], None))
         self.optimizer = optimizer
         self.scalars = scalars
+        self.step = step
 
     def __call__(self) -> None:
-        for g, part in self.parts:
-            m = part.slots[(self.optimizer, "m")]
-            v = part.slots[(self.optimizer, "v")]
+        for g, part, plan in self.work:
             record = g.record
             step = self.scalars[record.dtype]
+            if plan is not None:
+                part.commit(plan, g.indices, g.values, self.optimizer, step, self.step)
+                continue
+            m = part.slots[(self.optimizer, "m")]
+            v = part.slots[(self.optimizer, "v")]
             if g.is_dense:
                 values = g.values
                 if len(record.parts) > 1:

@@ -18,6 +18,8 @@ from adamax_ps.server.gradients import Gradient
 from adamax_ps.server.ledger import PushId, PushLedger
 from adamax_ps.server.optimizers import Optimizers
 from adamax_ps.server.pushes import PushPipeline
+from adamax_ps.server.table_config import TableConfig
+from adamax_ps.server.tables import Tables
 from adamax_ps.server.variables import Variables
 
 
@@ -30,7 +32,9 @@ class Replayer:
         optimizers: Optimizers,
         pushes: PushPipeline,
         ledger: PushLedger,
+        tables: Tables,
     ) -> None:
+        self.tables = tables
         self.variables = variables
         self.optimizers = optimizers
         self.pushes = pushes
@@ -46,6 +50,9 @@ class Replayer:
             "iterations": self._iterations,
             "slot": self._slot,
             "weight": self._weight,
+            "table": self._table,
+            "table_assign": self._table_assign,
+            "evict": self._evict,
         }
 
     def __call__(self, header: dict[str, Any], arrays: list[np.ndarray]) -> None:
@@ -63,6 +70,14 @@ class Replayer:
         gradients = []
         for item in header["gradients"]:
             name = item["variable"]
+            if item.get("keyed"):
+                keys, g = next(values), next(values)
+                decided = (next(values), next(values))
+                record = self.tables.get(name)
+                gradients.append(
+                    Gradient(name, g, keys, record=record, unique=True, decided=decided)
+                )
+                continue
             record = self.variables.get(name)
             if item["dense"]:
                 gradients.append(Gradient(name, next(values), record=record))
@@ -133,3 +148,12 @@ class Replayer:
             header["dtype"],
             header["initializer"],
         )
+
+    def _table(self, header: dict, arrays: list[np.ndarray]) -> None:
+        self.tables.create(header["name"], TableConfig.from_json(header["config"]))
+
+    def _table_assign(self, header: dict, arrays: list[np.ndarray]) -> None:
+        self.tables.assign(self.tables.get(header["table"]), arrays[0], arrays[1])
+
+    def _evict(self, header: dict, arrays: list[np.ndarray]) -> None:
+        self.tables.evict_anywhere(self.tables.get(header["table"]), arrays[0])

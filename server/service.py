@@ -28,7 +28,8 @@ import numpy as np
 
 from adamax_ps.proto.wire import VIEW_HEADER
 from adamax_ps.server import limits
-from adamax_ps.server.errors import FailedPreconditionError
+from adamax_ps.server.errors import FailedPreconditionError, InvalidArgumentError
+from adamax_ps.server.eviction import Evictor
 from adamax_ps.server.gradients import Gradient
 from adamax_ps.server.hyperparams import AdamaxConfig
 from adamax_ps.server.journal import Journal
@@ -46,6 +47,8 @@ from adamax_ps.server.replay import Replayer
 from adamax_ps.server.stats import Stats, variable_stats
 from adamax_ps.server.store import DEFAULT_SPLIT_BYTES, ShardedStore, VariableRecord
 from adamax_ps.server.sync import SyncCoordinator, SyncSettings
+from adamax_ps.server.table_service import TableMethods
+from adamax_ps.server.tables import Tables
 from adamax_ps.server.validation import NonFinitePolicy, StreamFiniteScan
 from adamax_ps.server.variables import Variables
 
@@ -82,7 +85,7 @@ class ServiceSettings:
     max_request_rows: int = DEFAULT_MAX_REQUEST_ROWS  # per gather or read
 
 
-class ParameterService:
+class ParameterService(TableMethods):
     """The domain core of one server process. Thread-safe."""
 
     apply: Callable[..., ApplyResult]  # PushPipeline.apply: one push, exactly once
@@ -118,6 +121,14 @@ class ParameterService:
             coordinator=coordinator,
             alone=s.num_servers == 1,
         )
+        self._tables = Tables(
+            self.store,
+            self.journal,
+            self.memory,
+            s.max_request_rows,
+            s.server_index,
+            s.num_servers,
+        )
         self._pushes = PushPipeline(
             store=self.store,
             variables=self._variables,
@@ -129,6 +140,7 @@ class ParameterService:
             nonfinite=s.nonfinite,
             sync=self.sync,
             server_index=s.server_index,
+            tables=self._tables,
         )
         self._persistence = Persistence(
             folder=s.checkpoint_dir,
@@ -141,13 +153,20 @@ class ParameterService:
             memory=self.memory,
             metrics=self.metrics,
             replayer=Replayer(
-                self._variables, self._optimizers, self._pushes, self.ledger
+                self._variables,
+                self._optimizers,
+                self._pushes,
+                self.ledger,
+                self._tables,
             ),
         )
         # A push goes straight to the pipeline (no facade frame on the hot
         # path): ``apply`` is ``PushPipeline.apply``, documented there.
         self.apply = self._pushes.apply
         self.apply_and_read = self._pushes.apply_and_read
+        self.evictor = Evictor(
+            self._tables, observe=self.metrics.eviction_lock_seconds.observe
+        )
         self.metrics.watch(self)  # last: it reads the fields above
         self.journal.on_stop.append(lambda reason: self.metrics.writes_stopped.inc())
 
@@ -243,7 +262,12 @@ class ParameterService:
         rows: Any = None,
     ) -> Iterator[np.ndarray]:
         """``pull`` (or ``gather`` of ``rows``) for a transport to send: the
-        copy's bytes count in the in-flight budget until the block ends."""
+        copy's bytes count in the in-flight budget until the block ends. A
+        table's ``rows`` are keys (``reading_keys``)."""
+        if self.is_table(name):
+            with self.reading_keys(name, rows, optimizer, slot) as value:
+                yield value
+            return
         record = self._variables.get(name)
         key = self._key(record, optimizer, slot)
         with self._variables.reading(record, key, rows) as value:
@@ -258,6 +282,10 @@ class ParameterService:
         slot: str | None = None,
     ) -> None:
         """Replace a variable's value, or one of its slots."""
+        if self.is_table(name):
+            raise InvalidArgumentError(
+                f"{name!r} is a hash-keyed table: assign rows of it by keys"
+            )
         record = self._variables.get(name)
         self._variables.assign(record, value, self._key(record, optimizer, slot))
 
@@ -379,8 +407,14 @@ class ParameterService:
         """Checkpoint every ``every`` seconds on a background thread until ``close``."""
         self._persistence.start_periodic(every, on_done)
 
+    def start_eviction(self, interval: float = 0.2) -> None:
+        """Evict tables' expired and excess rows every ``interval`` seconds."""
+        self.evictor.interval = interval
+        self.evictor.start()
+
     def close(self) -> None:
-        """Stop periodic checkpoints and the shard threads."""
+        """Stop periodic checkpoints, eviction and the shard threads."""
+        self.evictor.stop()
         self._persistence.stop()
         self.journal.close()
         self.store.close()

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from adamax_ps.server import table_snapshot
 from adamax_ps.server.checkpoint import CheckpointReader, CheckpointWriter
 from adamax_ps.server.optimizer_state import OptimizerState
 from adamax_ps.server.store import ShardedStore, VariableRecord
@@ -40,8 +41,10 @@ def write_cut(
     """
     entries: list[dict[str, Any]] = []
     nbytes = 0
+    table_parts: list[dict[str, Any]] = []
     with store.all_locked() as release:
         records = store.records()
+        tables = store.table_records()
         saved, remembered = snapshot()
         extra = writer.open("extra.bin")
         for data, weights in saved:
@@ -64,6 +67,10 @@ def write_cut(
                     if key is not None:
                         entry.update(optimizer=key[0], slot=key[1])
                     entries.append(entry)
+            written, parts = table_snapshot.write_parts(shard, data_file)
+            nbytes += sum(entry["nbytes"] for entry in written)
+            entries += written
+            table_parts += parts
             writer.closed(data_file)
             release(shard.index)
             if progress is not None:
@@ -72,6 +79,7 @@ def write_cut(
         "created": time.time(),
         "num_shards": store.num_shards,
         "variables": [_record_json(r) for r in records],
+        "tables": table_snapshot.manifest_tables(tables, table_parts),
         "optimizers": [data for data, _ in saved],
         "ledger": remembered,
         "arrays": entries,
@@ -80,9 +88,13 @@ def write_cut(
 
 
 def load(
-    store: ShardedStore, reader: CheckpointReader
+    store: ShardedStore,
+    reader: CheckpointReader,
+    server_index: int = 0,
+    num_servers: int = 1,
 ) -> tuple[dict[str, OptimizerState], dict[str, Any], int]:
-    """Fill an empty store; returns (optimizers, ledger snapshot, bytes read)."""
+    """Fill an empty store (of server ``server_index`` of ``num_servers``);
+    returns (optimizers, ledger snapshot, bytes read)."""
     manifest = reader.manifest
     records = {}
     for item in manifest["variables"]:
@@ -99,6 +111,8 @@ def load(
     weights: dict[str, dict[str, np.ndarray]] = {}
     nbytes = 0
     for entry in manifest["arrays"]:
+        if entry["kind"] == "table":
+            continue  # table_snapshot.load reads them
         if entry["kind"] == "weight":
             weights.setdefault(entry["optimizer"], {})[entry["name"]] = reader.read(
                 entry
@@ -108,6 +122,7 @@ def load(
         record = records[entry["variable"]]
         reader.read_into(entry, _targets(store, record, key, entry))
         nbytes += entry["nbytes"]
+    nbytes += table_snapshot.load(store, reader, server_index, num_servers)
     optimizers = {}
     for data in manifest["optimizers"]:
         name = data["config"]["name"]

@@ -21,10 +21,14 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from adamax_ps.common.placement import place_rows
+
+if TYPE_CHECKING:
+    from adamax_ps.server.table_part import TablePart
 
 DEFAULT_SPLIT_BYTES = 16 << 20
 
@@ -95,12 +99,13 @@ class Shard:
         self.index = index
         self.lock = threading.Lock()
         self.parts: dict[str, Part] = {}
+        self.tables: dict[str, TablePart] = {}  # hash-keyed tables' rows here
 
     def nbytes(self) -> int:
         return sum(
             p.value.nbytes + sum(s.nbytes for s in p.slots.values())
             for p in self.parts.values()
-        )
+        ) + sum(t.nbytes for t in self.tables.values())
 
 
 class ShardedStore:
@@ -118,6 +123,7 @@ class ShardedStore:
         self.shards = [Shard(i) for i in range(self.num_shards)]
         self._registry_lock = threading.Lock()
         self._variables: dict[str, VariableRecord] = {}
+        self._tables: dict[str, Any] = {}  # name: tables.TableRecord
         self._pool = ThreadPoolExecutor(
             max_workers=self.num_shards, thread_name_prefix="shard"
         )
@@ -169,6 +175,35 @@ class ShardedStore:
                 self._variables[record.name] = record
             for part in arrays:
                 self.shards[part.shard].parts[record.name] = part
+            if on_added is not None:
+                on_added()
+        return record
+
+    def table(self, name: str) -> Any:
+        """The hash-keyed table's record (``tables.TableRecord``), or None."""
+        with self._registry_lock:
+            return self._tables.get(name)
+
+    def table_records(self) -> list[Any]:
+        with self._registry_lock:
+            return list(self._tables.values())
+
+    def add_table(
+        self,
+        record: Any,
+        parts: list[TablePart],
+        on_added: Callable[[], None] | None = None,
+    ) -> Any:
+        """Register a table with one part per shard (or return the record of
+        one registered meanwhile); ``on_added()`` runs under every lock."""
+        with self.all_locked():
+            with self._registry_lock:
+                existing = self._tables.get(record.name)
+                if existing is not None:
+                    return existing
+                self._tables[record.name] = record
+            for part in parts:
+                self.shards[part.shard].tables[record.name] = part
             if on_added is not None:
                 on_added()
         return record
@@ -234,8 +269,10 @@ class ShardedStore:
         """Drop every variable (a restore that failed part way starts again)."""
         with self.all_locked(), self._registry_lock:
             self._variables.clear()
+            self._tables.clear()
             for shard in self.shards:
                 shard.parts.clear()
+                shard.tables.clear()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

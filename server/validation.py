@@ -183,6 +183,17 @@ def check_gradient(
     return gradient.bound(record, values, indices)
 
 
+def checked_values(
+    record: Any, values: Any, policy: NonFinitePolicy, finite: bool
+) -> np.ndarray:
+    """A gradient's values in the record's dtype (a reduced-precision wire's
+    upcast), searched for NaN and Inf unless the transport did (``finite``)."""
+    values = _values(record, values)
+    if not finite:
+        _finite(record, values, policy)
+    return values
+
+
 def _values(record: VariableRecord, values: Any) -> np.ndarray:
     if not isinstance(values, np.ndarray):
         raise InvalidArgumentError(f"gradient for {record.name!r} is not an array")

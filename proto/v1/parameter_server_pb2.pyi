@@ -289,20 +289,22 @@ class TensorChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[Tensor, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class AssignRequest(_message.Message):
-    __slots__ = ("view", "variable", "optimizer", "slot", "value", "weight")
+    __slots__ = ("view", "variable", "optimizer", "slot", "value", "weight", "keys")
     VIEW_FIELD_NUMBER: _ClassVar[int]
     VARIABLE_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
     view: ClusterView
     variable: str
     optimizer: str
     slot: str
     value: Tensor
     weight: str
-    def __init__(self, view: _Optional[_Union[ClusterView, _Mapping]] = ..., variable: _Optional[str] = ..., optimizer: _Optional[str] = ..., slot: _Optional[str] = ..., value: _Optional[_Union[Tensor, _Mapping]] = ..., weight: _Optional[str] = ...) -> None: ...
+    keys: Tensor
+    def __init__(self, view: _Optional[_Union[ClusterView, _Mapping]] = ..., variable: _Optional[str] = ..., optimizer: _Optional[str] = ..., slot: _Optional[str] = ..., value: _Optional[_Union[Tensor, _Mapping]] = ..., weight: _Optional[str] = ..., keys: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class AssignChunk(_message.Message):
     __slots__ = ("header", "data")
@@ -377,3 +379,51 @@ class CheckpointResponse(_message.Message):
     bytes: int
     seconds: float
     def __init__(self, path: _Optional[str] = ..., sequence: _Optional[int] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class CreateTableRequest(_message.Message):
+    __slots__ = ("view", "name", "config_json")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    view: ClusterView
+    name: str
+    config_json: str
+    def __init__(self, view: _Optional[_Union[ClusterView, _Mapping]] = ..., name: _Optional[str] = ..., config_json: _Optional[str] = ...) -> None: ...
+
+class TableInfo(_message.Message):
+    __slots__ = ("name", "config_json", "info_json", "created")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    INFO_JSON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    config_json: str
+    info_json: str
+    created: bool
+    def __init__(self, name: _Optional[str] = ..., config_json: _Optional[str] = ..., info_json: _Optional[str] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class ListTablesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTablesResponse(_message.Message):
+    __slots__ = ("tables",)
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    tables: _containers.RepeatedCompositeFieldContainer[TableInfo]
+    def __init__(self, tables: _Optional[_Iterable[_Union[TableInfo, _Mapping]]] = ...) -> None: ...
+
+class TableRequest(_message.Message):
+    __slots__ = ("table", "top_keys")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    TOP_KEYS_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    top_keys: int
+    def __init__(self, table: _Optional[str] = ..., top_keys: _Optional[int] = ...) -> None: ...
+
+class ExportRequest(_message.Message):
+    __slots__ = ("table", "since")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    since: int
+    def __init__(self, table: _Optional[str] = ..., since: _Optional[int] = ...) -> None: ...

@@ -119,6 +119,26 @@ class ParameterServerStub:
                 request_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CheckpointRequest.SerializeToString,
                 response_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CheckpointResponse.FromString,
                 _registered_method=True)
+        self.CreateTable = channel.unary_unary(
+                '/adamax_ps.v1.ParameterServer/CreateTable',
+                request_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CreateTableRequest.SerializeToString,
+                response_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.TableInfo.FromString,
+                _registered_method=True)
+        self.ListTables = channel.unary_unary(
+                '/adamax_ps.v1.ParameterServer/ListTables',
+                request_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.ListTablesRequest.SerializeToString,
+                response_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.ListTablesResponse.FromString,
+                _registered_method=True)
+        self.DescribeTable = channel.unary_unary(
+                '/adamax_ps.v1.ParameterServer/DescribeTable',
+                request_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.TableRequest.SerializeToString,
+                response_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.TableInfo.FromString,
+                _registered_method=True)
+        self.ExportTable = channel.unary_stream(
+                '/adamax_ps.v1.ParameterServer/ExportTable',
+                request_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.ExportRequest.SerializeToString,
+                response_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.TensorChunk.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -231,6 +251,37 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateTable(self, request, context):
+        """Hash-keyed tables. Their rows are read with Read/ReadInline (``rows``
+        holds keys), set with Assign (``keys``) and pushed with ApplyGradients
+        (a Gradient's ``indices`` are keys).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTables(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeTable(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportTable(self, request, context):
+        """A table's rows held here for serving: tensors in order, each as a
+        stream of chunks (a header, then data): keys [n] int64, values [n, dim],
+        evicted keys [k] int64 (a delta's tombstones), and a 1-element int64
+        tensor, the step the export is complete through.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -318,6 +369,26 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.Checkpoint,
                     request_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CheckpointRequest.FromString,
                     response_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CheckpointResponse.SerializeToString,
+            ),
+            'CreateTable': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTable,
+                    request_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CreateTableRequest.FromString,
+                    response_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.TableInfo.SerializeToString,
+            ),
+            'ListTables': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTables,
+                    request_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.ListTablesRequest.FromString,
+                    response_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.ListTablesResponse.SerializeToString,
+            ),
+            'DescribeTable': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeTable,
+                    request_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.TableRequest.FromString,
+                    response_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.TableInfo.SerializeToString,
+            ),
+            'ExportTable': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportTable,
+                    request_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.ExportRequest.FromString,
+                    response_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.TensorChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -779,6 +850,114 @@ class ParameterServer:
             '/adamax_ps.v1.ParameterServer/Checkpoint',
             adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CheckpointRequest.SerializeToString,
             adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTable(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/adamax_ps.v1.ParameterServer/CreateTable',
+            adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CreateTableRequest.SerializeToString,
+            adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.TableInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTables(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/adamax_ps.v1.ParameterServer/ListTables',
+            adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.ListTablesRequest.SerializeToString,
+            adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.ListTablesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeTable(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/adamax_ps.v1.ParameterServer/DescribeTable',
+            adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.TableRequest.SerializeToString,
+            adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.TableInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportTable(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/adamax_ps.v1.ParameterServer/ExportTable',
+            adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.ExportRequest.SerializeToString,
+            adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.TensorChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,6 +33,7 @@ from adamax_ps.server.errors import (
 )
 from adamax_ps.server.grpc import messages
 from adamax_ps.server.grpc.receive import StreamReceiver
+from adamax_ps.server.grpc.tables import TableRpcs
 from adamax_ps.server.service import ParameterService
 
 log = logging.getLogger("adamax_ps.grpc")
@@ -105,7 +106,7 @@ def _check_parsed(request: object) -> None:
         raise codec.CodecError(request.error)
 
 
-class ParameterServerServicer(pb_grpc.ParameterServerServicer):
+class ParameterServerServicer(TableRpcs, pb_grpc.ParameterServerServicer):
     """Translates the ``adamax_ps.v1.ParameterServer`` RPCs to the service."""
 
     def __init__(
@@ -360,12 +361,17 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     def Assign(self, request_iterator, context):
         with ExitStack() as held:
             request, assembler, chunks = self._open_stream(
-                request_iterator, held, "assignment", lambda r: [r.value]
+                request_iterator,
+                held,
+                "assignment",
+                lambda r: [r.value, r.keys] if r.HasField("keys") else [r.value],
             )
             for chunk in chunks:
                 assembler.feed(chunk.data)
-            (value,) = assembler.arrays()
-            if request.weight:
+            (value, *keys) = assembler.arrays()
+            if keys:
+                self.service.assign_keys(request.variable, keys[0], value)
+            elif request.weight:
                 self.service.assign_weight(request.optimizer, request.weight, value)
             else:
                 self.service.assign(
@@ -388,6 +394,22 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         request, first, chunks = self.receiver.header(request_iterator, what)
         self.service.check_view(messages.view(request.view))
         return request, self.receiver.assembler(declared(request), held, first), chunks
+
+    @_unary
+    def CreateTable(self, request, context):
+        return self._create_table(request)
+
+    @_unary
+    def ListTables(self, request, context):
+        return self._list_tables()
+
+    @_unary
+    def DescribeTable(self, request, context):
+        return self._describe_table(request)
+
+    @_server_streaming
+    def ExportTable(self, request, context):
+        yield from self._export_table(request)
 
     @_unary
     def Checkpoint(self, request, context):
