@@ -161,8 +161,32 @@ def build_parser(only_health: bool = False) -> argparse.ArgumentParser:
         _option(command, "token", str, None, "bearer token")
         if name == "inspect":
             _option(command, "json", bool, False, "print JSON for scripts")
+    _add_export(commands)
     _add_health(commands)
     return parser
+
+
+def _add_export(commands) -> None:
+    export = commands.add_parser(
+        "export",
+        help="write a hash-keyed table's keys and values for serving (.npz)",
+        description="Write a table's keys and values (no optimizer slots) from "
+        "every server to one .npz file; with --since, only the rows updated "
+        "after that step and the keys evicted after it (see cli/export.py for "
+        "the format).",
+    )
+    export.add_argument("table", help="the table's name")
+    _option(
+        export,
+        "address",
+        str,
+        None,
+        "the cluster's servers (grpc://a:50051,grpc://b:50051); default "
+        "ADAMAX_PS_ADDRESS",
+    )
+    _option(export, "out", Path, None, "the file to write (default: TABLE.npz)")
+    _option(export, "since", int, None, "a delta: rows updated after this step")
+    _option(export, "token", str, None, "bearer token for the servers")
 
 
 def _add_health(commands) -> None:
@@ -220,6 +244,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.address,
             args.token,
         )
+    if args.command == "export":
+        from adamax_ps.cli.export import export
+
+        out = args.out or Path(f"{args.table.replace('/', '_')}.npz")
+        return export(args.address, args.table, out, args.since, args.token)
     if args.command == "health":
         return health(args.url or _local_url(), args.ready, args.tls_ca, args.timeout)
     urls = _urls(args.url)

@@ -163,3 +163,11 @@ def discover_tables(cluster: Cluster) -> None:
         cluster.add_placement(
             place_table(info["name"], config["dim"], config["dtype"], cluster.size)
         )
+
+
+def existing_table(cluster: Cluster, name: str) -> RemoteTable:
+    """A table other workers created (``ValueError`` if ``name`` is a variable)."""
+    placement = cluster.placement(name)
+    if not placement.keyed:
+        raise ValueError(f"{name!r} is a variable, not a hash-keyed table")
+    return RemoteTable(cluster, name, placement.shape[1], placement.dtype)

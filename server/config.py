@@ -66,6 +66,7 @@ class ServerConfig(BaseModel):
     tls_key: Path | None = None
     json_limit: int = Field(100_000, ge=1)
     history_interval: float = Field(1.0, gt=0)
+    eviction_interval: float = Field(0.2, ge=0)
 
     @field_validator(*_SIZES, mode="before")
     @classmethod
@@ -193,6 +194,9 @@ _HELP = {
     "tls_key": "TLS private key (PEM) for gRPC and HTTP",
     "json_limit": "most numbers in one JSON value answer (larger: ask for .npy)",
     "history_interval": "seconds between history samples while the dashboard is open",
+    "eviction_interval": "seconds between background eviction rounds of hash-keyed "
+    "tables (time to live, capacity watermark); 0: none (a full table still "
+    "evicts inline, by its policy, as a push needs room)",
 }
 
 

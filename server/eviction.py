@@ -24,6 +24,7 @@ from collections.abc import Callable
 import numpy as np
 
 from adamax_ps.server.errors import ParameterServerError
+from adamax_ps.server.table_part import TablePart
 from adamax_ps.server.tables import TableRecord, Tables
 
 BATCH = 4096
@@ -80,37 +81,48 @@ class Evictor:
             eviction = record.config.eviction
             if eviction is None:
                 continue
-            for shard in record.shards:
-                evicted += self._part(record, shard, eviction.ttl_steps)
+            parts = self.tables.parts(record)
+            now = max(part.latest for part in parts)  # the table's newest step
+            for part in parts:
+                evicted += self._part(record, part, eviction.ttl_steps, now)
         return evicted
 
-    def _part(self, record: TableRecord, shard: int, ttl: int | None) -> int:
-        part = self.tables.store.shards[shard].tables[record.name]
+    def _part(
+        self, record: TableRecord, part: TablePart, ttl: int | None, now: int
+    ) -> int:
+        """Evict a part's due rows in batches; candidates are found without
+        the lock, with the step each was last updated at."""
+        high = part.high
+        live = np.flatnonzero(part.live[:high])
         due = []
         if ttl is not None:
-            due.append(part.expired(ttl))
+            due.append(live[part.updated[live] <= now - ttl])
         capacity = part.capacity
         if capacity is not None and part.size > HIGH * capacity:
-            live = np.flatnonzero(part.live[: part.high])
-            due.append(part.keys[part.lowest(live, part.size - int(LOW * capacity))])
+            due.append(part.lowest(live, part.size - int(LOW * capacity)))
         if not due:
             return 0
-        keys = np.unique(np.concatenate(due))
+        rows = np.unique(np.concatenate(due))
+        keys, stamps = part.keys[rows], part.updated[rows]
         evicted = 0
         for start in range(0, len(keys), BATCH):
-            evicted += self._batch(record, shard, keys[start : start + BATCH], ttl)
+            batch = slice(start, start + BATCH)
+            evicted += self._batch(record, part.shard, keys[batch], stamps[batch])
         return evicted
 
     def _batch(
-        self, record: TableRecord, shard: int, keys: np.ndarray, ttl: int | None
+        self, record: TableRecord, shard: int, keys: np.ndarray, stamps: np.ndarray
     ) -> int:
+        """Evict those of ``keys`` still there and not updated since they were
+        chosen (their ``stamps``), under the shard's lock."""
         store = self.tables.store
         with store.locked([shard]):
             started = time.perf_counter()
             part = store.shards[shard].tables[record.name]
             rows = part.rows_of(keys)
-            keys = keys[rows >= 0]  # still there (a push may have evicted them)
-            gone = self.tables.evict_locked(record, part, keys)
+            there = rows >= 0
+            there[there] = part.updated[rows[there]] == stamps[there]
+            gone = self.tables.evict_locked(record, part, keys[there])
             held = time.perf_counter() - started
         self.longest = max(self.longest, held)
         self.observe(held)

@@ -36,9 +36,9 @@ class Gradient:
     finite: bool = False
     record: VariableRecord | None = None
     unique: bool = False
-    # A table's push: which keys were admitted (a uint8 mask) and which keys
-    # were evicted to make room, as decided when it was applied (the log
-    # keeps them, so a replay repeats them).
+    # A table's push: the positions of the keys not admitted and the keys
+    # evicted to make room, as decided when it was applied (the log keeps
+    # them, so a replay repeats them).
     decided: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod

@@ -211,16 +211,14 @@ class PushPipeline:
         try:
             self.journal.check()
             checked = [self._checked(g) for g in gradients]
-            names = [
-                n
-                for n in (call_variables or [g.variable for g in checked])
-                if self.tables.find(n) is None  # tables' slots are not weights
-            ]
+            given = list(call_variables or [g.variable for g in checked])
+            # Tables' slots are not in Keras's weights.
+            names = [n for n in given if self.tables.find(n) is None]
             if self.sync is not None:
                 return apply_sync(
                     self, state, checked, push_id, step, aggregate, names, replica
                 )
-            if not checked and not names:  # Keras: apply_gradients([]) is a no-op
+            if not checked and not given:  # Keras: apply_gradients([]) is a no-op
                 with state.lock:
                     return ApplyResult(state.name, state.iterations, state.iterations)
             if (reserve_next or counted) and (self.server_index != 0 or step is None):

@@ -178,7 +178,8 @@ class ServerProcess:
         self._http_thread.start()
         if config.checkpoint_every:
             self.service.start_periodic_checkpoints(config.checkpoint_every, _report)
-        self.service.start_eviction()
+        if config.eviction_interval:
+            self.service.start_eviction(config.eviction_interval)
         self.service.journal.on_stop.append(lambda reason: self.grpc.set_ready(False))
         self.ready = True
         self.grpc.set_ready(self.service.writes_stopped is None)

@@ -132,13 +132,13 @@ class TablePart:
         decided: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> PartPlan:
         """Plan a push of ``keys[positions]`` at ``step``; nothing changes.
-        ``decided``: the admission mask (over all of ``keys``) and the evicted
-        keys a logged push recorded, used instead of deciding again."""
+        ``decided``: the admission mask (bool, over all of ``keys``) and this
+        part's evicted keys a logged push recorded, used instead of deciding."""
         mine = keys[positions]
         rows = self.rows_of(mine)
         missing = rows < 0
         if decided is not None:
-            admit = decided[0][positions].astype(bool)
+            admit = decided[0][positions]
             victims = decided[1]
         else:
             admit = ~missing | self._admits(mine, missing, step)
@@ -193,7 +193,9 @@ class TablePart:
 
     def lowest(self, rows: np.ndarray, n: int) -> np.ndarray:
         """The ``n`` of ``rows`` the policy evicts first (LRU: oldest update;
-        LFU: fewest updates, then oldest), ties broken by row."""
+        LFU: fewest updates, then oldest), ties broken by the smaller key: the
+        choice depends on the rows' keys and counts, never on where they lie
+        (so a restored table evicts as the original would)."""
         if n <= 0:
             return rows[:0]
         if n >= len(rows):
@@ -205,7 +207,12 @@ class TablePart:
             score = (np.minimum(self.count[rows], (1 << 31) - 1) << 32) | np.minimum(
                 self.updated[rows], (1 << 32) - 1
             )
-        return rows[np.argpartition(score, n - 1)[:n]]
+        kth = np.partition(score, n - 1)[n - 1]
+        below, tied = rows[score < kth], rows[score == kth]
+        need = n - len(below)
+        if need < len(tied):
+            tied = tied[np.argsort(self.keys[tied], kind="stable")[:need]]
+        return np.concatenate([below, tied])
 
     def commit(
         self,
@@ -340,12 +347,6 @@ class TablePart:
         self.tomb_keys[at] = keys
         self.tomb_steps[at] = step
         self.tomb_total += len(keys)
-
-    def expired(self, ttl: int) -> np.ndarray:
-        """Keys not updated in the last ``ttl`` steps."""
-        live = self.live[: self.high].astype(bool)
-        old = self.updated[: self.high] <= self.latest - ttl
-        return self.keys[: self.high][live & old].copy()
 
     def grow(self, rows: int) -> None:
         """Allocate ``rows`` rows (copying the used ones) and re-index."""

@@ -231,7 +231,7 @@ class Tables:
             plans = []
             for shard, positions in groups:
                 part = self.store.shards[shard].tables[record.name]
-                admit = np.ones(len(keys), np.uint8)
+                admit = np.ones(len(keys), bool)
                 plan = part.plan(keys, positions, 0, 0, (admit, _no_keys()))
                 plans.append((part, plan))
             self.memory.reserve(
@@ -319,15 +319,18 @@ class Tables:
             if not getattr(g.record, "keyed", False):
                 out.append(g)
                 continue
-            mask = np.zeros(len(g.indices), np.uint8)
+            mask = np.zeros(len(g.indices), bool)
             victims = []
+            if g.decided is not None:  # replayed: the logged refusals
+                admitted = np.ones(len(g.indices), bool)
+                admitted[g.decided[0]] = False
             for shard, positions in self._by_shard(g.indices):
                 part = self.store.shards[shard].tables[g.variable]
                 decided = None
                 if g.decided is not None:
                     logged = g.decided[1]
                     mine = logged[shard_of(logged, self.store.num_shards) == shard]
-                    decided = (g.decided[0], mine)
+                    decided = (admitted, mine)
                 new_slots = sum((optimizer, s) not in part.slots for s in ("m", "v"))
                 plan = part.plan(g.indices, positions, step, new_slots, decided)
                 plans[(position, shard)] = plan
@@ -336,7 +339,8 @@ class Tables:
                 victims.append(plan.victims)
             if g.decided is None:
                 every = np.concatenate(victims) if victims else _no_keys()
-                g = dataclasses.replace(g, decided=(mask, every))
+                refused = np.flatnonzero(~mask).astype(np.int64)
+                g = dataclasses.replace(g, decided=(refused, every))
             out.append(g)
         if grow:
             names = sorted({g.variable for g in out if g.keyed})

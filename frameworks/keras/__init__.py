@@ -7,6 +7,10 @@
     model.compile(optimizer=Adamax(learning_rate=1e-3), loss="mse")
     model.fit(dataset, epochs=3)
 
+``Embedding(table=cluster.embedding_table("items", 64))`` looks up a
+hash-keyed table instead: int64 keys of any value (declare the input
+``keras.Input(shape, dtype="int64")``).
+
 The classes subclass the Keras that ``tf.keras`` is (``backend``): Keras 3 on
 its TensorFlow backend, or tf_keras when ``TF_USE_LEGACY_KERAS=1``. Given no
 ``cluster``, both connect to the one the environment names

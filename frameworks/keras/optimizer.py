@@ -3,11 +3,12 @@
 ``model.fit`` hands it ``zip(grads, model.trainable_variables)``, as it hands
 any Keras optimizer. It pushes all of a step's gradients in one call of the
 client's ``Adamax`` (so every variable uses the same ``t``, and the step is
-exactly-once): an ``adamax_ps.keras.Embedding``'s rows to its table, every
-other trainable variable to a server variable of the same name. The dense
-weights live on the servers so that every worker trains one model: each
-worker's copy is replaced by the servers' value when the optimizer first meets
-it, and refreshed after every push. (Weights kept apart per worker would be
+exactly-once): an ``adamax_ps.keras.Embedding``'s rows to its table
+(``IndexedSlices`` of its keys, for a hash-keyed table), every other trainable
+variable to a server variable of the same name. The dense weights live on the
+servers so that every worker trains one model: each worker's copy is replaced
+by the servers' value when the optimizer first meets it, and refreshed after
+every push. (Weights kept apart per worker would be
 several models trained on parts of the data.)
 
 ``model.fit``'s step holds its push back (``holding``): the next step's
@@ -34,6 +35,7 @@ import tensorflow as tf
 
 from adamax_ps.client.cluster import Cluster, default_cluster
 from adamax_ps.client.optimizer import Adamax as RemoteAdamax
+from adamax_ps.client.tables import RemoteTable
 from adamax_ps.client.transport import Read
 from adamax_ps.client.variables import IndexedSlices, RemoteVariable
 from adamax_ps.keras import holding
@@ -212,6 +214,8 @@ class Adamax(Base):
             return [np.int64(iterations), *refreshed]
 
         results = tf.numpy_function(push, inputs, outputs, stateful=True)
+        if not isinstance(results, (list, tuple)):  # eagerly, one output: bare
+            results = [results]
         results[0].set_shape(())
         for variable, result in zip(dense, results[1:], strict=True):
             result.set_shape(variable.shape)
@@ -246,9 +250,9 @@ class Adamax(Base):
         return values[: len(reads)]
 
     def lookup(
-        self, table: RemoteVariable, ids: np.ndarray, dense: list[Any]
+        self, table: RemoteVariable | RemoteTable, ids: np.ndarray, dense: list[Any]
     ) -> list[np.ndarray]:
-        """Rows ``ids`` of ``table`` and the values of ``dense`` (Keras
+        """Rows (or keys) ``ids`` of ``table`` and the values of ``dense`` (Keras
         variables) after every push of this worker: read with the push held
         back, if any (one round trip a server)."""
         with self._held_lock:
@@ -327,7 +331,7 @@ def _flush_at_exit() -> None:
             log.exception("the last step's push of %r was not applied", optimizer)
 
 
-def _table_of(variable: Any) -> RemoteVariable | None:
+def _table_of(variable: Any) -> RemoteVariable | RemoteTable | None:
     return getattr(variable, "_adamax_ps_table", None)
 
 

@@ -10,6 +10,9 @@
         loss_fn(model(ids), y).backward()
         optimizer.step()
 
+``Embedding.from_table(cluster.embedding_table("items", 64))`` looks up a
+hash-keyed table instead: int64 keys of any value.
+
 Given no ``cluster``, both connect to the one the environment names
 (``ADAMAX_PS_ADDRESS``, else ``TF_CONFIG``'s ``ps`` tasks); under ``torchrun``
 every worker process runs the same script against the same servers.

@@ -1,6 +1,8 @@
 """``Embedding``: a ``torch.nn.Module`` whose table lives on the servers.
 
-The worker never holds the table. ``forward`` fetches the rows of the
+The worker never holds the table: a row-indexed server variable
+(``num_embeddings x embedding_dim``), or a hash-keyed table (``table=``, any
+int64 key). ``forward`` fetches the rows of the
 batch's distinct ids (with the push its optimizer held back, else one gather
 from the servers that hold them) and indexes them into place; ``backward``
 keeps the gradient rows with their ids (``pending``) until
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 
 from adamax_ps.client.cluster import Cluster, default_cluster
+from adamax_ps.client.tables import RemoteTable
 from adamax_ps.client.variables import RemoteVariable
 
 
@@ -45,10 +48,11 @@ class _Lookup(torch.autograd.Function):
 
 
 class Embedding(torch.nn.Module):
-    """``torch.nn.Embedding`` with its ``num_embeddings x embedding_dim``
-    float32 table on the servers, as variable ``name`` (by default
-    ``embedding``, ``embedding_1``, ... in the order modules are made, the same
-    in every worker running the same code).
+    """``torch.nn.Embedding`` with its table on the servers: a
+    ``num_embeddings x embedding_dim`` float32 variable named ``name`` (by
+    default ``embedding``, ``embedding_1``, ... in the order modules are made,
+    the same in every worker running the same code), or a hash-keyed table
+    (``table=``).
 
     A table of that name that exists (restored, or created from pretrained
     values) is attached to as it is when its shape matches, else a
@@ -57,37 +61,60 @@ class Embedding(torch.nn.Module):
     default, as ``torch.nn.Embedding`` draws N(0, 1), drawn by numpy on the
     servers). ``weight`` is the server table (``numpy()``, ``gather``,
     ``assign``); ``state_dict()`` holds it as ``weight``.
+
+    ``Embedding(table=t)``, or ``Embedding.from_table(t)`` (as
+    ``torch.nn.Embedding.from_pretrained``), looks up ``t``, a hash-keyed
+    table made by ``cluster.embedding_table(name, dim)``: ids are int64 keys
+    of any value, negative ones too (no ``num_embeddings``; ``embedding_dim``
+    is the table's ``dim``; ``name`` defaults to the table's), an unseen key
+    reads as its initial row (the table's initializer), and
+    ``adamax_ps.torch.Adamax`` pushes the keys' gradient rows. ``weight`` is
+    the table (``gather(keys)``, ``assign(keys, rows)``, ``export()``);
+    ``state_dict()`` holds every row it has as ``keys`` and ``weight``, and
+    ``load_state_dict`` sets those rows (other keys are left as they are).
     """
 
     def __init__(
         self,
-        num_embeddings: int,
-        embedding_dim: int,
+        num_embeddings: int | None = None,
+        embedding_dim: int | None = None,
         *,
+        table: RemoteTable | None = None,
         cluster: Cluster | None = None,
         name: str | None = None,
         initializer: str | dict | None = None,
     ) -> None:
         super().__init__()
-        if int(num_embeddings) <= 0 or int(embedding_dim) <= 0:
+        if table is not None:
+            _check_table(table, num_embeddings, embedding_dim, cluster, initializer)
+            num_embeddings, embedding_dim = None, table.dim
+        elif num_embeddings is None or embedding_dim is None:
+            raise TypeError(
+                "Embedding takes num_embeddings and embedding_dim (a table of that "
+                "shape), or table= (a hash-keyed table: cluster.embedding_table)"
+            )
+        elif int(num_embeddings) <= 0 or int(embedding_dim) <= 0:
             raise ValueError(
                 "num_embeddings and embedding_dim must be positive, got "
                 f"{num_embeddings} and {embedding_dim}"
             )
         if name is None:
-            name = _default_name()
-        self.num_embeddings = int(num_embeddings)
+            name = table.name if table is not None else _default_name()
+        self.keyed = table is not None
+        self.num_embeddings = None if num_embeddings is None else int(num_embeddings)
         self.embedding_dim = int(embedding_dim)
         self.name = name
-        cluster = cluster if cluster is not None else default_cluster()
-        if initializer is None:
-            initializer = {"class_name": "RandomNormal", "config": {"stddev": 1.0}}
-        self.table: RemoteVariable = cluster.variable(
-            name,
-            shape=(self.num_embeddings, self.embedding_dim),
-            dtype="float32",
-            initializer=initializer,
-        )
+        if table is None:
+            cluster = cluster if cluster is not None else default_cluster()
+            if initializer is None:
+                initializer = {"class_name": "RandomNormal", "config": {"stddev": 1.0}}
+            table = cluster.variable(
+                name,
+                shape=(self.num_embeddings, self.embedding_dim),
+                dtype="float32",
+                initializer=initializer,
+            )
+        self.table: RemoteVariable | RemoteTable = table
         self.handle = torch.nn.Parameter(torch.zeros(()))
         self.handle._adamax_ps_embedding = self  # what the optimizer pushes to
         self.pending: list[tuple[np.ndarray, np.ndarray]] = []
@@ -95,8 +122,13 @@ class Embedding(torch.nn.Module):
         self.register_state_dict_post_hook(_table_in_state_dict)
         self.register_load_state_dict_pre_hook(_table_from_state_dict)
 
+    @classmethod
+    def from_table(cls, table: RemoteTable, **kwargs: Any) -> Embedding:
+        """The module looking up hash-keyed ``table``: ``Embedding(table=table)``."""
+        return cls(table=table, **kwargs)
+
     @property
-    def weight(self) -> RemoteVariable:
+    def weight(self) -> RemoteVariable | RemoteTable:
         """The server table, once the push its optimizer held back is sent."""
         self.flush()
         return self.table
@@ -112,7 +144,7 @@ class Embedding(torch.nn.Module):
             optimizer.flush()
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
-        """Rows ``ids`` of the table as they are after every push of this
+        """Rows (or keys) ``ids`` of the table as they are after every push of this
         worker: read with the push held back when there is one."""
         optimizer = self._optimizer() if self._optimizer is not None else None
         if optimizer is not None and optimizer.holds(self.table):
@@ -139,7 +171,37 @@ class Embedding(torch.nn.Module):
         return ids, rows
 
     def extra_repr(self) -> str:
+        if self.keyed:
+            return f"table={self.table.name!r}, dim={self.embedding_dim}"
         return f"{self.num_embeddings}, {self.embedding_dim}, name={self.name!r}"
+
+
+def _check_table(
+    table: Any, num_embeddings: Any, embedding_dim: Any, cluster: Any, initializer: Any
+) -> None:
+    """``table=`` with the arguments that must agree with it."""
+    if not isinstance(table, RemoteTable):
+        raise TypeError(
+            "table is a hash-keyed table (cluster.embedding_table). "
+            f"Received: {type(table).__name__}"
+        )
+    if num_embeddings is not None:
+        raise ValueError(
+            f"table {table.name!r} is hash-keyed: any int64 key is an id, there is "
+            f"no num_embeddings (got {num_embeddings})"
+        )
+    if embedding_dim is not None and int(embedding_dim) != table.dim:
+        raise ValueError(
+            f"embedding_dim {embedding_dim} is not the dim of table "
+            f"{table.name!r} ({table.dim})"
+        )
+    if cluster is not None and cluster is not table.cluster:
+        raise ValueError(f"table {table.name!r} belongs to another cluster")
+    if initializer is not None:
+        raise ValueError(
+            f"table {table.name!r} has its own initializer "
+            "(cluster.embedding_table(..., initializer=))"
+        )
 
 
 _names: dict[str, int] = {}
@@ -154,6 +216,11 @@ def _default_name() -> str:
 
 
 def _table_in_state_dict(module: Embedding, state: dict, prefix: str, meta: Any):
+    if module.keyed:
+        exported = module.weight.export()
+        state[prefix + "keys"] = torch.from_numpy(exported.keys)
+        state[prefix + "weight"] = torch.from_numpy(exported.values)
+        return
     state[prefix + "weight"] = torch.from_numpy(module.weight.numpy())
 
 
@@ -161,9 +228,18 @@ def _table_from_state_dict(
     module: Embedding, state: dict, prefix: str, *args: Any
 ) -> None:
     value = state.pop(prefix + "weight", None)
+    keys = state.pop(prefix + "keys", None) if module.keyed else None
     if value is None:
         return
     module.flush()
+    if module.keyed:
+        if keys is None:
+            raise ValueError(
+                f"{prefix}weight of hash-keyed table {module.table.name!r} comes "
+                f"with {prefix}keys"
+            )
+        module.table.assign(keys.detach().cpu().numpy(), value.detach().cpu().numpy())
+        return
     value = np.asarray(value.detach().cpu().numpy(), np.float32)
     if value.shape != module.table.shape:
         raise ValueError(

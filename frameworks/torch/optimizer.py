@@ -3,11 +3,12 @@ applied on the servers.
 
 A step's push is one call of the client's ``Adamax`` (every parameter with
 the same ``t``, exactly once): an ``adamax_ps.torch.Embedding``'s rows to its
-table, every other parameter to a server variable of its name
-(``model.named_parameters()``) or of its place (``<optimizer name>/param_<i>``
-for plain ``model.parameters()``). Those dense parameters live on the servers
-so that every worker trains one model: each worker's copy takes the servers'
-value when the optimizer is made, and again after every step.
+table (``IndexedSlices`` of its keys, for a hash-keyed table), every other
+parameter to a server variable of its name (``model.named_parameters()``) or
+of its place (``<optimizer name>/param_<i>`` for plain ``model.parameters()``).
+Those dense parameters live on the servers so that every worker trains one
+model: each worker's copy takes the servers' value when the optimizer is made,
+and again after every step.
 
 When the optimizer steps an ``Embedding``, ``step()`` holds its push back
 until the next forward (``pending``), which sends it with the read of the new
@@ -37,6 +38,7 @@ import torch
 
 from adamax_ps.client.cluster import Cluster, default_cluster
 from adamax_ps.client.optimizer import Adamax as RemoteAdamax
+from adamax_ps.client.tables import RemoteTable
 from adamax_ps.client.transport import Read
 from adamax_ps.client.variables import IndexedSlices, RemoteSlot, RemoteVariable
 from adamax_ps.torch import pending
@@ -193,7 +195,9 @@ class Adamax(torch.optim.Optimizer):
         reading the servers' state from elsewhere mid-training."""
         self.send_with(None)
 
-    def send_with(self, rows: tuple[RemoteVariable, np.ndarray] | None) -> Any:
+    def send_with(
+        self, rows: tuple[RemoteVariable | RemoteTable, np.ndarray] | None
+    ) -> Any:
         """``flush``; with ``rows`` (a table, ids), their values after the
         held push, read with it (None when no push is held back: read them
         yourself)."""
@@ -209,7 +213,7 @@ class Adamax(torch.optim.Optimizer):
         self._set_dense(dense)
         return values[0] if reads else None
 
-    def holds(self, table: RemoteVariable) -> bool:
+    def holds(self, table: RemoteVariable | RemoteTable) -> bool:
         """Whether a held-back push may change ``table``."""
         return self._held is not None and any(v is table for _, v in self._held)
 
@@ -230,7 +234,7 @@ class Adamax(torch.optim.Optimizer):
 
     # State --------------------------------------------------------------------------
 
-    def _variables(self) -> list[RemoteVariable]:
+    def _variables(self) -> list[RemoteVariable | RemoteTable]:
         tables = [
             _embedding_of(p).table
             for g in self.param_groups
@@ -242,11 +246,17 @@ class Adamax(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """torch's ``state_dict`` plus the servers' state of this optimizer:
         ``iterations`` and the ``m``/``v`` slots of every variable it has
-        stepped (embedding tables' included: as large as the tables)."""
+        stepped (embedding tables' included: as large as the tables). A
+        hash-keyed table's slots stay on the servers (their checkpoints and
+        write-ahead log keep them); ``gather_slot(keys, ...)`` reads them."""
         self.flush()
         state = super().state_dict()
         slots: dict[str, dict[str, np.ndarray]] = {}
-        ours = {variable.name for variable in self._variables()}
+        ours = {
+            variable.name
+            for variable in self._variables()
+            if not isinstance(variable, RemoteTable)
+        }
         for weight in self.remote.weights:  # the optimizer's slots, listed once
             if isinstance(weight, RemoteSlot) and weight.variable.name in ours:
                 slots.setdefault(weight.variable.name, {})[weight.slot] = weight.numpy()
