@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 import tables
+import tables_embedding
 import tables_peers
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -32,6 +33,7 @@ RENDERERS = {
     "training": tables_peers.training,
     "training_fit": tables_peers.training_fit,
     "scaling": tables.scaling,
+    "embedding_tables": tables_embedding.embedding_tables,
 }
 BLOCK = re.compile(r"<!-- bench:(\w+):begin -->\n(.*?)<!-- bench:\1:end -->", re.S)
 

@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 
 from adamax_ps.client import errors
+from adamax_ps.client.http_tables import HttpTableCalls
 from adamax_ps.client.retry import RetryableError, RetryPolicy, with_retries
 from adamax_ps.client.transport import (
     Applied,
@@ -32,7 +33,7 @@ from adamax_ps.proto import codec
 from adamax_ps.proto.wire import API, VIEW_HEADER
 
 
-class HttpTransport:
+class HttpTransport(HttpTableCalls):
     """One server over HTTP(S)."""
 
     def __init__(

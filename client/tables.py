@@ -88,9 +88,9 @@ class RemoteTable:
         for field in ("size", "allocated", "bytes", "admitted", "evicted", "filtered"):
             total[field] = sum(int(i[field]) for i in infos)
         total["latest_step"] = max(int(i["latest_step"]) for i in infos)
-        total["bytes_per_row"] = (
-            total["bytes"] / total["size"] if total["size"] else 0.0
-        )
+        # Each server's rows, slots, bookkeeping and index, by row held.
+        held = sum(float(i["bytes_per_row"]) * int(i["size"]) for i in infos)
+        total["bytes_per_row"] = held / total["size"] if total["size"] else 0.0
         if top_keys:
             found = [k for i in infos for k in i.get("top_keys", [])]
             found.sort(key=lambda k: (-k["updates"], k["key"]))

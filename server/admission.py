@@ -50,6 +50,11 @@ def _add(sketch, keys, seeds):
 class CountingFilter:
     """A count-min sketch of pushes per key (guard it with the part's lock)."""
 
+    @staticmethod
+    def bytes_for(nbytes: int) -> int:
+        """Bytes of the sketch made for a budget of ``nbytes``."""
+        return 2 * DEPTH * max(64, nbytes // (2 * DEPTH))
+
     def __init__(self, nbytes: int, sketch: np.ndarray | None = None) -> None:
         width = max(64, nbytes // (2 * DEPTH))
         self.sketch = np.zeros((DEPTH, width), np.uint16) if sketch is None else sketch

@@ -24,12 +24,12 @@ from collections.abc import Callable
 import numpy as np
 
 from adamax_ps.server.errors import ParameterServerError
-from adamax_ps.server.table_part import TablePart
+from adamax_ps.server.table_part import ROOM, TablePart
 from adamax_ps.server.tables import TableRecord, Tables
 
 BATCH = 4096
 HIGH = 0.95
-LOW = 0.90
+LOW = ROOM
 log = logging.getLogger("adamax_ps.eviction")
 
 
@@ -93,7 +93,9 @@ class Evictor:
         """Evict a part's due rows in batches; candidates are found without
         the lock, with the step each was last updated at."""
         high = part.high
-        live = np.flatnonzero(part.live[:high])
+        # Copies first: a push may change the arrays meanwhile (numpy raises
+        # when an array changes under flatnonzero); candidates are hints.
+        live = np.flatnonzero(part.live[:high].copy())
         due = []
         if ttl is not None:
             due.append(live[part.updated[live] <= now - ttl])

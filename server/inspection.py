@@ -29,6 +29,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 HISTORY_SAMPLES = 600
 SCORE_ROWS = 1 << 14  # rows scored at a time by top rows and update norms
 WATCH_SECONDS = 60.0  # sample while the history was read within this time
+TABLE_COUNTS = ("size", "admitted", "evicted", "filtered", "bytes")  # sampled
 
 
 def resident_bytes() -> int:
@@ -235,7 +236,8 @@ class Inspector:
                 self._history.append(sample)
 
     def sample(self) -> dict[str, Any]:
-        """Counters of every optimizer, and norms of every variable and slot."""
+        """Counters of every optimizer, norms of every variable and slot, and
+        the rows and admission/eviction counts of every table."""
         optimizers = {}
         for state in self.service.optimizers():
             with state.lock:
@@ -252,7 +254,16 @@ class Inspector:
             for optimizer in with_m & {o for o, slot in slots if slot == "v"}:
                 norms[f"{optimizer}/update"] = self.update_norm(record, optimizer)
             variables[record.name] = norms
-        return {"time": time.time(), "optimizers": optimizers, "variables": variables}
+        tables = {
+            info["name"]: {field: int(info[field]) for field in TABLE_COUNTS}
+            for info in self.service.table_infos()
+        }
+        return {
+            "time": time.time(),
+            "optimizers": optimizers,
+            "variables": variables,
+            "tables": tables,
+        }
 
     def update_norm(self, record: VariableRecord, optimizer: str) -> float:
         """``||m / (v + eps)||`` over the whole variable slice."""

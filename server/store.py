@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from adamax_ps.common.placement import place_rows
+from adamax_ps.server.errors import VariableExistsError
 
 if TYPE_CHECKING:
     from adamax_ps.server.table_part import TablePart
@@ -172,6 +173,10 @@ class ShardedStore:
                 existing = self._variables.get(record.name)
                 if existing is not None:
                     return existing
+                if record.name in self._tables:
+                    raise VariableExistsError(
+                        f"{record.name!r} is a hash-keyed table, not a variable"
+                    )
                 self._variables[record.name] = record
             for part in arrays:
                 self.shards[part.shard].parts[record.name] = part
@@ -201,6 +206,10 @@ class ShardedStore:
                 existing = self._tables.get(record.name)
                 if existing is not None:
                     return existing
+                if record.name in self._variables:
+                    raise VariableExistsError(
+                        f"{record.name!r} is a variable, not a table"
+                    )
                 self._tables[record.name] = record
             for part in parts:
                 self.shards[part.shard].tables[record.name] = part

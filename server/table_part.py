@@ -21,6 +21,8 @@ from adamax_ps.server.admission import CountingFilter, admitted_by_chance
 from adamax_ps.server.table_config import TableConfig
 
 TOMBSTONES = 1 << 16  # evictions remembered per part, for delta exports
+ROOM = 0.90  # a full part evicts down to this share of its capacity
+GROWTH = 1.25  # allocations grow by this factor (and at least 64 rows)
 _ROW_META = 8 + 1 + 8 + 8 + 8  # key, live, updated, count, free-list entry
 
 
@@ -75,6 +77,15 @@ class TablePart:
         self.tomb_total = 0
         self.dropped_through = 0  # tombstones up to this step were overwritten
 
+    @staticmethod
+    def initial_bytes(config: TableConfig, parts: int) -> int:
+        """Bytes of an empty part: its admission filter and empty index."""
+        admission = config.admission
+        extra = 0
+        if admission is not None and admission.min_count:
+            extra = CountingFilter.bytes_for(max(1024, admission.filter_bytes // parts))
+        return extra + 4 * hash_index.buckets_for(0)
+
     # Memory ---------------------------------------------------------------------
 
     def row_bytes(self, slots: int | None = None) -> int:
@@ -106,19 +117,17 @@ class TablePart:
         rows) or of a slot (missing: zeros)."""
         rows = self.rows_of(keys)
         found = rows >= 0
-        if slot is None:
-            out = np.empty((len(keys), self.dim), self.dtype)
-            if not found.all():
-                missing = np.flatnonzero(~found)
-                out[missing] = self.initializer.rows(
-                    keys[missing], self.dim, self.dtype
-                )
-            out[found] = self.value[rows[found]]
-            return out
+        everywhere = bool(found.all())
+        source = self.value if slot is None else self.slots.get(slot)
+        if everywhere and source is not None:
+            return np.take(source, rows, axis=0)  # one pass, no masks
         out = np.zeros((len(keys), self.dim), self.dtype)
-        array = self.slots.get(slot)
-        if array is not None:
-            out[found] = array[rows[found]]
+        if slot is None:
+            missing = np.flatnonzero(~found)
+            out[missing] = self.initializer.rows(keys[missing], self.dim, self.dtype)
+        if source is not None:
+            hit = np.flatnonzero(found)
+            out[hit] = source[rows[hit]]
         return out
 
     # Pushes -----------------------------------------------------------------------
@@ -148,7 +157,7 @@ class TablePart:
         live_after = self.size - len(victims) + int((admit & missing).sum())
         grow_to = self.alloc
         if live_after > self.alloc:
-            grow_to = max(live_after, 2 * self.alloc, 64)
+            grow_to = max(live_after, int(GROWTH * self.alloc), self.alloc + 64)
             if self.capacity is not None:
                 grow_to = max(live_after, min(grow_to, self.capacity))
         slots = len(self.slots) + new_slots
@@ -180,15 +189,17 @@ class TablePart:
         over = self.size + len(new) - self.capacity
         if over <= 0:
             return admit, np.empty(0, np.int64)
-        kept = rows[~missing]
-        candidates = np.flatnonzero(self.live[: self.high])
-        if len(kept):
-            candidates = np.setdiff1d(candidates, kept, assume_unique=True)
+        candidate = self.live[: self.high].astype(bool)
+        candidate[rows[~missing]] = False  # never a row this push updates
+        candidates = np.flatnonzero(candidate)
         if over > len(candidates):
             admit = admit.copy()
             admit[new[len(new) - (over - len(candidates)) :]] = False
             over = len(candidates)
-        chosen = self.lowest(candidates, over)
+        # Room for the next pushes too, down to the evictor's low mark: the
+        # scan below is then paid once in many pushes when the evictor lags.
+        extra = self.capacity - int(ROOM * self.capacity)
+        chosen = self.lowest(candidates, min(over + extra, len(candidates)))
         return admit, self.keys[chosen].copy()
 
     def lowest(self, rows: np.ndarray, n: int) -> np.ndarray:
@@ -224,7 +235,7 @@ class TablePart:
         step: int,
     ) -> None:
         """Apply a planned push: evict, grow, admit, count, update."""
-        self.evict(plan.victims, step)
+        self.evict(plan.victims, step + 1)  # stamped as the rows it updates
         self.grow(plan.grow_to)
         for name in ("m", "v"):
             if (optimizer, name) not in self.slots:
@@ -314,7 +325,9 @@ class TablePart:
     # Eviction ---------------------------------------------------------------------
 
     def evict(self, keys: np.ndarray, step: int) -> int:
-        """Remove the keys' rows (value and slots); how many were there."""
+        """Remove the keys' rows (value and slots); how many were there. Their
+        tombstones are stamped ``step``: a delta since any earlier step
+        lists them."""
         if not len(keys):
             return 0
         keys = np.ascontiguousarray(keys, dtype=np.int64)

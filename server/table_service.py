@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from adamax_ps.server import table_export
+from adamax_ps.server.errors import InvalidArgumentError, SlotNotFoundError
 from adamax_ps.server.eviction import Evictor
 from adamax_ps.server.limits import InflightBudget
 from adamax_ps.server.store import ShardedStore
@@ -22,6 +23,7 @@ class TableMethods:
 
     _tables: Tables
     evictor: Evictor
+    optimizer: Any
     store: ShardedStore
     inflight: InflightBudget
 
@@ -48,8 +50,24 @@ class TableMethods:
         slot: str | None = None,
     ) -> np.ndarray:
         """Rows of a table's keys (unseen keys: initial rows), or of a slot."""
-        key = None if optimizer is None and slot is None else (optimizer, slot)
-        return self._tables.gather(self._tables.get(name), keys, key)
+        record = self._tables.get(name)
+        return self._tables.gather(record, keys, self._table_slot(optimizer, slot))
+
+    def _table_slot(
+        self, optimizer: str | None, slot: str | None
+    ) -> tuple[str, str] | None:
+        """What a table read names: its rows (neither), or an optimizer's
+        ``m`` or ``v`` (both; an existing optimizer)."""
+        if optimizer is None and slot is None:
+            return None
+        if optimizer is None or slot is None:
+            raise InvalidArgumentError(
+                "a slot read needs both optimizer and slot names"
+            )
+        self.optimizer(optimizer)  # OptimizerNotFoundError if there is none
+        if slot not in ("m", "v"):
+            raise SlotNotFoundError(f"a table's slots are 'm' and 'v', not {slot!r}")
+        return (optimizer, slot)
 
     def assign_keys(self, name: str, keys: Any, values: Any) -> None:
         """Set rows of a table (new keys get rows)."""
@@ -90,8 +108,7 @@ class TableMethods:
         record = self._tables.get(name)
         keys, nbytes = self._tables.planned_read(record, keys)
         with self.inflight.held(nbytes, f"reading table {name!r}"):
-            key = None if optimizer is None and slot is None else (optimizer, slot)
-            yield self._tables.gather(record, keys, key)
+            yield self._tables.gather(record, keys, self._table_slot(optimizer, slot))
 
     def evict_now(self) -> int:
         """Run one eviction round now (tests, and the evictor thread's work)."""

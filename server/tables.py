@@ -95,12 +95,12 @@ class Tables:
         if existing is not None:
             return _attach(existing, config), False
         parts = self.num_servers * self.store.num_shards
+        nbytes = self.store.num_shards * TablePart.initial_bytes(config, parts)
+        self.memory.reserve(nbytes, f"table {name!r}")  # before allocating
         made = [
             TablePart(name, shard.index, config, parts, config.seed)
             for shard in self.store.shards
         ]
-        nbytes = sum(part.nbytes for part in made)
-        self.memory.reserve(nbytes, f"table {name!r}")
         record = TableRecord(name, config, self.store.num_shards)
         logged = [0]
 
@@ -259,7 +259,7 @@ class Tables:
         if not len(keys):
             return 0
         self.journal.check()
-        gone = part.evict(keys, part.latest)
+        gone = part.evict(keys, part.latest + 1)  # after every update so far
         self.journal.write("evict", {"table": record.name}, [keys])
         return gone
 
@@ -356,7 +356,16 @@ class Tables:
     def info(self, record: TableRecord) -> dict[str, Any]:
         """Size, capacity, memory and counts, summed over the shards."""
         totals = dict.fromkeys(
-            ("size", "allocated", "bytes", "admitted", "evicted", "filtered"), 0
+            (
+                "size",
+                "allocated",
+                "bytes",
+                "row_bytes",
+                "admitted",
+                "evicted",
+                "filtered",
+            ),
+            0,
         )
         latest = 0
         for shard in self.store.shards:
@@ -365,11 +374,14 @@ class Tables:
                 totals["size"] += part.size
                 totals["allocated"] += part.alloc
                 totals["bytes"] += part.nbytes
+                totals["row_bytes"] += part.bytes_for(part.alloc)
                 totals["admitted"] += part.admitted
                 totals["evicted"] += part.evicted
                 totals["filtered"] += part.filtered
                 latest = max(latest, part.latest)
-        per_row = totals["bytes"] / totals["size"] if totals["size"] else 0.0
+        # Rows, their slots and bookkeeping, and the index, by row held (the
+        # admission filter and tombstones are fixed costs, in ``bytes``).
+        per_row = totals.pop("row_bytes") / totals["size"] if totals["size"] else 0.0
         return {
             "name": record.name,
             **record.config.to_json(),

@@ -164,6 +164,8 @@ class Variables:
         """The checked ``(shape, dtype, initial_value, global_shape)`` of a
         variable to create; ``InvalidArgumentError`` naming what is wrong."""
         check_name("variable", name)
+        if self.store.table(name) is not None:
+            raise VariableExistsError(f"{name!r} is a hash-keyed table, not a variable")
         shape, dtype, initial_value = shape_and_dtype(shape, dtype, initial_value)
         global_shape = check_slice(shape, global_shape, row_offset)
         nbytes = math.prod(shape) * dtype.itemsize

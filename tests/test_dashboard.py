@@ -246,3 +246,75 @@ def test_choosing_a_variable_shows_its_top_rows(dashboard, server):
     )
     expect(top.locator("tr")).to_have_count(0)
     assert errors == []
+
+
+@pytest.fixture(scope="module")
+def table(training):
+    """A hash-keyed table with rows, refused keys and evictions: ids 0-3 are
+    pushed most, so they lead its top keys."""
+    ids = training.cluster.embedding_table(
+        "ids", 4, capacity=16, admission={"min_count": 2}, eviction={"policy": "lfu"}
+    )
+    rng = np.random.default_rng(3)
+    for step in range(6):
+        keys = np.concatenate([np.arange(4), rng.integers(4, 40, 12)])
+        keys = np.concatenate([keys, keys[: step + 1]])  # repeats
+        grads = rng.normal(size=(len(keys), 4)).astype(F32)
+        training.opt.apply_gradients([(IndexedSlices(grads, keys), ids)])
+    return ids
+
+
+def test_tables_section_shows_counts_chart_and_top_keys(browser, server, table):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on(
+        "console",
+        lambda message: errors.append(message.text) if message.type == "error" else 0,
+    )
+    page.goto(server.http_address + "/")
+    (expected,) = rest(server, "/api/v1/tables")
+    assert expected["evicted"] > 0 and expected["filtered"] > 0
+    row = page.locator('#tables tbody tr[data-name="ids"]')
+    expect(row).to_have_class("chosen")
+    cells = {
+        "size": f"{expected['size']:,}",
+        "capacity": "16",
+        "dim": "4",
+        "dtype": "float32",
+        "admitted": f"{expected['admitted']:,}",
+        "evicted": f"{expected['evicted']:,}",
+        "filtered": f"{expected['filtered']:,}",
+    }
+    for cell, text in cells.items():
+        expect(row.locator(f"td.{cell}")).to_have_text(text)
+    expect(row.locator("td.per-row")).not_to_have_text(MISSING)
+    expect(page.locator("#tables .empty")).to_be_hidden()
+
+    # The chart holds the sampled counts: its last sample is the table now.
+    page.wait_for_function(
+        """(size) => {
+            const data = state.charts["chart-table"]?.plot.data;
+            return data && data[0].length >= 2 && data[1].at(-1) === size;
+        }""",
+        arg=expected["size"],
+    )
+    box = page.locator("#chart-table canvas").bounding_box()
+    assert box is not None and box["width"] > 100 and box["height"] > 50
+    series = page.evaluate(
+        "() => state.charts['chart-table'].plot.series.slice(1).map(s => s.label)"
+    )
+    assert series == ["size", "admitted", "evicted", "filtered"]
+
+    # Top keys: the most updated first, as the REST API ranks them.
+    top = rest(server, "/api/v1/tables/ids?top_keys=10")["top_keys"]
+    keys = page.locator("#top-keys-rows")
+    expect(keys).to_have_attribute("data-table", "ids")
+    expect(keys.locator("tr")).to_have_count(len(top))
+    shown = keys.locator("tr").evaluate_all(
+        "rows => rows.map(r => [r.dataset.key, r.cells[1].textContent])"
+    )
+    assert shown == [[str(k["key"]), f"{k['updates']:,}"] for k in top]
+    assert {int(k) for k, _ in shown[:4]} == {0, 1, 2, 3}
+    assert errors == []
+    page.close()

@@ -42,6 +42,7 @@ def test_readme_has_the_benchmark_blocks():
         "durability",
         "latest",
         "training_fit",
+        "embedding_tables",
     }
 
 

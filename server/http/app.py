@@ -39,6 +39,7 @@ from adamax_ps.server.http.bodies import (
 from adamax_ps.server.http.models import StatusResponse
 from adamax_ps.server.http.reads import generic_reads, reads
 from adamax_ps.server.http.schema import standard_bounds
+from adamax_ps.server.http.tables import tables
 from adamax_ps.server.http.writes import writes
 from adamax_ps.server.inspection import Inspector
 from adamax_ps.server.security import TokenCheck
@@ -104,6 +105,7 @@ def create_app(
     _probes(app, api)
     app.include_router(reads(api))
     app.include_router(writes(api))
+    app.include_router(tables(api))
     app.include_router(generic_reads(api))
     if STATIC.is_dir():
         _dashboard(app)

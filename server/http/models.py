@@ -194,6 +194,10 @@ class HistorySample(Strict):
     time: float
     optimizers: dict[str, dict[str, int]]
     variables: dict[str, dict[str, Real]]
+    tables: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="each table's size, admitted, evicted, filtered and bytes",
+    )
 
 
 class HistoryResponse(Strict):

@@ -13,6 +13,8 @@ const state = {
   optimizer: null, // the optimizer whose slots (m, v) are shown
   optimizers: [],
   variables: [],
+  tables: [], // hash-keyed tables, with their counts
+  table: null, // the table its chart and top keys describe
   samples: [],
   ready: false,
   charts: {}, // element id -> {key, plot}
@@ -179,22 +181,26 @@ function showError(message) {
 }
 
 async function refresh() {
-  const [server, optimizers, variables, history] = await Promise.all([
+  const [server, optimizers, variables, tables, history] = await Promise.all([
     api("/api/v1/server"),
     api("/api/v1/optimizers"),
     api("/api/v1/variables?stats=true"),
+    api("/api/v1/tables"),
     api("/api/v1/history"), // reading it keeps the server sampling
   ]);
   state.optimizers = optimizers;
   state.variables = variables;
+  state.tables = tables;
   state.samples = history.samples;
   chooseDefaults();
   renderServer(server);
   renderOptimizers();
   renderVariables();
+  renderTables();
   renderHistoryCharts();
   renderVariableCharts();
-  await refreshTop();
+  renderTableChart();
+  await Promise.all([refreshTop(), refreshTopKeys()]);
 }
 
 // Keep the reader's choices while they still exist; otherwise pick the first
@@ -206,6 +212,11 @@ function chooseDefaults() {
     const candidates = [...state.variables].sort((a, b) => b.bytes - a.bytes);
     const slotted = candidates.find((v) => hasSlots(v, state.optimizer));
     state.chosen = (slotted ?? candidates[0])?.name ?? null;
+  }
+  // The table holding the most rows, unless the reader chose one.
+  if (!state.tables.some((t) => t.name === state.table)) {
+    const largest = [...state.tables].sort((a, b) => b.size - a.size)[0];
+    state.table = largest?.name ?? null;
   }
 }
 
@@ -547,6 +558,104 @@ function previewValues(values) {
   return values.slice(0, 8).map(formatNumber).join(", ") + (values.length > 8 ? ", …" : "");
 }
 
+// Tables ----------------------------------------------------------------------------
+
+const TABLE_CELLS = ["name mono", "dim num", "dtype", "size num", "capacity num", "bytes num", "per-row num", "admitted num", "evicted num", "filtered num"];
+
+function describeTable(t) {
+  const parts = [`initializer ${typeof t.initializer === "string" ? t.initializer : t.initializer.class_name}`];
+  if (t.admission?.min_count) parts.push(`admitted after ${t.admission.min_count} pushes`);
+  if (t.admission?.probability != null) parts.push(`admitted with probability ${formatParam(t.admission.probability)}`);
+  if (t.eviction) {
+    let evict = `eviction ${t.eviction.policy}`;
+    if (t.eviction.ttl_steps != null) evict += `, after ${formatCount(t.eviction.ttl_steps)} steps without update`;
+    parts.push(evict);
+  }
+  return parts.join("; ");
+}
+
+function renderTables() {
+  const section = $("#tables");
+  const rows = syncRows(section.querySelector("tbody"), state.tables, (t) => t.name, () => makeRow(TABLE_CELLS));
+  section.querySelector(".empty").hidden = state.tables.length > 0;
+  for (const t of state.tables) {
+    const row = rows.get(t.name);
+    const cell = (c) => row.querySelector(`.${c}`);
+    row.classList.toggle("chosen", t.name === state.table);
+    setText(cell("name"), t.name);
+    cell("name").title = describeTable(t);
+    setText(cell("dim"), formatCount(t.dim));
+    setText(cell("dtype"), t.dtype);
+    setText(cell("size"), formatCount(t.size));
+    cell("size").title = `${formatCount(t.allocated)} rows allocated`;
+    setText(cell("capacity"), t.capacity == null ? "unbounded" : formatCount(t.capacity));
+    setText(cell("bytes"), formatBytes(t.bytes));
+    cell("bytes").title = `${formatCount(t.bytes)} bytes: rows, slots, index and admission filter`;
+    setText(cell("per-row"), t.size ? formatBytes(Math.round(t.bytes_per_row)) : "–");
+    setText(cell("admitted"), formatCount(t.admitted));
+    setText(cell("evicted"), formatCount(t.evicted));
+    setText(cell("filtered"), formatCount(t.filtered));
+  }
+}
+
+const TABLE_SERIES = ["size", "admitted", "evicted", "filtered"];
+
+function renderTableChart() {
+  const name = state.table;
+  setText($("#table-chosen-name"), name ?? "–");
+  const samples = state.samples;
+  const times = samples.map((s) => s.time);
+  const counts = (key) => samples.map((s) => s.tables?.[name]?.[key] ?? null);
+  plot("chart-table", name ? TABLE_SERIES : [], [times, ...(name ? TABLE_SERIES.map(counts) : [])], {
+    yRange: fromZero,
+    format: (v) => formatCount(Math.round(v)),
+  });
+}
+
+let topKeysRequest = 0; // answers to superseded requests are dropped
+
+async function refreshTopKeys() {
+  const request = ++topKeysRequest;
+  const name = state.table;
+  setText($("#top-keys-name"), name ?? "–");
+  if (!name) return renderTopKeys(null, "No table yet.");
+  try {
+    const answer = await api(`/api/v1/tables/${encodeURIComponent(name)}?top_keys=10`);
+    if (request !== topKeysRequest) return;
+    renderTopKeys(answer, answer.top_keys.length ? "" : `No key of ${name} has a row yet.`);
+  } catch (error) {
+    if (!(error instanceof ApiError) || error.status === 401) throw error;
+    if (request === topKeysRequest) renderTopKeys(null, `${error.name}: ${error.message}`);
+  }
+}
+
+function renderTopKeys(answer, message) {
+  const body = $("#top-keys-rows");
+  setText($("#top-keys-message"), message);
+  if (!answer) {
+    body.replaceChildren();
+    delete body.dataset.table;
+    return;
+  }
+  const best = Math.max(...answer.top_keys.map((k) => k.updates), 0);
+  body.replaceChildren(
+    ...answer.top_keys.map((k) => {
+      const row = makeRow(["key num mono", "score", "updated num"]);
+      row.dataset.key = String(k.key);
+      row.cells[0].textContent = String(k.key);
+      const bar = document.createElement("span");
+      bar.className = "bar";
+      bar.style.width = `${best > 0 ? (100 * k.updates) / best : 0}%`;
+      const value = document.createElement("span");
+      value.textContent = formatCount(k.updates);
+      row.cells[1].append(bar, value);
+      row.cells[2].textContent = formatCount(k.updated);
+      return row;
+    }),
+  );
+  body.dataset.table = answer.name; // which table the keys are of
+}
+
 // Interaction -----------------------------------------------------------------------
 
 function choose(variable) {
@@ -559,6 +668,15 @@ function choose(variable) {
 $("#variables tbody").addEventListener("click", (event) => {
   const row = event.target.closest("tr[data-name]");
   if (row) choose(row.dataset.name);
+});
+
+$("#tables tbody").addEventListener("click", (event) => {
+  const row = event.target.closest("tr[data-name]");
+  if (!row) return;
+  state.table = row.dataset.name;
+  renderTables();
+  renderTableChart();
+  refreshTopKeys().catch(handleError);
 });
 
 $("#optimizers tbody").addEventListener("click", (event) => {
