@@ -36,7 +36,11 @@ def _norm(stats: dict[str, Any] | None, key: str) -> str:
 
 
 def describe(
-    url: str, server: dict, optimizers: list[dict], variables: list[dict]
+    url: str,
+    server: dict,
+    optimizers: list[dict],
+    variables: list[dict],
+    tables: list[dict] = (),
 ) -> str:
     age = server["checkpoint"]["age_seconds"]
     lines = [
@@ -92,6 +96,25 @@ def describe(
             ["variable", "shape", "dtype", "bytes", "|w|", "|m|", "|v|", "rows w!=0"],
         )
     )
+    if tables:
+        rows = [
+            [
+                t["name"],
+                t["dim"],
+                t["dtype"],
+                t["size"],
+                "-" if t["capacity"] is None else t["capacity"],
+                _size(t["bytes"]),
+                f"{t['bytes_per_row']:.0f}",
+                t["admitted"],
+                t["evicted"],
+                t["filtered"],
+            ]
+            for t in tables
+        ]
+        header = ["table", "dim", "dtype", "rows here", "capacity", "bytes"]
+        header += ["B/row", "admitted", "evicted", "filtered"]
+        lines += ["", _table(rows, header)]
     return "\n".join(lines)
 
 
@@ -109,6 +132,7 @@ def inspect(urls: list[str], token: str | None, as_json: bool) -> int:
                         ("server", "/server"),
                         ("optimizers", "/optimizers"),
                         ("variables", "/variables"),
+                        ("tables", "/tables"),
                     )
                 }
         except httpx.HTTPError as e:
@@ -127,7 +151,9 @@ def inspect(urls: list[str], token: str | None, as_json: bool) -> int:
     else:
         print(
             "\n\n".join(
-                describe(r["url"], r["server"], r["optimizers"], r["variables"])
+                describe(
+                    r["url"], r["server"], r["optimizers"], r["variables"], r["tables"]
+                )
                 for r in reports
             )
         )

@@ -153,7 +153,10 @@ class Replayer:
         self.tables.create(header["name"], TableConfig.from_json(header["config"]))
 
     def _table_assign(self, header: dict, arrays: list[np.ndarray]) -> None:
-        self.tables.assign(self.tables.get(header["table"]), arrays[0], arrays[1])
+        evicted = arrays[2] if len(arrays) > 2 else np.empty(0, np.int64)
+        self.tables.assign(
+            self.tables.get(header["table"]), arrays[0], arrays[1], evicted
+        )
 
     def _evict(self, header: dict, arrays: list[np.ndarray]) -> None:
         self.tables.evict_anywhere(self.tables.get(header["table"]), arrays[0])

@@ -139,10 +139,12 @@ class TablePart:
         step: int,
         new_slots: int,
         decided: tuple[np.ndarray, np.ndarray] | None = None,
+        admit_all: bool = False,
     ) -> PartPlan:
         """Plan a push of ``keys[positions]`` at ``step``; nothing changes.
         ``decided``: the admission mask (bool, over all of ``keys``) and this
-        part's evicted keys a logged push recorded, used instead of deciding."""
+        part's evicted keys a logged push recorded, used instead of deciding.
+        ``admit_all``: no admission test (an assignment); the capacity holds."""
         mine = keys[positions]
         rows = self.rows_of(mine)
         missing = rows < 0
@@ -150,7 +152,11 @@ class TablePart:
             admit = decided[0][positions]
             victims = decided[1]
         else:
-            admit = ~missing | self._admits(mine, missing, step)
+            admit = (
+                np.ones(len(mine), bool)
+                if admit_all
+                else ~missing | self._admits(mine, missing, step)
+            )
             victims = np.empty(0, np.int64)
             if self.capacity is not None:
                 admit, victims = self._make_room(rows, missing, admit)

@@ -211,9 +211,18 @@ class Tables:
 
     # Writes -------------------------------------------------------------------------
 
-    def assign(self, record: TableRecord, keys: Any, values: Any) -> None:
+    def assign(
+        self,
+        record: TableRecord,
+        keys: Any,
+        values: Any,
+        evicted: np.ndarray | None = None,
+    ) -> None:
         """Set the rows of ``keys`` (unique) to ``values``; new keys get rows
-        without an admission test (eviction still keeps the capacity)."""
+        without an admission test, and rows are evicted by the table's policy
+        to keep its capacity (``evicted``: those a logged assignment evicted,
+        when the log replays it). More new keys than a part can hold at all
+        are refused, nothing changed."""
         self.journal.check()
         keys = self.check_keys(record, np.asarray(keys), "keys")
         self._limit(record, keys)
@@ -231,17 +240,30 @@ class Tables:
             plans = []
             for shard, positions in groups:
                 part = self.store.shards[shard].tables[record.name]
-                admit = np.ones(len(keys), bool)
-                plan = part.plan(keys, positions, 0, 0, (admit, _no_keys()))
+                decided = None
+                if evicted is not None:
+                    mine = evicted[shard_of(evicted, self.store.num_shards) == shard]
+                    decided = (np.ones(len(keys), bool), mine)
+                plan = part.plan(keys, positions, 0, 0, decided, admit_all=True)
+                if not plan.admit.all():
+                    raise InvalidArgumentError(
+                        f"assigning {len(positions)} keys to one part of table "
+                        f"{record.name!r}, whose parts hold {part.capacity} rows "
+                        "each: assign fewer keys at once, or raise its capacity"
+                    )
                 plans.append((part, plan))
             self.memory.reserve(
                 sum(plan.grow_bytes for _, plan in plans),
                 f"rows of table {record.name!r}",
             )
+            victims = [plan.victims for _, plan in plans]
             logged = self.journal.write(
-                "table_assign", {"table": record.name}, [keys, values]
+                "table_assign",
+                {"table": record.name},
+                [keys, values, np.concatenate([_no_keys(), *victims])],
             )
             for part, plan in plans:
+                part.evict(plan.victims, part.latest + 1)
                 part.grow(plan.grow_to)
                 part.assign(keys[plan.positions], values[plan.positions])
         self.journal.wait(logged)

@@ -10,10 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers.servers import start_cluster
 
-from adamax_ps.client import Adamax, connect
+from adamax_ps.client import Adamax, IndexedSlices, connect
 
 SCRIPT = Path(sys.executable).parent / "adamax-ps"
 
@@ -154,14 +155,23 @@ def test_cluster_inspect_checkpoint_and_ctrl_c(tmp_path):
         with connect(address) as cluster:
             opt = Adamax(cluster=cluster)
             w = cluster.variable("w", shape=(4,))
-            opt.apply_gradients([(w.numpy() + 1, w)])
+            ids = cluster.embedding_table("ids", 3, capacity=100)
+            keys = np.arange(-5, 5)
+            grads = IndexedSlices(np.ones((10, 3), np.float32), keys)
+            opt.apply_gradients([(w.numpy() + 1, w), (grads, ids)])
         table = run("inspect", urls)
         assert table.returncode == 0, table.stderr
         assert "server 0 of 2, 3 shards" in table.stdout
         assert re.search(r"Adamax\s+0\.001\s+1\s+1", table.stdout)
+        assert re.search(r"ids\s+3\s+float32\s+\d+\s+100\s", table.stdout)
         report = json.loads(run("inspect", urls, "--json").stdout)
         assert [r["server"]["server_index"] for r in report] == [0, 1]
         assert sum(len(r["variables"]) for r in report) == 1
+        assert sum(t["size"] for r in report for t in r["tables"]) == 10
+        exported = tmp_path / "ids.npz"
+        saved = run("export", "ids", "--address", address, "--out", str(exported))
+        assert saved.returncode == 0, saved.stderr
+        assert sorted(np.load(exported)["keys"].tolist()) == keys.tolist()
         saved = run("checkpoint", urls)
         assert saved.returncode == 0 and saved.stdout.count("checkpoint 1 at") == 2
         process.send_signal(signal.SIGINT)  # what Ctrl-C sends

@@ -167,6 +167,19 @@ def test_capacity_evicts_by_policy_inline(policy):
     assert live == ({3, 4, 9} if policy == "lru" else {1, 4, 9})
 
 
+def test_an_assignment_keeps_the_capacity_too():
+    s = service(shards=1)
+    s.create_table("t", dim=DIM, capacity=10)
+    push(s, np.arange(10))
+    s.assign_keys("t", np.arange(100, 105), np.ones((5, DIM)))
+    info = s.table_info("t")
+    assert info["size"] <= 10 and info["evicted"] >= 5
+    assert set(range(100, 105)) <= set(s.export_table("t")[0].tolist())
+    with pytest.raises(InvalidArgumentError, match="capacity"):
+        s.assign_keys("t", np.arange(1000, 1011), np.ones((11, DIM)))
+    assert s.table_info("t")["size"] == info["size"]
+
+
 def test_capacity_never_exceeded_by_one_big_push():
     s = service(shards=1)
     s.create_table("t", dim=DIM, capacity=10)
