@@ -273,3 +273,36 @@ class CheckpointReader:
                 f"{entry['offset']}..{entry['offset'] + entry['nbytes']} fail their "
                 "checksum (corrupt)"
             )
+
+    def read_ranges(
+        self, entry: dict[str, Any], ranges: Iterable[tuple[int, memoryview]]
+    ) -> None:
+        """Copy byte ranges of an array (``(offset in the array, target)``,
+        non-overlapping) into their targets in one pass over its bytes, the
+        crc32 checked over all of them: what a resized cluster's server takes
+        of another server's saved array (memory: one chunk, not the array)."""
+        wanted = sorted(ranges, key=lambda r: r[0])
+        total, crc = entry["nbytes"], 0
+        buffer = bytearray(min(CHUNK, max(total, 1)))
+        with open(self.path / entry["file"], "rb") as f:
+            f.seek(entry["offset"])
+            position = 0
+            while position < total:
+                view = memoryview(buffer)[: min(CHUNK, total - position)]
+                if f.readinto(view) != len(view):
+                    raise CheckpointError(f"{self.path}: {entry['file']} is short")
+                crc = zlib.crc32(view, crc)
+                end = position + len(view)
+                for start, target in wanted:
+                    lo, hi = max(start, position), min(start + len(target), end)
+                    if hi > lo:
+                        target[lo - start : hi - start] = view[
+                            lo - position : hi - position
+                        ]
+                position = end
+        if crc != entry["crc32"]:
+            raise CheckpointError(
+                f"checkpoint {self.path}: {entry['file']} bytes "
+                f"{entry['offset']}..{entry['offset'] + total} fail their checksum "
+                "(corrupt)"
+            )

@@ -31,7 +31,12 @@ from adamax_ps.server.sync import SyncSettings
 from adamax_ps.server.validation import NonFinitePolicy
 
 ENV_PREFIX = environment.PREFIX
-_SIZES = ("memory_limit", "max_inflight_bytes", "max_request_bytes")
+_SIZES = (
+    "memory_limit",
+    "max_inflight_bytes",
+    "max_request_bytes",
+    "cluster_split_bytes",
+)
 
 
 class ServerConfig(BaseModel):
@@ -67,6 +72,8 @@ class ServerConfig(BaseModel):
     json_limit: int = Field(100_000, ge=1)
     history_interval: float = Field(1.0, gt=0)
     eviction_interval: float = Field(0.2, ge=0)
+    restore_from: str | None = None
+    cluster_split_bytes: int = Field(64 << 20, ge=1)
 
     @field_validator(*_SIZES, mode="before")
     @classmethod
@@ -87,6 +94,11 @@ class ServerConfig(BaseModel):
             raise ValueError(
                 f"--replicas-to-aggregate {self.replicas_to_aggregate} exceeds "
                 f"--replicas {self.replicas}"
+            )
+        if self.restore_from and not self.checkpoint_dir:
+            raise ValueError(
+                "--restore-from needs --checkpoint-dir (the imported state is "
+                "checkpointed there before the server serves)"
             )
         if self.checkpoint_every and not self.checkpoint_dir:
             raise ValueError("--checkpoint-every needs --checkpoint-dir")
@@ -194,6 +206,13 @@ _HELP = {
     "tls_key": "TLS private key (PEM) for gRPC and HTTP",
     "json_limit": "most numbers in one JSON value answer (larger: ask for .npy)",
     "history_interval": "seconds between history samples while the dashboard is open",
+    "restore_from": "checkpoint folders of every server of an old cluster of any "
+    "size (comma-separated, or one folder holding them): an empty server takes "
+    "its share of their rows, slots, tables, iterations and exactly-once memory, "
+    "then checkpoints (its own folder's state wins once it has one)",
+    "cluster_split_bytes": "variables of this many bytes or more are split by "
+    "rows over the servers: the clients' rule (64M), used to place rows when "
+    "restoring from a cluster of another size",
     "eviction_interval": "seconds between background eviction rounds of hash-keyed "
     "tables (time to live, capacity watermark); 0: none (a full table still "
     "evicts inline, by its policy, as a push needs room)",

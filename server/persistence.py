@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from adamax_ps.server import checkpoint, snapshot
+from adamax_ps.server import checkpoint, cut_import, snapshot
 from adamax_ps.server.errors import (
     CheckpointError,
     FailedPreconditionError,
@@ -209,6 +209,33 @@ class Persistence:
             since = info.wal_segment if info is not None else 0
             self.replayed = self.journal.replay(self.replayer, since)
         return info
+
+    def import_cut(self, paths: list[Path], split_bytes: int) -> CheckpointInfo:
+        """Start this (empty, restored) server of a resized cluster from the
+        old cluster's checkpoints (``cut_import``), then checkpoint at once,
+        before anything changes: a crash before that checkpoint leaves the
+        folder empty and the next start imports again."""
+        if self.store.records() or self.store.table_records():
+            raise FailedPreconditionError("importing a cut needs an empty server")
+        started = time.perf_counter()
+        readers = cut_import.old_checkpoints(paths)
+        optimizers, ledger, nbytes = cut_import.import_cut(
+            self.store,
+            readers,
+            self.owner.server_index,
+            self.owner.num_servers,
+            split_bytes,
+        )
+        self.memory.reserve(sum(self.store.nbytes_per_shard()), "the imported cut")
+        self.optimizers.restore(optimizers)
+        self.ledger.restore(ledger)
+        log.info(
+            "imported %d bytes of the %d-server cluster's cut in %.2f s",
+            nbytes,
+            len(readers),
+            time.perf_counter() - started,
+        )
+        return self.checkpoint()
 
     def _check_owner(self, what: str, saved_as: tuple[int, int]) -> None:
         """Refuse state written by another server of the cluster (or another

@@ -281,7 +281,7 @@ class PushPipeline:
             step = state.take_step() if step is None else step
             state.create_iterations()
             state.hypers_created = True
-            state.record_call(list(variables))
+            state.record_call([v for v in variables if self.tables.find(v) is None])
             state.iterations += 1
             state.next_step = max(state.next_step, step + 1)
             logged = self.journal.write(

@@ -22,6 +22,7 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import uvicorn
@@ -106,6 +107,11 @@ class ServerProcess:
         config = self.config
         try:
             restored = self.service.restore() if config.checkpoint_dir else None
+            if config.restore_from and self.service.empty:
+                restored = self.service.import_cut(
+                    [Path(p) for p in config.restore_from.split(",") if p.strip()],
+                    config.cluster_split_bytes,
+                )
         except CheckpointError as e:
             raise SystemExit(f"adamax-ps: cannot restore: {e}") from None
         if self.service.replayed:

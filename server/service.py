@@ -28,6 +28,7 @@ import numpy as np
 
 from adamax_ps.proto.wire import VIEW_HEADER
 from adamax_ps.server import limits
+from adamax_ps.server.cut_import import CLUSTER_SPLIT_BYTES
 from adamax_ps.server.errors import FailedPreconditionError, InvalidArgumentError
 from adamax_ps.server.eviction import Evictor
 from adamax_ps.server.gradients import Gradient
@@ -180,6 +181,11 @@ class ParameterService(TableMethods):
     @property
     def last_checkpoint(self) -> CheckpointInfo | None:
         return self._persistence.last
+
+    @property
+    def empty(self) -> bool:
+        """Nothing held yet: no variable, table or optimizer."""
+        return not (self.store.records() or self.tables() or self.optimizers())
 
     @property
     def replayed(self) -> int:
@@ -398,6 +404,13 @@ class ParameterService(TableMethods):
         """Load the newest checkpoint into this (empty) service, then replay
         the write-ahead log after it. None when there is no checkpoint."""
         return self._persistence.restore(root)
+
+    def import_cut(
+        self, paths: list[Path], split_bytes: int = CLUSTER_SPLIT_BYTES
+    ) -> CheckpointInfo:
+        """Start this empty server of a resized cluster from the checkpoints of
+        every server of the old one (``cut_import``), and checkpoint it."""
+        return self._persistence.import_cut(paths, split_bytes)
 
     def start_periodic_checkpoints(
         self,

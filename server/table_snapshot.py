@@ -56,12 +56,18 @@ def load(
     reader: CheckpointReader,
     server_index: int = 0,
     num_servers: int = 1,
+    own: bool = True,
 ) -> int:
-    """Recreate the checkpoint's tables in ``store``; bytes read."""
+    """Recreate the checkpoint's tables in ``store`` (server ``server_index``
+    of ``num_servers``), or add the rows that are this server's to tables
+    made from another checkpoint (``own`` False: one of a resized cluster's
+    old servers); bytes read."""
     manifest = reader.manifest
     saved_servers = manifest.get("num_servers", 1)
     same = (
-        manifest.get("num_shards") == store.num_shards and saved_servers == num_servers
+        own
+        and manifest.get("num_shards") == store.num_shards
+        and saved_servers == num_servers
     )
     arrays: dict[tuple[str, int], dict[str, dict]] = {}
     for entry in manifest["arrays"]:
@@ -83,7 +89,7 @@ def load(
             for s in store.shards
         ]
         record = TableRecord(item["name"], config, store.num_shards)
-        store.add_table(record, parts)
+        record = store.add_table(record, parts)  # or the one made already
         for saved in item["parts"]:
             entries = arrays[(item["name"], saved["shard"])]
             nbytes += _load_part(

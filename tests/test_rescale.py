@@ -1,0 +1,127 @@
+"""Resizing a cluster keeps every bit of optimizer state: the same pushes
+(dense, sparse rows of a variable split over the servers, hash-keyed) on one
+server throughout, and on 2 servers restored onto 3, then onto 1
+(``--restore-from`` the old servers' checkpoint folders), give bit-identical
+weights, slots, tables and iterations; a push acknowledged before a resize
+and retried after it is not applied again."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from helpers.servers import Server, addresses, start_cluster
+
+from adamax_ps.client import Adamax, IndexedSlices, connect, placement
+
+SPLIT = 4096  # bytes: the embedding (64 KB) is split by rows over the servers
+STEPS = 12
+
+
+def train(
+    address: str, steps: range, client_id: str | None = None, retry: bool = False
+) -> None:
+    """One ``apply_gradients`` call per step; ``client_id``: the worker's
+    exactly-once id, its calls numbered from the first step. ``retry``: the
+    calls were acknowledged already, each with the step handed out for it
+    (a worker's retry repeats its request: push id and step)."""
+    with connect(address) as cluster:
+        if client_id is not None:
+            cluster.client_id = client_id
+            cluster._sequence = itertools.count(steps.start)
+        if retry:
+            cluster._ahead["Adamax"] = steps.start
+        emb = cluster.variable("emb", shape=(1000, 16), initializer="glorot_uniform")
+        kernel = cluster.variable("kernel", shape=(16, 4), initializer="ones")
+        ids = cluster.embedding_table("ids", 8, initializer="uniform")
+        opt = Adamax(learning_rate=0.01, cluster=cluster)
+        for step in steps:
+            rng = np.random.default_rng(step)
+            rows = rng.integers(0, 1000, 64)
+            keys = rng.zipf(1.3, 64).astype(np.int64) * 7919 - 10**9
+            opt.apply_gradients(
+                [
+                    (
+                        IndexedSlices(
+                            rng.normal(size=(64, 16)).astype(np.float32), rows
+                        ),
+                        emb,
+                    ),
+                    (rng.normal(size=(16, 4)).astype(np.float32), kernel),
+                    (
+                        IndexedSlices(
+                            rng.normal(size=(64, 8)).astype(np.float32), keys
+                        ),
+                        ids,
+                    ),
+                ]
+            )
+
+
+def state(address: str) -> dict:
+    with connect(address) as cluster:
+        opt = Adamax(learning_rate=0.01, cluster=cluster)
+        ids = cluster.embedding_table("ids", 8, initializer="uniform")
+        keys = np.sort(ids.export().keys)
+        found = {
+            "iterations": int(opt.iterations),
+            "weights": [w.tobytes() for w in opt.get_weights()],
+            "keys": keys.tobytes(),
+            "ids": ids.gather(keys).tobytes(),
+            "ids/m": ids.gather_slot(keys, "Adamax", "m").tobytes(),
+            "ids/v": ids.gather_slot(keys, "Adamax", "v").tobytes(),
+        }
+        for name in ("emb", "kernel"):
+            var = cluster.variable(name, shape=(1000, 16) if name == "emb" else (16, 4))
+            found[name] = var.numpy().tobytes()
+        return found
+
+
+def cluster_of(count: int, folder, restore_from=()) -> list[Server]:
+    folder.mkdir(parents=True)
+    extra = ["--cluster-split-bytes", str(SPLIT), "--eviction-interval", "0"]
+    if restore_from:
+        extra += ["--restore-from", ",".join(map(str, restore_from))]
+    return start_cluster(count, folder, *extra)
+
+
+def stop(servers: list[Server]) -> list:
+    """SIGTERM (each writes its final checkpoint); their checkpoint folders."""
+    for server in servers:
+        assert server.stop() == 0
+    return [s.args[s.args.index("--checkpoint-dir") + 1] for s in servers]
+
+
+@pytest.mark.slow
+def test_one_server_and_a_resized_cluster_end_bit_identical(tmp_path, monkeypatch):
+    monkeypatch.setattr(placement, "SPLIT_BYTES", SPLIT)  # as the servers place rows
+    single = cluster_of(1, tmp_path / "single")
+    try:
+        train(addresses(single), range(3 * STEPS))
+        expected = state(addresses(single))
+    finally:
+        stop(single)
+    two = cluster_of(2, tmp_path / "two")
+    try:
+        train(addresses(two), range(STEPS), client_id="worker")
+    finally:
+        folders = stop(two)
+    three = cluster_of(3, tmp_path / "three", restore_from=folders)
+    try:
+        address = addresses(three)
+        before = state(address)
+        assert before["iterations"] == STEPS
+        # A retry, after the resize, of the call acknowledged last before it:
+        # the merged exactly-once memory answers it; nothing is applied.
+        train(address, range(STEPS - 1, STEPS), client_id="worker", retry=True)
+        assert state(address) == before
+        train(address, range(STEPS, 2 * STEPS))
+    finally:
+        stop(three)
+    one = cluster_of(1, tmp_path / "one", restore_from=[tmp_path / "three"])
+    try:
+        train(addresses(one), range(2 * STEPS, 3 * STEPS))
+        assert state(addresses(one)) == expected
+    finally:
+        stop(one)
