@@ -132,7 +132,8 @@ def import_cut(
         state.slotted = _slotted_here(store, state.name)
         state.next_step = state.iterations
         optimizers[state.name] = state
-    return optimizers, merged_ledger([r.manifest["ledger"] for r in readers]), nbytes
+    ledgers = [r.manifest["ledger"] for r in readers]
+    return optimizers, merged_ledger(ledgers, split_bytes), nbytes
 
 
 def _import_variable(store, item, entries, offsets, layout) -> int:
@@ -198,28 +199,40 @@ def _slotted_here(store: ShardedStore, optimizer: str) -> dict[str, set[str]]:
     return found
 
 
-def merged_ledger(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
-    """One exactly-once memory from several servers': every answer any of
-    them remembers (one push id names the same step everywhere), below the
-    highest point any of them forgot."""
+def merged_ledger(snapshots: list[dict[str, Any]], split_bytes: int) -> dict[str, Any]:
+    """One exactly-once memory from the old servers' (``snapshots`` in server
+    order), below the highest point any of them forgot. A push every old
+    server answered is answered; one that only some answered (a call cut in
+    the middle, or one that had no share on the others) is *inherited* with
+    the old servers that applied theirs: a retry applies only the rest
+    (``inherited.py``). One push id names the same step everywhere."""
     clients: dict[str, dict[str, Any]] = {}
+    holders: dict[tuple[str, int], set[int]] = {}
     forgotten = 0
-    for snapshot in snapshots:
+    for index, snapshot in enumerate(snapshots):
         forgotten = max(forgotten, int(snapshot.get("forgotten", 0)))
         for name, entry in snapshot["clients"].items():
-            merged = clients.setdefault(name, {"floor": 0, "answers": {}})
+            merged = clients.setdefault(name, {"floor": -1, "answers": {}})
             merged["floor"] = max(merged["floor"], int(entry["floor"]))
             for answer in entry["answers"]:
                 merged["answers"].setdefault((answer[0], answer[1]), answer)
+                if answer[1] == "push":
+                    holders.setdefault((name, answer[0]), set()).add(index)
+    inherited = []
+    for name, c in clients.items():
+        for (seq, kind), answer in list(c["answers"].items()):
+            held = holders.get((name, seq), set())
+            if seq <= c["floor"]:
+                del c["answers"][(seq, kind)]
+            elif kind == "push" and len(held) < len(snapshots):
+                del c["answers"][(seq, kind)]
+                inherited.append([name, seq, *answer[2:], sorted(held)])
     return {
         "clients": {
-            name: {
-                "floor": c["floor"],
-                "answers": [
-                    a for key, a in sorted(c["answers"].items()) if key[0] >= c["floor"]
-                ],
-            }
+            name: {"floor": c["floor"], "answers": sorted(c["answers"].values())}
             for name, c in clients.items()
         },
         "forgotten": forgotten,
+        "inherited": inherited,
+        "old_layout": {"num_servers": len(snapshots), "split_bytes": split_bytes},
     }

@@ -40,6 +40,9 @@ class Gradient:
     # evicted to make room, as decided when it was applied (the log keeps
     # them, so a replay repeats them).
     decided: tuple[np.ndarray, np.ndarray] | None = None
+    # A dense gradient applied to these row ranges only (local rows): the
+    # rest of a push cut by a resize (``inherited.py``).
+    ranges: tuple[tuple[int, int], ...] | None = None
 
     @classmethod
     def dense(cls, variable: str, values: np.ndarray, finite: bool = False):

@@ -195,7 +195,10 @@ def push_record(
             described.append({"variable": g.variable, "dense": False, "keyed": True})
             arrays += [g.indices, g.values, *g.decided]
             continue
-        described.append({"variable": g.variable, "dense": g.is_dense})
+        item = {"variable": g.variable, "dense": g.is_dense}
+        if g.ranges is not None:
+            item["ranges"] = [list(r) for r in g.ranges]
+        described.append(item)
         arrays += [g.values] if g.is_dense else [g.indices, g.values]
     header = {
         "gradients": described,

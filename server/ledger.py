@@ -82,6 +82,16 @@ class ApplyResult:
 PUSH, STEP = "push", "step"  # the operations a push id can name
 
 
+@dataclass(frozen=True)
+class Inherited:
+    """A push some servers of an old cluster answered before it was resized:
+    its answer and which old servers applied their share (``holders``). A
+    retry applies only the rest (``inherited.py``)."""
+
+    answer: ApplyResult
+    holders: frozenset[int]
+
+
 @dataclass
 class _Client:
     answers: OrderedDict[tuple[int, str], ApplyResult] = field(
@@ -104,6 +114,11 @@ class PushLedger:
         self._lock = threading.Lock()
         self._clients: OrderedDict[str, _Client] = OrderedDict()
         self._in_flight: dict[tuple[PushId, str], threading.Event] = {}
+        # After a resize: pushes the old servers answered, not all of them,
+        # and the old layout ({"num_servers", "split_bytes"}) to tell whose
+        # share each row was.
+        self._inherited: dict[tuple[str, int], Inherited] = {}
+        self.old_layout: dict[str, int] | None = None
 
     def begin(self, push_id: PushId, kind: str = PUSH) -> ApplyResult | None:
         """The remembered answer, or None when the caller now owns the push.
@@ -145,6 +160,12 @@ class PushLedger:
                 "applied, so it is refused rather than risk applying it twice"
             )
 
+    def inherited(self, push_id: PushId) -> Inherited | None:
+        """What the old cluster did of this push (an owned push not answered
+        here), or None."""
+        with self._lock:
+            return self._inherited.get((push_id.client, push_id.sequence))
+
     def answered(self, push_id: PushId, kind: str = PUSH) -> bool:
         """Whether the push's answer is remembered."""
         with self._lock:
@@ -155,6 +176,8 @@ class PushLedger:
         """Remember the answer of an owned push and release its duplicates."""
         with self._lock:
             self._remember(push_id, answer, kind)
+            if kind == PUSH:
+                self._inherited.pop((push_id.client, push_id.sequence), None)
             event = self._in_flight.pop((push_id, kind), None)
         if event is not None:
             event.set()
@@ -197,12 +220,21 @@ class PushLedger:
                 }
                 for name, c in self._clients.items()
             }
-            return {"clients": clients, "forgotten": self.forgotten}
+            inherited = [
+                [client, seq, *_answer(i.answer), sorted(i.holders)]
+                for (client, seq), i in self._inherited.items()
+            ]
+            return {
+                "clients": clients,
+                "forgotten": self.forgotten,
+                "inherited": inherited,
+                "old_layout": self.old_layout,
+            }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         """Replace the memory with a snapshot's (or an older checkpoint's,
         which held the clients alone and named no operation kind)."""
-        current = set(snapshot) == {"clients", "forgotten"}
+        current = "clients" in snapshot and "forgotten" in snapshot
         saved = snapshot["clients"] if current else snapshot
         clients: OrderedDict[str, _Client] = OrderedDict()
         for name, entry in saved.items():
@@ -216,10 +248,24 @@ class PushLedger:
                 )
             clients[name] = client
         forgotten = int(snapshot["forgotten"]) if current else 0
+        inherited = {
+            (client, int(seq)): Inherited(
+                ApplyResult(optimizer, int(step), int(iterations)), frozenset(holders)
+            )
+            for client, seq, optimizer, step, iterations, holders in (
+                snapshot.get("inherited") or [] if current else []
+            )
+        }
         with self._lock:
             self._clients = clients
             self.forgotten = forgotten
+            self._inherited = inherited
+            self.old_layout = snapshot.get("old_layout") if current else None
 
     def __len__(self) -> int:
         with self._lock:
             return sum(len(c.answers) for c in self._clients.values())
+
+
+def _answer(answer: ApplyResult) -> list:
+    return [answer.optimizer, answer.step, answer.iterations]

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from adamax_ps.server import adamax
+from adamax_ps.server import adamax, inherited, steps
 from adamax_ps.server.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -39,7 +39,7 @@ from adamax_ps.server.errors import (
 )
 from adamax_ps.server.gradients import Gradient
 from adamax_ps.server.journal import Journal
-from adamax_ps.server.ledger import STEP, ApplyResult, PushId, PushLedger
+from adamax_ps.server.ledger import ApplyResult, PushId, PushLedger
 from adamax_ps.server.limits import MemoryBudget
 from adamax_ps.server.metrics import Metrics
 from adamax_ps.server.optimizer_state import OptimizerState
@@ -227,6 +227,11 @@ class PushPipeline:
                     "push carrying its step"
                 )
             prepared = prepare(state, checked, clip=not clipped)
+            heir = self.ledger.inherited(push_id) if push_id is not None else None
+            if heir is not None:  # cut by a resize: apply what was not
+                options = {"step": step, "names": names, "counted": counted}
+                options["reserve_next"] = reserve_next
+                return inherited.finish(self, state, prepared, push_id, heir, options)
             return self.apply_prepared(
                 state,
                 prepared,
@@ -257,47 +262,8 @@ class PushPipeline:
         *,
         step: int | None = None,
     ) -> int:
-        """See ``ParameterService.reserve_step``."""
-        if self.server_index != 0:
-            raise FailedPreconditionError(
-                "steps are reserved at server 0 of the cluster; this is server "
-                f"{self.server_index}"
-            )
-        state = self.optimizers.get(optimizer)
-        if push_id is not None:
-            answer = self.ledger.begin(push_id, STEP)
-            if answer is not None:
-                self.journal.wait(answer.record)
-                return answer.step
-        try:
-            self.journal.check()
-        except BaseException:
-            if push_id is not None:
-                self.ledger.abandon(push_id, STEP)
-            raise
-        with state.lock:
-            # Counted here, once (the ledger and the log's position keep a
-            # retry or a replay from counting it again).
-            step = state.take_step() if step is None else step
-            state.create_iterations()
-            state.hypers_created = True
-            state.record_call([v for v in variables if self.tables.find(v) is None])
-            state.iterations += 1
-            state.next_step = max(state.next_step, step + 1)
-            logged = self.journal.write(
-                "reserve",
-                {
-                    "optimizer": state.name,
-                    "variables": list(variables),
-                    "step": step,
-                    "push_id": [push_id.client, push_id.sequence] if push_id else None,
-                },
-            )
-            if push_id is not None:
-                result = ApplyResult(state.name, step, step + 1, logged)
-                self.ledger.complete(push_id, result, STEP)
-        self.journal.wait(logged)
-        return step
+        """See ``ParameterService.reserve_step`` (``steps.reserve_step``)."""
+        return steps.reserve_step(self, optimizer, variables, push_id, step)
 
     def apply_prepared(
         self,
@@ -426,7 +392,9 @@ class ShardTask:
                 continue
             m = part.slots[(self.optimizer, "m")]
             v = part.slots[(self.optimizer, "v")]
-            if g.is_dense:
+            if g.is_dense and g.ranges is not None:
+                _dense_ranges(part, m, v, g, step)
+            elif g.is_dense:
                 values = g.values
                 if len(record.parts) > 1:
                     values = values.reshape(record.rows, -1)[part.lo : part.hi]
@@ -441,3 +409,20 @@ class ShardTask:
                     step,
                     lo=part.lo,
                 )
+
+
+def _dense_ranges(part, m, v, g: Gradient, step) -> None:
+    """A dense update of some row ranges of a part (elementwise, so the same
+    bits as the whole update gives those rows)."""
+    values = g.values.reshape(g.record.rows, -1)
+    for lo, hi in g.ranges:
+        a, b = max(lo, part.lo), min(hi, part.hi)
+        if b > a:
+            rows = slice(a - part.lo, b - part.lo)
+            adamax.dense_update(
+                part.rows(part.value)[rows],
+                part.rows(m)[rows],
+                part.rows(v)[rows],
+                values[a:b],
+                step,
+            )

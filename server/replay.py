@@ -80,7 +80,11 @@ class Replayer:
                 continue
             record = self.variables.get(name)
             if item["dense"]:
-                gradients.append(Gradient(name, next(values), record=record))
+                ranges = item.get("ranges")
+                ranges = tuple(map(tuple, ranges)) if ranges is not None else None
+                gradients.append(
+                    Gradient(name, next(values), record=record, ranges=ranges)
+                )
             else:
                 rows = next(values)
                 gradients.append(

@@ -13,25 +13,36 @@ import numpy as np
 import pytest
 from helpers.servers import Server, addresses, start_cluster
 
-from adamax_ps.client import Adamax, IndexedSlices, connect, placement
+from adamax_ps.client import Adamax, IndexedSlices, TransportError, connect, placement
 
 SPLIT = 4096  # bytes: the embedding (64 KB) is split by rows over the servers
 STEPS = 12
 
 
 def train(
-    address: str, steps: range, client_id: str | None = None, retry: bool = False
+    address: str,
+    steps: range,
+    client_id: str | None = None,
+    retry: bool = False,
+    failing: int | None = None,
 ) -> None:
     """One ``apply_gradients`` call per step; ``client_id``: the worker's
     exactly-once id, its calls numbered from the first step. ``retry``: the
-    calls were acknowledged already, each with the step handed out for it
-    (a worker's retry repeats its request: push id and step)."""
+    calls were sent already, each with the step handed out for it (a
+    worker's retry repeats its request: push id and step). ``failing``: the
+    server whose share never arrives (it stopped), so the call fails."""
     with connect(address) as cluster:
         if client_id is not None:
             cluster.client_id = client_id
             cluster._sequence = itertools.count(steps.start)
         if retry:
             cluster._ahead["Adamax"] = steps.start
+        if failing is not None:
+
+            def stopped(*args, **kwargs):
+                raise TransportError(f"server {failing} stopped")
+
+            cluster.transports[failing].apply = stopped
         emb = cluster.variable("emb", shape=(1000, 16), initializer="glorot_uniform")
         kernel = cluster.variable("kernel", shape=(16, 4), initializer="ones")
         ids = cluster.embedding_table("ids", 8, initializer="uniform")
@@ -125,3 +136,35 @@ def test_one_server_and_a_resized_cluster_end_bit_identical(tmp_path, monkeypatc
         assert state(addresses(one)) == expected
     finally:
         stop(one)
+
+
+@pytest.mark.slow
+def test_a_call_cut_by_the_resize_is_completed_by_its_retry(tmp_path, monkeypatch):
+    """The call of step 6 reaches server 0 of 2 (which applies its share and
+    counts it) but never server 1, which stops. The cluster is restored onto
+    3 servers and the worker retries the call (same push id, same step):
+    only old server 1's share is applied now, the count is not repeated, and
+    the result is bit-identical to one server applying every call once."""
+    monkeypatch.setattr(placement, "SPLIT_BYTES", SPLIT)
+    single = cluster_of(1, tmp_path / "single")
+    try:
+        train(addresses(single), range(10))
+        expected = state(addresses(single))
+    finally:
+        stop(single)
+    two = cluster_of(2, tmp_path / "two")
+    try:
+        train(addresses(two), range(6), client_id="worker")
+        with pytest.raises(TransportError, match="server 1 stopped"):
+            train(addresses(two), range(6, 7), "worker", retry=True, failing=1)
+    finally:
+        folders = stop(two)
+    three = cluster_of(3, tmp_path / "three", restore_from=folders)
+    try:
+        address = addresses(three)
+        assert state(address)["iterations"] == 7  # counted by old server 0
+        # The worker goes on: its retry, then its next calls.
+        train(address, range(6, 10), client_id="worker", retry=True)
+        assert state(address) == expected
+    finally:
+        stop(three)

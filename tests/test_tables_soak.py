@@ -90,7 +90,14 @@ def test_a_table_streaming_new_ids_keeps_flat_memory(tmp_path):
     assert max(rows for _, _, rows in samples) <= CAPACITY
     table_bytes = {nbytes for _, nbytes, _ in settled}
     assert len(table_bytes) == 1, table_bytes  # allocated once, reused after
+    flat = next(iter(table_bytes))
     resident = [r for r, _, _ in settled]
+    print(  # the figures of a run (pytest -s)
+        f"table soak: {SECONDS:.0f} s, {pushed:,} keys pushed, table "
+        f"{flat / 2**20:.1f} MiB once full, resident "
+        f"{resident[0] / 2**20:.0f} -> {resident[-1] / 2**20:.0f} MiB "
+        f"(max {max(resident) / 2**20:.0f})"
+    )
     assert max(resident) - resident[0] < GROWTH_LIMIT, resident
 
 
