@@ -185,7 +185,13 @@ def _add_export(commands) -> None:
         "ADAMAX_PS_ADDRESS",
     )
     _option(export, "out", Path, None, "the file to write (default: TABLE.npz)")
-    _option(export, "since", int, None, "a delta: rows updated after this step")
+    _option(
+        export,
+        "since",
+        str,
+        None,
+        "a delta: the rows changed after an earlier export's through (a,b,...)",
+    )
     _option(export, "token", str, None, "bearer token for the servers")
 
 

@@ -98,6 +98,8 @@ def _keyed(gradient: Any, table: RemoteTable) -> Gradient:
             f"keys of table {table.name!r} must be a 1-D integer array. "
             f"Received shape {keys.shape}, dtype {keys.dtype}"
         )
+    if keys.dtype == np.uint64 and len(keys) and keys.max() >= 2**63:
+        raise ValueError(f"keys of table {table.name!r} must fit in int64")
     if values.shape != (len(keys), table.dim):
         raise ValueError(
             f"IndexedSlices values for table {table.name!r} must have shape "

@@ -11,6 +11,7 @@ README); the servers apply them.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,15 +26,16 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class TableExport:
     """A table's rows for serving: ``keys`` [n] and ``values`` [n, dim];
-    a delta also lists ``evicted`` keys (delete them first). ``through``: the
-    newest step the rows show; ``since``: the delta's start (None: whole)."""
+    a delta also lists ``evicted`` keys (delete them first). ``through``: per
+    server, the table's change number the rows are complete through (each
+    server numbers its own changes): the next delta's ``since``."""
 
     name: str
     keys: np.ndarray
     values: np.ndarray
     evicted: np.ndarray
-    through: int
-    since: int | None
+    through: list[int]
+    since: list[int] | None
 
 
 class RemoteTable:
@@ -101,18 +103,30 @@ class RemoteTable:
         """Rows the table holds (keys admitted and not evicted)."""
         return self.info()["size"]
 
-    def export(self, since: int | None = None) -> TableExport:
-        """Every row (or those updated after step ``since``, with the keys
-        evicted after it) from every server, for serving."""
+    def export(self, since: Sequence[int] | None = None) -> TableExport:
+        """Every row from every server, for serving; or, given ``since`` (an
+        earlier export's ``through``, one number per server), the rows
+        changed after it and the keys evicted after it."""
+        servers = self.cluster.size
+        if since is not None:
+            since = [int(s) for s in since]
+            if len(since) != servers:
+                raise ValueError(
+                    f"since holds one change number per server ({servers}), as an "
+                    f"export's through does. Received: {since}"
+                )
         parts = self.cluster.map(
-            lambda t: t.export_table(self.name, since), self.cluster.transports
+            lambda i: self.cluster.transports[i].export_table(
+                self.name, None if since is None else since[i]
+            ),
+            range(servers),
         )
         return TableExport(
             self.name,
             np.concatenate([p[0] for p in parts]),
             np.concatenate([p[1] for p in parts]).reshape(-1, self.dim),
             np.concatenate([p[2] for p in parts]),
-            max(p[3] for p in parts),
+            [int(p[3]) for p in parts],
             since,
         )
 
@@ -138,7 +152,8 @@ def create_table(
         raise ValueError(f"a table name is a non-empty string. Received: {name!r}")
     seed = zlib.crc32(name.encode())
     if isinstance(initializer, dict):
-        seed = int(initializer.get("config", {}).get("seed") or seed)
+        given = (initializer.get("config") or {}).get("seed")
+        seed = seed if given is None else int(given)
     config = {
         "dim": dim,
         "dtype": np.dtype(dtype).name,

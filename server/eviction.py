@@ -81,7 +81,10 @@ class Evictor:
             eviction = record.config.eviction
             if eviction is None:
                 continue
-            parts = self.tables.parts(record)
+            shards = self.tables.store.shards
+            parts = [shard.tables.get(record.name) for shard in shards]
+            if None in parts:  # being created right now
+                continue
             now = max(part.latest for part in parts)  # the table's newest step
             for part in parts:
                 evicted += self._part(record, part, eviction.ttl_steps, now)
@@ -90,41 +93,57 @@ class Evictor:
     def _part(
         self, record: TableRecord, part: TablePart, ttl: int | None, now: int
     ) -> int:
-        """Evict a part's due rows in batches; candidates are found without
-        the lock, with the step each was last updated at."""
-        high = part.high
-        # Copies first: a push may change the arrays meanwhile (numpy raises
-        # when an array changes under flatnonzero); candidates are hints.
-        live = np.flatnonzero(part.live[:high].copy())
-        due = []
+        """Evict a part's due rows in batches. Candidates are found without
+        the lock (hints: a push may change the arrays meanwhile), each batch
+        checked again under it."""
+        evicted = 0
         if ttl is not None:
-            due.append(live[part.updated[live] <= now - ttl])
+            live = np.flatnonzero(part.live[: part.high].copy())
+            old = live[part.updated[live] <= now - ttl]
+            evicted += self._batches(record, part, part.keys[old], now - ttl, None)
         capacity = part.capacity
         if capacity is not None and part.size > HIGH * capacity:
-            due.append(part.lowest(live, part.size - int(LOW * capacity)))
-        if not due:
-            return 0
-        rows = np.unique(np.concatenate(due))
-        keys, stamps = part.keys[rows], part.updated[rows]
+            live = np.flatnonzero(part.live[: part.high].copy())
+            chosen = part.lowest(live, part.size - int(LOW * capacity))
+            if len(chosen):
+                cutoff = int(part.scores(chosen).max())
+                keys = part.keys[chosen]
+                evicted += self._batches(record, part, keys, cutoff, capacity)
+        return evicted
+
+    def _batches(self, record, part, keys, cutoff: int, capacity) -> int:
         evicted = 0
         for start in range(0, len(keys), BATCH):
-            batch = slice(start, start + BATCH)
-            evicted += self._batch(record, part.shard, keys[batch], stamps[batch])
+            batch = keys[start : start + BATCH].copy()
+            evicted += self._batch(record, part.shard, batch, cutoff, capacity)
         return evicted
 
     def _batch(
-        self, record: TableRecord, shard: int, keys: np.ndarray, stamps: np.ndarray
+        self,
+        record: TableRecord,
+        shard: int,
+        keys: np.ndarray,
+        cutoff: int,
+        capacity: int | None,
     ) -> int:
-        """Evict those of ``keys`` still there and not updated since they were
-        chosen (their ``stamps``), under the shard's lock."""
+        """Under the shard's lock, evict those of ``keys`` still held whose
+        score is still at most ``cutoff`` (TTL: the step; capacity: the
+        policy's score), and for capacity only while the part is over its
+        low mark."""
         store = self.tables.store
         with store.locked([shard]):
             started = time.perf_counter()
-            part = store.shards[shard].tables[record.name]
-            rows = part.rows_of(keys)
-            there = rows >= 0
-            there[there] = part.updated[rows[there]] == stamps[there]
-            gone = self.tables.evict_locked(record, part, keys[there])
+            part = store.shards[shard].tables.get(record.name)
+            gone = 0
+            if part is not None:
+                rows = part.rows_of(keys)
+                there = np.flatnonzero(rows >= 0)
+                if capacity is None:
+                    due = there[part.updated[rows[there]] <= cutoff]
+                else:
+                    due = there[part.scores(rows[there]) <= cutoff]
+                    due = due[: max(0, part.size - int(LOW * capacity))]
+                gone = self.tables.evict_locked(record, part, keys[due])
             held = time.perf_counter() - started
         self.longest = max(self.longest, held)
         self.observe(held)

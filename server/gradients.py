@@ -87,9 +87,11 @@ class Gradient:
     def shards(self) -> set[int]:
         """Shards holding what this gradient updates (a sparse one: its rows')."""
         record = self.record
-        if self.keyed:
-            shards = shard_of(self.indices, record.num_shards)
-            return set(np.unique(shards).tolist())
+        if self.keyed:  # and a replayed push's victims (``Tables.plan_push``)
+            keys = self.indices
+            if self.decided is not None and len(self.decided[1]):
+                keys = np.concatenate([keys, self.decided[1]])
+            return set(np.unique(shard_of(keys, record.num_shards)).tolist())
         if self.is_dense or len(record.parts) == 1:
             return set(record.shards)
         bounds = np.asarray([lo for _, lo, _ in record.parts[1:]])

@@ -311,8 +311,10 @@ class Persistence:
             f"checkpoint {path}",
             (manifest.get("server_index", 0), manifest.get("num_servers", 1)),
         )
-        needed = sum(
-            int(entry.get("nbytes", 0)) for entry in manifest.get("arrays", [])
+        needed = sum(  # tables are counted as they are rebuilt, below
+            int(entry.get("nbytes", 0))
+            for entry in manifest.get("arrays", [])
+            if entry.get("kind") != "table"
         )
         try:
             self.memory.reserve(needed, f"checkpoint {path}")
@@ -327,6 +329,16 @@ class Persistence:
             raise _DamagedCheckpointError(
                 str(e) if isinstance(e, CheckpointError) else f"inconsistent: {e!r}"
             ) from None
+        tables = sum(
+            shard.tables[r.name].nbytes
+            for r in self.store.table_records()
+            for shard in self.store.shards
+        )
+        try:
+            self.memory.reserve(tables, f"the tables of checkpoint {path}")
+        except ResourceExhaustedError as e:
+            self._reset()
+            raise CheckpointError(str(e)) from None
         self.optimizers.restore(optimizers)
         self.ledger.restore(ledger)
         self._sequence = manifest["sequence"]

@@ -72,7 +72,7 @@ class Replayer:
             name = item["variable"]
             if item.get("keyed"):
                 keys, g = next(values), next(values)
-                decided = (next(values), next(values))
+                decided = (next(values), next(values), next(values))
                 record = self.tables.get(name)
                 gradients.append(
                     Gradient(name, g, keys, record=record, unique=True, decided=decided)
@@ -159,8 +159,14 @@ class Replayer:
     def _table_assign(self, header: dict, arrays: list[np.ndarray]) -> None:
         evicted = arrays[2] if len(arrays) > 2 else np.empty(0, np.int64)
         self.tables.assign(
-            self.tables.get(header["table"]), arrays[0], arrays[1], evicted
+            self.tables.get(header["table"]),
+            arrays[0],
+            arrays[1],
+            evicted,
+            header.get("version"),
         )
 
     def _evict(self, header: dict, arrays: list[np.ndarray]) -> None:
-        self.tables.evict_anywhere(self.tables.get(header["table"]), arrays[0])
+        self.tables.evict_anywhere(
+            self.tables.get(header["table"]), arrays[0], header.get("version")
+        )

@@ -18,12 +18,14 @@ import numpy as np
 
 from adamax_ps.server import adamax, hash_index
 from adamax_ps.server.admission import CountingFilter, admitted_by_chance
+from adamax_ps.server.errors import ResourceExhaustedError
 from adamax_ps.server.table_config import TableConfig
 
-TOMBSTONES = 1 << 16  # evictions remembered per part, for delta exports
+TOMBSTONES = 1 << 14  # evictions remembered per part, for delta exports
 ROOM = 0.90  # a full part evicts down to this share of its capacity
 GROWTH = 1.25  # allocations grow by this factor (and at least 64 rows)
-_ROW_META = 8 + 1 + 8 + 8 + 8  # key, live, updated, count, free-list entry
+MAX_ROWS = (1 << 31) - 1  # the index holds int32 row numbers
+_ROW_META = 8 + 1 + 8 + 8 + 8 + 8  # key, live, updated, count, version, free list
 
 
 @dataclass
@@ -36,6 +38,7 @@ class PartPlan:
     victims: np.ndarray  # keys evicted first, to make room
     grow_to: int  # rows allocated after the push
     grow_bytes: int  # memory the growth costs
+    version: int = 0  # the table's change number it commits as
 
 
 class TablePart:
@@ -59,6 +62,7 @@ class TablePart:
         self.live = np.empty(0, np.uint8)
         self.updated = np.empty(0, np.int64)  # iterations after the last update
         self.count = np.empty(0, np.int64)  # updates applied to the row
+        self.version = np.empty(0, np.int64)  # the table's change that last set it
         self.value = np.empty((0, self.dim), self.dtype)
         self.slots: dict[tuple[str, str], np.ndarray] = {}
         self.free = np.empty(0, np.int64)
@@ -71,19 +75,23 @@ class TablePart:
             else None
         )
         self.admitted = self.evicted = self.filtered = 0
-        self.latest = 0  # the newest ``updated``
-        self.tomb_keys = np.empty(0, np.int64)
-        self.tomb_steps = np.empty(0, np.int64)
+        self.latest = 0  # the newest ``updated`` (the step: TTL counts from it)
+        # Tombstones of a table that evicts, allocated (and counted) at once.
+        size = TOMBSTONES if config.eviction is not None else 0
+        self.tomb_keys = np.zeros(size, np.int64)
+        self.tomb_versions = np.zeros(size, np.int64)
         self.tomb_total = 0
-        self.dropped_through = 0  # tombstones up to this step were overwritten
+        self.dropped_through = 0  # tombstones up to this version were overwritten
 
     @staticmethod
     def initial_bytes(config: TableConfig, parts: int) -> int:
         """Bytes of an empty part: its admission filter and empty index."""
         admission = config.admission
-        extra = 0
+        extra = 16 * TOMBSTONES if config.eviction is not None else 0
         if admission is not None and admission.min_count:
-            extra = CountingFilter.bytes_for(max(1024, admission.filter_bytes // parts))
+            extra += CountingFilter.bytes_for(
+                max(1024, admission.filter_bytes // parts)
+            )
         return extra + 4 * hash_index.buckets_for(0)
 
     # Memory ---------------------------------------------------------------------
@@ -100,7 +108,7 @@ class TablePart:
     def nbytes(self) -> int:
         """Bytes this part holds: rows, index, filter and tombstones."""
         extra = self.filter.nbytes if self.filter is not None else 0
-        extra += self.tomb_keys.nbytes + self.tomb_steps.nbytes
+        extra += self.tomb_keys.nbytes + self.tomb_versions.nbytes
         return self.bytes_for(self.alloc) + extra
 
     # Lookups ----------------------------------------------------------------------
@@ -161,9 +169,16 @@ class TablePart:
             if self.capacity is not None:
                 admit, victims = self._make_room(rows, missing, admit)
         live_after = self.size - len(victims) + int((admit & missing).sum())
+        if live_after >= MAX_ROWS:
+            raise ResourceExhaustedError(
+                f"a part of table {self.variable!r} would hold {live_after} rows; "
+                f"one part holds fewer than {MAX_ROWS} (2**31): start the server "
+                "with more --shards, or add servers"
+            )
         grow_to = self.alloc
         if live_after > self.alloc:
             grow_to = max(live_after, int(GROWTH * self.alloc), self.alloc + 64)
+            grow_to = min(grow_to, MAX_ROWS - 1)
             if self.capacity is not None:
                 grow_to = max(live_after, min(grow_to, self.capacity))
         slots = len(self.slots) + new_slots
@@ -208,6 +223,15 @@ class TablePart:
         chosen = self.lowest(candidates, min(over + extra, len(candidates)))
         return admit, self.keys[chosen].copy()
 
+    def scores(self, rows: np.ndarray) -> np.ndarray:
+        """The policy's score of rows: the lowest are evicted first (LRU:
+        the step last updated; LFU: the update count, then that step)."""
+        policy = self.config.eviction.policy if self.config.eviction else "lru"
+        if policy == "lru":
+            return self.updated[rows]
+        count = np.minimum(self.count[rows], (1 << 31) - 1)
+        return (count << 32) | np.minimum(self.updated[rows], (1 << 32) - 1)
+
     def lowest(self, rows: np.ndarray, n: int) -> np.ndarray:
         """The ``n`` of ``rows`` the policy evicts first (LRU: oldest update;
         LFU: fewest updates, then oldest), ties broken by the smaller key: the
@@ -217,13 +241,7 @@ class TablePart:
             return rows[:0]
         if n >= len(rows):
             return rows
-        policy = self.config.eviction.policy if self.config.eviction else "lru"
-        if policy == "lru":
-            score = self.updated[rows]
-        else:
-            score = (np.minimum(self.count[rows], (1 << 31) - 1) << 32) | np.minimum(
-                self.updated[rows], (1 << 32) - 1
-            )
+        score = self.scores(rows)
         kth = np.partition(score, n - 1)[n - 1]
         below, tied = rows[score < kth], rows[score == kth]
         need = n - len(below)
@@ -240,8 +258,9 @@ class TablePart:
         scalars: adamax.StepScalars,
         step: int,
     ) -> None:
-        """Apply a planned push: evict, grow, admit, count, update."""
-        self.evict(plan.victims, step + 1)  # stamped as the rows it updates
+        """Apply a planned push: evict, grow, admit, count, update (every
+        change stamped with the plan's ``version``)."""
+        self.evict(plan.victims, plan.version)
         self.grow(plan.grow_to)
         for name in ("m", "v"):
             if (optimizer, name) not in self.slots:
@@ -268,6 +287,7 @@ class TablePart:
             scalars,
         )
         self.updated[applied] = step + 1
+        self.version[applied] = plan.version
         self.count[applied] += 1
         self.latest = max(self.latest, step + 1)
 
@@ -289,6 +309,7 @@ class TablePart:
         slots: dict[tuple[str, str], np.ndarray],
         updated: np.ndarray,
         count: np.ndarray,
+        version: np.ndarray,
     ) -> None:
         """Add rows exactly as a checkpoint saved them."""
         self.grow(self.size + len(keys))
@@ -300,6 +321,7 @@ class TablePart:
             self.slots[key][rows] = slots.get(key, 0)
         self.updated[rows] = updated
         self.count[rows] = count
+        self.version[rows] = version
         self.latest = max(self.latest, int(updated.max()) if len(updated) else 0)
 
     def _take_rows(self, keys: np.ndarray) -> np.ndarray:
@@ -317,20 +339,21 @@ class TablePart:
         self.size += n
         return rows
 
-    def assign(self, keys: np.ndarray, values: np.ndarray) -> None:
+    def assign(self, keys: np.ndarray, values: np.ndarray, version: int) -> None:
         """Set the keys' rows (new keys get rows, zero slots, no admission
-        test); the caller planned the room (``plan`` of every key admitted)."""
+        test); the caller planned the room. They count as updated now (the
+        current step, for the time to live) at change ``version``."""
         rows = self.rows_of(keys)
         new = rows < 0
         if new.any():
             rows[new] = self._admit(keys[new])
         self.value[rows] = values
-        self.latest += 1  # an update of its own, for delta exports
         self.updated[rows] = self.latest
+        self.version[rows] = version
 
     # Eviction ---------------------------------------------------------------------
 
-    def evict(self, keys: np.ndarray, step: int) -> int:
+    def evict(self, keys: np.ndarray, version: int) -> int:
         """Remove the keys' rows (value and slots); how many were there. Their
         tombstones are stamped ``step``: a delta since any earlier step
         lists them."""
@@ -345,26 +368,26 @@ class TablePart:
         self.free_top += len(gone)
         self.size -= len(gone)
         self.evicted += len(gone)
-        self._tombstones(keys[rows >= 0], step)
+        self._tombstones(keys[rows >= 0], version)
         return len(gone)
 
-    def _tombstones(self, keys: np.ndarray, step: int) -> None:
+    def _tombstones(self, keys: np.ndarray, version: int) -> None:
         if not len(keys):
             return
         if not len(self.tomb_keys):
             self.tomb_keys = np.zeros(TOMBSTONES, np.int64)
-            self.tomb_steps = np.zeros(TOMBSTONES, np.int64)
+            self.tomb_versions = np.zeros(TOMBSTONES, np.int64)
         if len(keys) > TOMBSTONES:
-            self.dropped_through = max(self.dropped_through, step)
+            self.dropped_through = max(self.dropped_through, version)
             keys = keys[-TOMBSTONES:]
         at = (self.tomb_total + np.arange(len(keys))) % TOMBSTONES
         overwritten = at[self.tomb_total + np.arange(len(keys)) >= TOMBSTONES]
         if len(overwritten):
             self.dropped_through = max(
-                self.dropped_through, int(self.tomb_steps[overwritten].max())
+                self.dropped_through, int(self.tomb_versions[overwritten].max())
             )
         self.tomb_keys[at] = keys
-        self.tomb_steps[at] = step
+        self.tomb_versions[at] = version
         self.tomb_total += len(keys)
 
     def grow(self, rows: int) -> None:
@@ -378,10 +401,11 @@ class TablePart:
             out[:high] = array[:high]
             return out
 
-        self.keys, self.updated, self.count = (
+        self.keys, self.updated, self.count, self.version = (
             grown(self.keys),
             grown(self.updated),
             grown(self.count),
+            grown(self.version),
         )
         live = np.zeros(rows, np.uint8)
         live[:high] = self.live[:high]

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from adamax_ps.server import table_export
+from adamax_ps.server import table_export, table_inspection
 from adamax_ps.server.errors import InvalidArgumentError, SlotNotFoundError
 from adamax_ps.server.eviction import Evictor
 from adamax_ps.server.limits import InflightBudget
@@ -75,10 +75,10 @@ class TableMethods:
 
     def table_info(self, name: str) -> dict[str, Any]:
         """A table's size, capacity, memory and admission/eviction counts."""
-        return self._tables.info(self._tables.get(name))
+        return table_inspection.info(self.store, self._tables.get(name))
 
     def table_infos(self) -> list[dict[str, Any]]:
-        return [self._tables.info(record) for record in self._tables.all()]
+        return [table_inspection.info(self.store, r) for r in self._tables.all()]
 
     @property
     def table_growth_refused(self) -> int:
@@ -86,7 +86,7 @@ class TableMethods:
         return self._tables.growth_refused
 
     def top_keys(self, name: str, n: int = 10) -> list[dict[str, int]]:
-        return self._tables.top_keys(self._tables.get(name), n)
+        return table_inspection.top_keys(self.store, self._tables.get(name), n)
 
     def export_table(
         self, name: str, since: int | None = None

@@ -24,7 +24,7 @@ from adamax_ps.server.table_config import TableConfig
 from adamax_ps.server.table_part import TablePart
 from adamax_ps.server.tables import TableRecord
 
-_ROW_FIELDS = ("keys", "live", "updated", "count", "value")
+_ROW_FIELDS = ("keys", "live", "updated", "count", "version", "value")
 _COUNTERS = ("admitted", "evicted", "filtered", "latest", "tomb_total")
 
 
@@ -39,7 +39,7 @@ def write_parts(shard: Shard, data_file: DataFile) -> tuple[list[dict], list[dic
         ]
         if part.filter is not None:
             arrays.append(("sketch", part.filter.sketch))
-        arrays += [("tomb_keys", part.tomb_keys), ("tomb_steps", part.tomb_steps)]
+        arrays += [("tomb_keys", part.tomb_keys), ("tomb_versions", part.tomb_versions)]
         for field, array in arrays:
             entry = data_file.write(np.ascontiguousarray(array))
             entry.update(kind="table", table=name, shard=shard.index, field=field)
@@ -90,15 +90,30 @@ def load(
         ]
         record = TableRecord(item["name"], config, store.num_shards)
         record = store.add_table(record, parts)  # or the one made already
+        # Change numbers go on from the highest any old server reached.
+        record.versions.take(int(item.get("version", 0)))
         for saved in item["parts"]:
             entries = arrays[(item["name"], saved["shard"])]
+            counts = own or server_index == 0  # a resized cluster counts once
             nbytes += _load_part(
-                store, reader, record, entries, saved, same, server_index, num_servers
+                store,
+                reader,
+                record,
+                entries,
+                saved,
+                same,
+                server_index,
+                num_servers,
+                counts,
             )
     return nbytes
 
 
-def _load_part(store, reader, record, entries, saved, same, server_index, num_servers):
+def _load_part(
+    store, reader, record, entries, saved, same, server_index, num_servers, counts
+):
+    """One saved part's rows (this server's) into the new parts; ``counts``:
+    its admitted/evicted/filtered totals go to this server (once a cluster)."""
     fields = {f: reader.read(e) for f, e in entries.items()}
     nbytes = sum(e["nbytes"] for e in entries.values())
     live = fields["live"].astype(bool)
@@ -122,13 +137,14 @@ def _load_part(store, reader, record, entries, saved, same, server_index, num_se
                 {key: array[mine] for key, array in slots.items()},
                 fields["updated"][rows[mine]],
                 fields["count"][rows[mine]],
+                fields["version"][rows[mine]],
             )
         if same and index == saved["shard"]:
             _restore_counters(part, fields, saved)
-        elif not same:
+        elif not same:  # tombstones from before are gone: no delta from then
             part.latest = max(part.latest, saved["latest"])
-            part.dropped_through = max(part.dropped_through, saved["latest"])
-            if index == 0:
+            part.dropped_through = max(part.dropped_through, record.versions.current)
+            if index == 0 and counts:
                 for counter in ("admitted", "evicted", "filtered"):
                     setattr(part, counter, getattr(part, counter) + saved[counter])
     return nbytes
@@ -138,7 +154,7 @@ def _restore_counters(part: TablePart, fields: dict[str, np.ndarray], saved) -> 
     for counter in (*_COUNTERS, "dropped_through"):
         setattr(part, counter, int(saved[counter]))
     part.tomb_keys = fields["tomb_keys"]
-    part.tomb_steps = fields["tomb_steps"]
+    part.tomb_versions = fields["tomb_versions"]
     if part.filter is not None and "sketch" in fields:
         part.filter.sketch[...] = fields["sketch"]
         part.filter.counted = int(saved["counted"])
@@ -149,6 +165,10 @@ def manifest_tables(
 ) -> list[dict[str, Any]]:
     """The manifest's ``tables``: each table's config and its parts' counters."""
     return [
-        {**r.to_json(), "parts": [p for p in parts if p["table"] == r.name]}
+        {
+            **r.to_json(),
+            "version": r.versions.current,
+            "parts": [p for p in parts if p["table"] == r.name],
+        }
         for r in records
     ]

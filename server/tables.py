@@ -11,7 +11,6 @@ decided (admitted keys, evicted keys), so a replay repeats it exactly.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,33 +29,10 @@ from adamax_ps.server.limits import MemoryBudget
 from adamax_ps.server.store import ShardedStore
 from adamax_ps.server.table_config import TableConfig
 from adamax_ps.server.table_part import PartPlan, TablePart
+from adamax_ps.server.table_record import TableRecord, Versions
+
+__all__ = ["Plans", "TableRecord", "Tables", "Versions"]
 from adamax_ps.server.validation import NonFinitePolicy, check_name, checked_values
-
-
-@dataclass(frozen=True)
-class TableRecord:
-    """What a table is; immutable once created."""
-
-    name: str
-    config: TableConfig
-    num_shards: int
-    keyed = True
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.config.dtype
-
-    @property
-    def row_size(self) -> int:
-        return self.config.dim
-
-    @property
-    def shards(self) -> tuple[int, ...]:
-        return tuple(range(self.num_shards))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "config": self.config.to_json()}
-
 
 Plans = dict[tuple[int, int], PartPlan]  # (gradient position, shard): plan
 
@@ -107,7 +83,11 @@ class Tables:
         def log() -> None:
             logged[0] = self.journal.write("table", record.to_json())
 
-        stored = self.store.add_table(record, made, log)
+        try:
+            stored = self.store.add_table(record, made, log)
+        except BaseException:  # a variable of that name was made meanwhile
+            self.memory.release(nbytes)
+            raise
         if stored is not record:
             self.memory.release(nbytes)
             return _attach(stored, config), False
@@ -176,6 +156,16 @@ class Tables:
             if bounds[s + 1] > bounds[s]
         ]
 
+    def _planned_shards(self, g: Gradient) -> list[tuple[int, np.ndarray]]:
+        """The shards a table gradient changes, with its keys' positions: its
+        keys' shards, and a replayed push's victims' shards too (on another
+        shard count, a victim may lie where none of its keys do)."""
+        found = dict(self._by_shard(g.indices))
+        if g.decided is not None and len(g.decided[1]):
+            for shard in np.unique(shard_of(g.decided[1], self.store.num_shards)):
+                found.setdefault(int(shard), np.empty(0, np.int64))
+        return sorted(found.items())
+
     def _limit(self, record: TableRecord, keys: np.ndarray) -> None:
         if len(keys) > self.max_request_rows:
             raise ResourceExhaustedError(
@@ -217,12 +207,13 @@ class Tables:
         keys: Any,
         values: Any,
         evicted: np.ndarray | None = None,
+        version: int | None = None,
     ) -> None:
         """Set the rows of ``keys`` (unique) to ``values``; new keys get rows
         without an admission test, and rows are evicted by the table's policy
         to keep its capacity (``evicted``: those a logged assignment evicted,
-        when the log replays it). More new keys than a part can hold at all
-        are refused, nothing changed."""
+        when the log replays it, with its ``version``). More new keys than a
+        part can hold at all are refused, nothing changed."""
         self.journal.check()
         keys = self.check_keys(record, np.asarray(keys), "keys")
         self._limit(record, keys)
@@ -235,7 +226,11 @@ class Tables:
         if len(np.unique(keys)) != len(keys):
             raise InvalidArgumentError(f"keys assigned to {record.name!r} repeat")
         values = np.ascontiguousarray(values, dtype=record.dtype)
-        groups = self._by_shard(keys)
+        groups = dict(self._by_shard(keys))
+        if evicted is not None and len(evicted):
+            for shard in np.unique(shard_of(evicted, self.store.num_shards)):
+                groups.setdefault(int(shard), np.empty(0, np.int64))
+        groups = sorted(groups.items())
         with self.store.locked(s for s, _ in groups):
             plans = []
             for shard, positions in groups:
@@ -257,41 +252,49 @@ class Tables:
                 f"rows of table {record.name!r}",
             )
             victims = [plan.victims for _, plan in plans]
+            version = record.versions.take(version)
             logged = self.journal.write(
                 "table_assign",
-                {"table": record.name},
+                {"table": record.name, "version": version},
                 [keys, values, np.concatenate([_no_keys(), *victims])],
             )
             for part, plan in plans:
-                part.evict(plan.victims, part.latest + 1)
+                part.evict(plan.victims, version)
                 part.grow(plan.grow_to)
-                part.assign(keys[plan.positions], values[plan.positions])
+                part.assign(keys[plan.positions], values[plan.positions], version)
         self.journal.wait(logged)
 
-    def evict(self, record: TableRecord, keys: np.ndarray, shard: int) -> int:
-        """Evict keys of one shard (a log's replay)."""
-        with self.store.locked([shard]):
-            part = self.store.shards[shard].tables[record.name]
-            return self.evict_locked(record, part, keys)
-
-    def evict_locked(self, record: TableRecord, part: TablePart, keys) -> int:
+    def evict_locked(
+        self,
+        record: TableRecord,
+        part: TablePart,
+        keys: np.ndarray,
+        version: int | None = None,
+    ) -> int:
         """Evict and log keys of a part whose shard lock the caller holds.
         Not waiting for the log: an eviction acknowledges nothing, and a
         crash before its record is durable only keeps the rows."""
         if not len(keys):
             return 0
         self.journal.check()
-        gone = part.evict(keys, part.latest + 1)  # after every update so far
-        self.journal.write("evict", {"table": record.name}, [keys])
+        version = record.versions.take(version)
+        gone = part.evict(keys, version)
+        self.journal.write("evict", {"table": record.name, "version": version}, [keys])
         return gone
 
-    def evict_anywhere(self, record: TableRecord, keys: np.ndarray) -> int:
-        """Evict keys wherever this server's shards hold them (a replay)."""
+    def evict_anywhere(
+        self, record: TableRecord, keys: np.ndarray, version: int | None
+    ) -> int:
+        """Evict keys wherever this server's shards hold them (a replay of
+        one logged eviction, as change ``version``)."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
-        return sum(
-            self.evict(record, keys[positions], shard)
-            for shard, positions in self._by_shard(keys)
-        )
+        groups = self._by_shard(keys)
+        with self.store.locked(s for s, _ in groups):
+            version = record.versions.take(version)
+            return sum(
+                self.store.shards[s].tables[record.name].evict(keys[p], version)
+                for s, p in groups
+            )
 
     # Pushes -------------------------------------------------------------------------
 
@@ -346,7 +349,7 @@ class Tables:
             if g.decided is not None:  # replayed: the logged refusals
                 admitted = np.ones(len(g.indices), bool)
                 admitted[g.decided[0]] = False
-            for shard, positions in self._by_shard(g.indices):
+            for shard, positions in self._planned_shards(g):
                 part = self.store.shards[shard].tables[g.variable]
                 decided = None
                 if g.decided is not None:
@@ -359,10 +362,16 @@ class Tables:
                 grow += plan.grow_bytes
                 mask[positions] = plan.admit
                 victims.append(plan.victims)
+            logged = None if g.decided is None else int(g.decided[2][0])
+            version = g.record.versions.take(logged)
+            for (at, _), plan in plans.items():
+                if at == position:
+                    plan.version = version
             if g.decided is None:
                 every = np.concatenate(victims) if victims else _no_keys()
                 refused = np.flatnonzero(~mask).astype(np.int64)
-                g = dataclasses.replace(g, decided=(refused, every))
+                number = np.array([version], np.int64)
+                g = dataclasses.replace(g, decided=(refused, every, number))
             out.append(g)
         if grow:
             names = sorted({g.variable for g in out if g.keyed})
@@ -372,66 +381,6 @@ class Tables:
                 self.growth_refused += 1
                 raise
         return out, plans
-
-    # Inspection ---------------------------------------------------------------------
-
-    def info(self, record: TableRecord) -> dict[str, Any]:
-        """Size, capacity, memory and counts, summed over the shards."""
-        totals = dict.fromkeys(
-            (
-                "size",
-                "allocated",
-                "bytes",
-                "row_bytes",
-                "admitted",
-                "evicted",
-                "filtered",
-            ),
-            0,
-        )
-        latest = 0
-        for shard in self.store.shards:
-            with shard.lock:
-                part = shard.tables[record.name]
-                totals["size"] += part.size
-                totals["allocated"] += part.alloc
-                totals["bytes"] += part.nbytes
-                totals["row_bytes"] += part.bytes_for(part.alloc)
-                totals["admitted"] += part.admitted
-                totals["evicted"] += part.evicted
-                totals["filtered"] += part.filtered
-                latest = max(latest, part.latest)
-        # Rows, their slots and bookkeeping, and the index, by row held (the
-        # admission filter and tombstones are fixed costs, in ``bytes``).
-        per_row = totals.pop("row_bytes") / totals["size"] if totals["size"] else 0.0
-        return {
-            "name": record.name,
-            **record.config.to_json(),
-            **totals,
-            "bytes_per_row": per_row,
-            "latest_step": latest,
-        }
-
-    def top_keys(self, record: TableRecord, n: int = 10) -> list[dict[str, int]]:
-        """The ``n`` keys updated most often (with their counts and last step)."""
-        found: list[tuple[int, int, int]] = []
-        for shard in self.store.shards:
-            with shard.lock:
-                part = shard.tables[record.name]
-                live = np.flatnonzero(part.live[: part.high])
-                if not len(live):
-                    continue
-                take = min(n, len(live))
-                best = live[np.argpartition(-part.count[live], take - 1)[:take]]
-                found += [
-                    (int(part.count[r]), int(part.keys[r]), int(part.updated[r]))
-                    for r in best
-                ]
-        found.sort(key=lambda item: (-item[0], item[1]))
-        return [
-            {"key": key, "updates": count, "updated": updated}
-            for count, key, updated in found[:n]
-        ]
 
 
 def _attach(record: TableRecord, config: TableConfig) -> TableRecord:

@@ -254,7 +254,9 @@ def test_list_and_describe_with_top_keys(apis, http):
         {"key": int(hot[1]), "updates": 2, "updated": 2},
     ]
     assert described["size"] == 3 and described["admitted"] == 3
-    assert described["bytes_per_row"] == described["bytes"] / 3
+    # Rows, slots, bookkeeping and index by row; the fixed costs (admission
+    # filter, tombstones) are in bytes only.
+    assert 0 < described["bytes_per_row"] <= described["bytes"] / 3
     listed = {t["name"]: t for t in apis[0].get("/tables").json()}
     assert listed["ranked"] == {**described, "top_keys": None}
     assert apis[1].get("/tables/ranked").json()["size"] == 0  # server 1 has none
@@ -500,7 +502,9 @@ def test_http_client_matches_grpc_bit_for_bit(http, grpc):
     for part in ("keys", "values", "evicted"):
         a, b = (getattr(exports[side], part) for side in ("http", "grpc"))
         assert a.tobytes() == b.tobytes(), part
-    assert exports["http"].through == exports["grpc"].through == 8
+    through = exports["http"].through  # each server's change number
+    assert through == exports["grpc"].through and len(through) == 2
+    assert all(number > 0 for number in through)
     fresh = np.array([1 << 50, -(1 << 50)])
     for side in tables:
         tables[side].assign(fresh, np.full((2, 8), 0.5, F32))

@@ -48,7 +48,23 @@ def table_state(service) -> dict:
         "v": service.gather_keys("t", keys, optimizer="Adamax", slot="v").tobytes(),
         "counts": [info[k] for k in ("size", "admitted", "evicted", "filtered")],
         "iterations": service.iterations("Adamax"),
+        "rows": rows_meta(service),
     }
+
+
+def rows_meta(service) -> dict:
+    """Each key's last step, update count and change number, over the parts
+    (what LRU/LFU, TTL and delta exports go by)."""
+    found = {}
+    for shard in service.store.shards:
+        part = shard.tables["t"]
+        for row in np.flatnonzero(part.live[: part.high]):
+            found[int(part.keys[row])] = (
+                int(part.updated[row]),
+                int(part.count[row]),
+                int(part.version[row]),
+            )
+    return found
 
 
 def test_a_checkpoint_restores_a_table_exactly(make_service, tmp_path):

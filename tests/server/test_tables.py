@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adamax_ps.common.keys import server_of
+from adamax_ps.common.keys import server_of, shard_of
 from adamax_ps.server.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -298,3 +298,46 @@ def test_export_and_delta_with_tombstones():
     assert sorted(keys.tolist()) == [3, 4]
     assert sorted(evicted.tolist()) == [1, 2]
     np.testing.assert_array_equal(values, s.gather_keys("t", keys))
+
+
+def test_a_table_named_twice_in_a_push_is_one_update_of_summed_rows():
+    """Two modules sharing a table push it twice: each key gets one row and
+    one update with its rows summed (as the shared embedding's gradient)."""
+    s = service()
+    s.create_table("t", dim=DIM)
+    other = service()
+    other.create_table("t", dim=DIM)
+    keys = np.arange(100)  # 100 new keys, twice: growth planned once
+    g = Gradient.sparse("t", keys, np.ones((100, DIM), np.float32))
+    s.apply("Adamax", [g, g])
+    push(other, np.concatenate([keys, keys]))  # the same rows summed
+    assert s.table_info("t")["size"] == 100
+    assert state(s, keys)[0].tobytes() == state(other, keys)[0].tobytes()
+
+
+def test_a_delta_holds_every_change_after_its_export():
+    """Assignments and evictions on a part that saw fewer steps than the
+    others still come after the export in change numbers."""
+    s = service(shards=2)
+    s.create_table("t", dim=DIM, eviction={"ttl_steps": 5})
+    keys = np.arange(200)
+    lagging = keys[shard_of(keys, 2) == 1][:3]
+    busy = keys[shard_of(keys, 2) == 0][:3]
+    push(s, lagging)
+    for _ in range(10):
+        push(s, busy)
+    through = s.export_table("t")[3]
+    assert s.evict_now() == 3  # the lagging part's keys expire
+    s.assign_keys("t", lagging[:1], np.full((1, DIM), 42.0))
+    keys_d, values_d, evicted, _ = s.export_table("t", since=through)
+    assert keys_d.tolist() == lagging[:1].tolist() and values_d[0, 0] == 42
+    assert sorted(evicted.tolist()) == sorted(lagging[1:].tolist())
+
+
+def test_assignments_are_not_steps_for_the_time_to_live():
+    s = service()
+    s.create_table("t", dim=DIM, eviction={"ttl_steps": 3})
+    push(s, [1, 2])
+    for key in range(100, 110):  # loading rows takes no training step
+        s.assign_keys("t", [key], np.ones((1, DIM)))
+    assert s.evict_now() == 0 and s.table_info("t")["size"] == 12
