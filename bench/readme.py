@@ -21,6 +21,7 @@ from pathlib import Path
 import tables
 import tables_embedding
 import tables_peers
+import tables_rescale
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -34,6 +35,7 @@ RENDERERS = {
     "training_fit": tables_peers.training_fit,
     "scaling": tables.scaling,
     "embedding_tables": tables_embedding.embedding_tables,
+    "rescale": tables_rescale.rescale,
 }
 BLOCK = re.compile(r"<!-- bench:(\w+):begin -->\n(.*?)<!-- bench:\1:end -->", re.S)
 
