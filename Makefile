@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/transport.py --update-readme
 	$(BIN)/python bench/durability.py --update-readme
 	$(BIN)/python bench/embedding_tables.py --update-readme
+	$(BIN)/python bench/rescale.py --update-readme
 	$(BIN)/python bench/peers.py
 	$(BIN)/python bench/training.py
 	$(BIN)/python bench/training_fit.py

@@ -43,6 +43,7 @@ def test_readme_has_the_benchmark_blocks():
         "latest",
         "training_fit",
         "embedding_tables",
+        "rescale",
     }
 
 
