@@ -22,6 +22,7 @@ GROWTH_LIMIT = 64 << 20
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SECONDS + 240)  # a longer soak is given its time
 def test_soak(tmp_path):
     server = Server(
         [

@@ -49,6 +49,7 @@ def stream(address: str, worker: int, stop: threading.Event, counts: list) -> No
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SECONDS + 240)  # a longer soak is given its time
 def test_a_table_streaming_new_ids_keeps_flat_memory(tmp_path):
     server = Server(
         ["--grpc-port", "0", "--http-port", "0", "--shards", "2"], tmp_path / "ps.log"
