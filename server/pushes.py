@@ -182,7 +182,7 @@ class PushPipeline:
         with held if total else nullcontext():
             result = self.apply(optimizer, gradients, push_id, **options)
             values = [
-                self.tables.gather(record, rows)
+                self.tables.read_planned(record, rows, None)
                 if getattr(record, "keyed", False)
                 else self.variables.read_planned(record, rows)
                 for record, rows, _ in planned

@@ -169,15 +169,14 @@ class ShardedStore:
             fill(value, lo)
             arrays.append(Part(record.name, shard, lo, hi, value))
         with self.locked(record.shards):
-            with self._registry_lock:
-                existing = self._variables.get(record.name)
-                if existing is not None:
-                    return existing
-                if record.name in self._tables:
-                    raise VariableExistsError(
-                        f"{record.name!r} is a hash-keyed table, not a variable"
-                    )
-                self._variables[record.name] = record
+            existing = self._register(
+                record,
+                self._variables,
+                self._tables,
+                "a hash-keyed table, not a variable",
+            )
+            if existing is not None:
+                return existing
             for part in arrays:
                 self.shards[part.shard].parts[record.name] = part
             if on_added is not None:
@@ -202,20 +201,31 @@ class ShardedStore:
         """Register a table with one part per shard (or return the record of
         one registered meanwhile); ``on_added()`` runs under every lock."""
         with self.all_locked():
-            with self._registry_lock:
-                existing = self._tables.get(record.name)
-                if existing is not None:
-                    return existing
-                if record.name in self._variables:
-                    raise VariableExistsError(
-                        f"{record.name!r} is a variable, not a table"
-                    )
-                self._tables[record.name] = record
+            existing = self._register(
+                record, self._tables, self._variables, "a variable, not a table"
+            )
+            if existing is not None:
+                return existing
             for part in parts:
                 self.shards[part.shard].tables[record.name] = part
             if on_added is not None:
                 on_added()
         return record
+
+    def _register(
+        self, record: Any, mine: dict[str, Any], others: dict[str, Any], other: str
+    ) -> Any:
+        """Register ``record`` in ``mine`` (variables or tables) and return
+        None, or return the one registered meanwhile under its name; a name
+        ``others`` holds is ``VariableExistsError`` (names are one space)."""
+        with self._registry_lock:
+            existing = mine.get(record.name)
+            if existing is not None:
+                return existing
+            if record.name in others:
+                raise VariableExistsError(f"{record.name!r} is {other}")
+            mine[record.name] = record
+            return None
 
     def parts(self, record: VariableRecord) -> list[Part]:
         """The variable's parts in row order (hold their shards' locks to use them)."""

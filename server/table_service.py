@@ -108,7 +108,8 @@ class TableMethods:
         record = self._tables.get(name)
         keys, nbytes = self._tables.planned_read(record, keys)
         with self.inflight.held(nbytes, f"reading table {name!r}"):
-            yield self._tables.gather(record, keys, self._table_slot(optimizer, slot))
+            slot_key = self._table_slot(optimizer, slot)
+            yield self._tables.read_planned(record, keys, slot_key)
 
     def evict_now(self) -> int:
         """Run one eviction round now (tests, and the evictor thread's work)."""

@@ -182,6 +182,12 @@ class Tables:
         are zeros). Reads change nothing, not even admission counts."""
         keys = self.check_keys(record, np.asarray(keys), "keys")
         self._limit(record, keys)
+        return self.read_planned(record, keys, slot)
+
+    def read_planned(
+        self, record: TableRecord, keys: np.ndarray, slot: tuple[str, str] | None
+    ) -> np.ndarray:
+        """The gather a ``planned_read`` names (its keys already checked)."""
         out = np.empty((len(keys), record.row_size), record.dtype)
         for shard, positions in self._by_shard(keys):
             with self.store.locked([shard]):
