@@ -5,16 +5,14 @@ once; a model whose dense layer runs first pushes at once."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-from helpers.servers import addresses, start_cluster
+from helpers.keras_jobs import run_keras_job
+from helpers.servers import start_cluster
 
 from adamax_ps.client import connect
 from adamax_ps.keras import Adamax, Embedding
@@ -48,24 +46,7 @@ def test_a_fit_step_is_one_request_a_server_and_exact(servers, tmp_path, keras_k
     """Steps 3 to 12 of model.fit, the table and layer split over the
     servers: one ApplyGradients a server per step, and weights bit-equal to
     the same fit pushing at once; fit's end sent the last push."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env["TF_USE_LEGACY_KERAS"] = "1" if keras_kind == "tf_keras" else "0"
-    out = tmp_path / "steps.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(JOB),
-            addresses(servers),
-            ",".join(s.http_address for s in servers),
-            str(out),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    result = json.loads(out.read_text())
+    result = run_keras_job(JOB, servers, tmp_path / "steps.json", keras_kind)
     assert result["keras"] == (2 if keras_kind == "tf_keras" else 3)
     assert result["equal"] and result["iterations"] == 12
     assert result["spent"] == [{"ApplyGradients": 1.0}] * 2

@@ -5,9 +5,6 @@ one request a server per step, unseen keys reading their initial rows."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import torch
+from helpers.keras_jobs import run_keras_job
 from helpers.servers import addresses
 
 from adamax_ps.client import Adamax as ClientAdamax
@@ -66,25 +64,8 @@ def test_keras_fit_on_a_table_is_exact_and_one_request_a_server(
     with the client; one ApplyGradients a server per step (steps 3 to 12);
     keys above 2**53 and negative ones reach the servers exact; unseen keys
     read their initial rows before and after training."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env["TF_USE_LEGACY_KERAS"] = "1" if keras_kind == "tf_keras" else "0"
     out = tmp_path / "tables.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(JOB),
-            addresses(servers),
-            ",".join(s.http_address for s in servers),
-            str(out),
-            f"{keras_kind}_",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    result = json.loads(out.read_text())
+    result = run_keras_job(JOB, servers, out, keras_kind, f"{keras_kind}_")
     assert result["keras"] == (2 if keras_kind == "tf_keras" else 3)
     assert result["equal"] == {"rows": True, "dense": True, "m": True, "v": True}
     assert result["moved"] and result["iterations"] == 12
