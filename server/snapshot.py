@@ -106,6 +106,8 @@ def load(
             store.placement(item["name"], shape, dtype),
             item["initializer"],
             int(item["seed"]),
+            tuple(item.get("global_shape", shape)),
+            int(item.get("row_offset", 0)),
         )
         records[record.name] = store.add(record, lambda out, lo: None)
     weights: dict[str, dict[str, np.ndarray]] = {}

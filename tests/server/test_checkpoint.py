@@ -90,6 +90,24 @@ def test_a_checkpoint_restores_only_on_the_server_that_wrote_it(make_service, tm
     assert restored.restore(tmp_path).sequence == 1
 
 
+def test_a_restored_slice_keeps_its_place_in_the_whole_variable(make_service, tmp_path):
+    """A server holding rows 500..999 of a 1000-row variable still says so
+    after a restart (workers that discover it place its rows by it)."""
+    source = make_service(server_index=1, num_servers=2)
+    source.create_variable(
+        "emb", shape=(500, 4), global_shape=(1000, 4), row_offset=500
+    )
+    source.checkpoint(tmp_path)
+    restored = make_service(server_index=1, num_servers=2)
+    restored.restore(tmp_path)
+    record = restored.variable("emb")
+    assert (record.global_shape, record.row_offset) == ((1000, 4), 500)
+    _, created = restored.create_variable(
+        "emb", shape=(500, 4), global_shape=(1000, 4), row_offset=500
+    )
+    assert not created  # a worker attaches to it as before the restart
+
+
 def test_checkpoints_are_renamed_into_place_and_pruned(make_service, tmp_path):
     service = make_service(shards=2, keep_checkpoints=2)
     build_state(service, pushes=1)
