@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from adamax_ps.cli import rescale
 from adamax_ps.common import environment
 
 # A probe (``health``) imports nothing of the server: it runs every few
@@ -162,6 +163,7 @@ def build_parser(only_health: bool = False) -> argparse.ArgumentParser:
         if name == "inspect":
             _option(command, "json", bool, False, "print JSON for scripts")
     _add_export(commands)
+    rescale.add_parser(commands, _option)
     _add_health(commands)
     return parser
 
@@ -255,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         out = args.out or Path(f"{args.table.replace('/', '_')}.npz")
         return export(args.address, args.table, out, args.since, args.token)
+    if args.command == "rescale":
+        return rescale.run(args)
     if args.command == "health":
         return health(args.url or _local_url(), args.ready, args.tls_ca, args.timeout)
     urls = _urls(args.url)

@@ -12,19 +12,30 @@ call reserves its step with a round trip of its own.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from adamax_ps.client.placement import call_shares, check_rows
 from adamax_ps.client.push_reads import Part, plan_reads
-from adamax_ps.client.transport import ApplyOptions, Gradient, Read
+from adamax_ps.client.transport import ApplyOptions, Gradient, PushId, Read
 from adamax_ps.proto import codec
 
 if TYPE_CHECKING:
     from adamax_ps.client.cluster import Cluster
 
 COORDINATOR = 0
+
+
+@dataclass
+class CallAttempt:
+    """One ``apply_gradients`` call, kept across the attempts a rescale
+    makes it take: its push id, and the step it was given (once it was)."""
+
+    push_id: PushId
+    step: int | None = None
+    ahead: bool = False  # the step was handed out ahead (the call counts it)
 
 
 def apply_call(
@@ -36,9 +47,10 @@ def apply_call(
     aggregated: bool,
     clipped: bool,
     reads: Sequence[Read],
+    attempt: CallAttempt,
 ) -> tuple[int, int, list[np.ndarray]]:
     """See ``Cluster.push``."""
-    push_id = cluster.next_push_id()
+    push_id = attempt.push_id
     names = [g.variable for g in gradients]
     placements = [cluster.placement(g.variable) for g in gradients]
     shares, new = call_shares(
@@ -66,14 +78,18 @@ def apply_call(
     elif cluster.size == 1:
         targets = [0]
     else:
-        reserved = cluster.take_step_ahead(optimizer)
-        ahead = reserved is not None
-        if not ahead:
-            # The reservation shares the call's push id (the coordinator
-            # keeps one entry per client for both).
-            reserved = cluster.transports[COORDINATOR].reserve_step(
-                cluster.view(COORDINATOR), optimizer, names, push_id
-            )
+        if attempt.step is not None:  # made again after a rescale
+            reserved, ahead = attempt.step, attempt.ahead
+        else:
+            reserved = cluster.take_step_ahead(optimizer)
+            ahead = reserved is not None
+            if not ahead:
+                # The reservation shares the call's push id (the coordinator
+                # keeps one entry per client for both).
+                reserved = cluster.transports[COORDINATOR].reserve_step(
+                    cluster.view(COORDINATOR), optimizer, names, push_id
+                )
+            attempt.step, attempt.ahead = reserved, ahead
         targets = sorted(set(shares) | {COORDINATOR})
         for i in targets:
             options[i].step = reserved
@@ -131,7 +147,9 @@ def read_part(cluster: Cluster, part: Part) -> np.ndarray:
     """One part of a read, on its own (rows in server-sized requests)."""
     read, transport = part.read, cluster.transports[part.server]
     if read.rows is None:
-        return transport.read(read.variable, expected_bytes=part.nbytes)
+        return transport.read(
+            read.variable, expected_bytes=part.nbytes, view=cluster.view(part.server)
+        )
     count = len(read.rows)
     size = cluster.servers[part.server].max_request_rows or max(1, count)
     row_bytes = part.nbytes // max(1, count)
@@ -141,6 +159,7 @@ def read_part(cluster: Cluster, part: Part) -> np.ndarray:
             rows=read.rows[lo : lo + size],
             expected_bytes=row_bytes * len(read.rows[lo : lo + size]),
             wire_dtype=read.wire_dtype,
+            view=cluster.view(part.server),
         )
         for lo in range(0, count, size)
     ]
@@ -171,6 +190,7 @@ def gather_rows(
                 rows=local[start : start + step],
                 expected_bytes=placement.nbytes(len(local[start : start + step])),
                 wire_dtype=wire,
+                view=cluster.view(server),
             )
 
     cluster.map(fetch, placement.locate(rows))

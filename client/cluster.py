@@ -11,6 +11,7 @@ thread.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import weakref
@@ -21,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from adamax_ps.client import errors
-from adamax_ps.client.calls import COORDINATOR, apply_call, assign_value, gather_rows
+from adamax_ps.client.calls import CallAttempt, apply_call, assign_value, gather_rows
+from adamax_ps.client.cluster_optimizers import OptimizerCalls
 from adamax_ps.client.connection import open_transport, parse_addresses
 from adamax_ps.client.discovery import (
     addresses_from_environment,
@@ -30,11 +32,17 @@ from adamax_ps.client.discovery import (
     wire_from_environment,
 )
 from adamax_ps.client.placement import Placement, Slice, place
+from adamax_ps.client.relayout import (
+    FOLLOWING,
+    RESCALE_WAIT,
+    Follower,
+    following,
+    follows_rescale,
+)
 from adamax_ps.client.retry import RetryPolicy
 from adamax_ps.client.tables import RemoteTable, create_table, discover_tables
 from adamax_ps.client.transport import (
     Gradient,
-    OptimizerInfo,
     PushId,
     Read,
     ServerInfo,
@@ -46,7 +54,7 @@ from adamax_ps.client.variables import RemoteVariable, new_variable
 from adamax_ps.common.malloc import tune_malloc
 
 
-class Cluster:
+class Cluster(OptimizerCalls):
     """The servers a worker talks to. Thread-safe; see the module docstring."""
 
     def __init__(
@@ -65,12 +73,13 @@ class Cluster:
                 f"wire_dtype is float16 or bfloat16 (or None: float32). "
                 f"Received: {wire_dtype!r}"
             )
+        self._open = functools.partial(
+            open_transport, token=token, tls=tls, timeout=timeout, retry=retry
+        )
         self.addresses = parse_addresses(addresses)
-        self.transports: list[Transport] = [
-            open_transport(a, token=token, tls=tls, timeout=timeout, retry=retry)
-            for a in self.addresses
-        ]
+        self.transports: list[Transport] = [self._open(a) for a in self.addresses]
         self.size = len(self.transports)
+        self.rescale_wait = RESCALE_WAIT  # seconds a call waits out a rescale
         self.client_id = new_client_id()
         # Synchronous mode: this worker's replica id (its rank), apart from
         # the exactly-once client id.
@@ -79,16 +88,15 @@ class Cluster:
         self.wire_dtype = wire_dtype
         self._sequence = itertools.count()
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(
-            max(2, self.size), thread_name_prefix="cluster", initializer=_mark_worker
-        )
+        self._pool = _pool(self.size)
         self._placements: dict[str, Placement] = {}
         self._slotted: set[tuple[str, str]] = set()  # (optimizer, split variable)
         self._before_close: list[weakref.WeakMethod] = []
         # Per optimizer: the step the coordinator handed out for the next call.
         self._ahead: dict[str, int] = {}
         tune_malloc()
-        self.servers = self._check_view()
+        # Addresses from before a rescale: server 0 names the cluster's now.
+        self.servers = following(self, self._check_view)
 
     # Cluster --------------------------------------------------------------------
 
@@ -102,6 +110,23 @@ class Cluster:
                     f"{self.size}: every worker and server must share one cluster view"
                 )
         return infos
+
+    def relayout(self, addresses: Sequence[str]) -> None:
+        """Take up a rescaled cluster's layout: connect to ``addresses`` and
+        forget where variables were (found again on use)."""
+        new = parse_addresses(addresses)
+        transports = [self._open(a) for a in new]
+        with self._lock:
+            old, self.transports = self.transports, transports
+            self.addresses, self.size = new, len(transports)
+            self._placements.clear()
+            self._slotted.clear()
+            self._ahead.clear()
+            pool, self._pool = self._pool, _pool(self.size)
+        self.servers = self._check_view()
+        pool.shutdown(wait=False)
+        for transport in old:
+            transport.close()
 
     def view(self, server: int) -> tuple[int, int]:
         return (server, self.size)
@@ -160,6 +185,7 @@ class Cluster:
 
     # Variables ------------------------------------------------------------------
 
+    @follows_rescale
     def variable(
         self,
         name: str,
@@ -199,6 +225,7 @@ class Cluster:
             raise errors.VariableNotFoundError(f"variable {name!r} does not exist")
         return placement
 
+    @follows_rescale
     def embedding_table(
         self,
         name: str,
@@ -239,6 +266,7 @@ class Cluster:
             for name, placement in found.items():
                 self._placements.setdefault(name, placement)
 
+    @follows_rescale
     def create_variable(
         self,
         name: str,
@@ -274,6 +302,7 @@ class Cluster:
             self._placements[name] = placement
         return placement
 
+    @follows_rescale
     def read(self, name: str, *, optimizer: str = "", slot: str = "") -> np.ndarray:
         """A variable's (or one slot's) whole value, assembled from its slices."""
         placement = self.placement(name)
@@ -283,6 +312,7 @@ class Cluster:
                 optimizer=optimizer,
                 slot=slot,
                 expected_bytes=placement.nbytes(s.hi - s.lo),
+                view=self.view(s.server),
             ),
             placement.slices,
         )
@@ -290,6 +320,7 @@ class Cluster:
             return parts[0]
         return np.concatenate(parts)
 
+    @follows_rescale
     def gather(
         self, name: str, rows: np.ndarray, *, optimizer: str = "", slot: str = ""
     ) -> np.ndarray:
@@ -297,65 +328,12 @@ class Cluster:
         variable's in ``wire_dtype`` when set: a worker's batch rows)."""
         return gather_rows(self, name, rows, optimizer, slot)
 
+    @follows_rescale
     def assign(
         self, name: str, value: np.ndarray, *, optimizer: str = "", slot: str = ""
     ) -> None:
         """Replace a variable's (or one slot's) value on every server of it."""
         assign_value(self, name, value, optimizer, slot)
-
-    # Optimizers ---------------------------------------------------------------------
-
-    def create_optimizer(self, config: dict[str, Any]) -> OptimizerInfo:
-        """Create (or attach to) the optimizer on every server."""
-        infos = self.map(
-            lambda i: self.transports[i].create_optimizer(self.view(i), config),
-            range(self.size),
-        )
-        return infos[COORDINATOR]
-
-    def optimizer(self, name: str, create_iterations: bool = False) -> OptimizerInfo:
-        """The optimizer as the coordinator knows it (global iterations, weights)."""
-        return self.transports[COORDINATOR].get_optimizer(name, create_iterations)
-
-    def set_iterations(self, optimizer: str, iterations: int) -> None:
-        self.map(
-            lambda i: self.transports[i].set_iterations(
-                self.view(i), optimizer, iterations
-            ),
-            range(self.size),
-        )
-
-    def add_slot(
-        self, optimizer: str, variable: str, slot: str, initializer: str
-    ) -> None:
-        """Slot arrays on the servers holding the variable; order at the coordinator."""
-        servers = set(self.placement(variable).servers()) | {COORDINATOR}
-        self.map(
-            lambda i: self.transports[i].add_slot(
-                self.view(i), optimizer, variable, slot, initializer
-            ),
-            sorted(servers),
-        )
-
-    def add_weight(
-        self,
-        optimizer: str,
-        name: str,
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        initializer: str,
-    ) -> np.ndarray:
-        return self.transports[COORDINATOR].add_weight(
-            self.view(COORDINATOR), optimizer, name, shape, dtype, initializer
-        )
-
-    def read_weight(self, optimizer: str, name: str) -> np.ndarray:
-        return self.transports[COORDINATOR].read(optimizer=optimizer, weight=name)
-
-    def assign_weight(self, optimizer: str, name: str, value: np.ndarray) -> None:
-        self.transports[COORDINATOR].assign(
-            self.view(COORDINATOR), np.asarray(value), optimizer=optimizer, weight=name
-        )
 
     # Pushes ---------------------------------------------------------------------
 
@@ -384,15 +362,24 @@ class Cluster:
         Synchronous: every server gets a push for ``step`` (empty if none of the
         call's rows are its), so every server's round completes.
         """
-        return apply_call(
-            self,
-            optimizer,
-            gradients,
-            step=step,
-            aggregated=aggregated,
-            clipped=clipped,
-            reads=reads,
-        )
+        # Made again after a rescale it meets, as the same call: same push
+        # id, same step (a call the cut left half applied is completed).
+        attempt = CallAttempt(self.next_push_id())
+        follower = Follower(self)
+        while True:
+            try:
+                return apply_call(
+                    self,
+                    optimizer,
+                    gradients,
+                    step=step,
+                    aggregated=aggregated,
+                    clipped=clipped,
+                    reads=reads,
+                    attempt=attempt,
+                )
+            except FOLLOWING as met:
+                follower.follow(met)
 
     def slotted(self, optimizer: str, placements: list[Placement]) -> set[str]:
         """Of these split variables, those whose slots ``optimizer`` made."""
@@ -414,6 +401,7 @@ class Cluster:
             if next_step is not None:
                 self._ahead[optimizer] = next_step
 
+    @follows_rescale
     def checkpoint(self) -> list[dict[str, Any]]:
         """Ask every server to write a checkpoint now."""
         return self.map(lambda t: t.checkpoint(), self.transports)
@@ -424,6 +412,13 @@ _worker = threading.local()
 
 def _mark_worker() -> None:
     _worker.active = True
+
+
+def _pool(servers: int) -> ThreadPoolExecutor:
+    """The threads that call several servers at once."""
+    return ThreadPoolExecutor(
+        max(2, servers), thread_name_prefix="cluster", initializer=_mark_worker
+    )
 
 
 _default: Cluster | None = None

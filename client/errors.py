@@ -101,6 +101,11 @@ class ServerBusyError(TransportError):
     retries."""
 
 
+class RescalingError(TransportError):
+    """A rescale of the cluster is under way: the server takes no change
+    until it ends (a ``Cluster`` waits for it and follows the new layout)."""
+
+
 class MessageTooLargeError(ResourceExhaustedError, TransportError):
     """A request or answer exceeded a message size limit (the server's
     ``--max-request-bytes``, or a gRPC message limit): a resource limit, so
@@ -129,7 +134,10 @@ BY_NAME: dict[str, type[ParameterServerError]] = {
         ResourceExhaustedError,
         MemoryBudgetError,
         ServerBusyError,
+        ClusterViewError,
+        RescalingError,
     )
 }
 # Refusals that retrying cannot help, though their status says "unavailable".
-FINAL = frozenset({"WritesStoppedError"})
+# (A rescale is waited for by the cluster, not the transport's retries.)
+FINAL = frozenset({"WritesStoppedError", "RescalingError"})

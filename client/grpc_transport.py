@@ -142,6 +142,8 @@ class GrpcTransport(GrpcTableCalls):
             r.replicas_to_aggregate,
             r.ready,
             r.max_request_rows,
+            r.rescale_state or "serving",
+            tuple(r.addresses),
         )
 
     def create_variables(
@@ -294,6 +296,7 @@ class GrpcTransport(GrpcTableCalls):
         weight: str = "",
         expected_bytes: int | None = None,
         wire_dtype: str | None = None,
+        view: View | None = None,
     ) -> np.ndarray:
         def request() -> pb.ReadRequest:
             return pb.ReadRequest(
@@ -303,6 +306,7 @@ class GrpcTransport(GrpcTableCalls):
                 weight=weight,
                 rows=codec.encode(rows) if rows is not None else None,
                 wire_dtype=_wire_code(wire_dtype),
+                view=_view(view) if view is not None else None,
             )
 
         if expected_bytes is not None and expected_bytes <= INLINE_READ_BYTES:

@@ -163,6 +163,8 @@ class HttpTransport(HttpTableCalls):
             r["replicas_to_aggregate"],
             r["ready"],
             r.get("limits", {}).get("max_request_rows", 0),
+            r.get("rescale_state", "serving"),
+            tuple(r.get("addresses", ())),
         )
 
     def create_variables(
@@ -273,6 +275,7 @@ class HttpTransport(HttpTableCalls):
         weight: str = "",
         expected_bytes: int | None = None,
         wire_dtype: str | None = None,
+        view: View | None = None,
     ) -> np.ndarray:
         # One HTTP answer, whatever its size; reads travel as float32 (the
         # reduced-precision wire is gRPC's).
@@ -288,13 +291,16 @@ class HttpTransport(HttpTableCalls):
                 self._send(
                     "POST",
                     f"/variables/{_q(variable)}/rows",
+                    view=view,
                     params=params,
                     framed=({"rows": codec.describe(rows)}, [rows]),
                 )
             )
         params["format"] = "npy"
         return _npy(
-            self._send("GET", f"/variables/{_q(variable)}/value", params=params)
+            self._send(
+                "GET", f"/variables/{_q(variable)}/value", view=view, params=params
+            )
         )
 
     def assign(

@@ -31,6 +31,8 @@ class ServerInfo:
     replicas_to_aggregate: int
     ready: bool
     max_request_rows: int = 0  # 0: the server states no limit
+    rescale_state: str = "serving"  # see server/rescale.py
+    addresses: tuple[str, ...] = ()  # the cluster's, once a rescale placed it
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,7 @@ class Transport(Protocol):
         weight: str = "",
         expected_bytes: int | None = None,
         wire_dtype: str | None = None,
+        view: View | None = None,
     ) -> np.ndarray: ...
     def assign(
         self,

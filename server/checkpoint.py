@@ -29,7 +29,7 @@ import zlib
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -160,11 +160,13 @@ class CheckpointWriter:
         self._pool.shutdown()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def prune(self) -> None:
-        """Keep the newest ``keep`` checkpoints; remove older ones and stale temps."""
+    def prune(self, protected: frozenset[Path] = frozenset()) -> None:
+        """Keep the newest ``keep`` checkpoints, and the ``protected`` ones (a
+        pending rescale's cut); remove older ones and stale temps."""
         complete = sorted(checkpoints(self.root))
         for _, path in complete[: -self.keep]:
-            shutil.rmtree(path, ignore_errors=True)
+            if path not in protected:
+                shutil.rmtree(path, ignore_errors=True)
         for path in self.root.glob("ckpt-*.tmp-*"):
             if path != self.tmp and not _pid_alive(path.name.rsplit("-", 1)[-1]):
                 shutil.rmtree(path, ignore_errors=True)
@@ -203,19 +205,35 @@ def wal_segment(path: Path) -> int:
         return 0
 
 
+def remove(path: Path) -> None:
+    """Remove a checkpoint folder durably: renamed aside first (so a crash
+    never leaves a half-removed one under its name), then deleted."""
+    path = Path(path)
+    if not path.exists():
+        return
+    aside = path.with_name(f"{path.name}.tmp-removed")
+    os.replace(path, aside)
+    fsync_dir(path.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def latest(root: Path) -> Path | None:
     found = checkpoints(root)
     return found[-1][1] if found else None
 
 
 class CheckpointReader:
-    """Reads and verifies one checkpoint folder."""
+    """Reads and verifies one checkpoint folder (subclasses: another place
+    holding the same files, ``checkpoint_remote``)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._load_manifest()
+
+    def _load_manifest(self) -> None:
         try:
-            text = (self.path / "manifest.json").read_bytes()
-            expected = int((self.path / "manifest.json.crc32").read_text().strip())
+            text = self._whole("manifest.json")
+            expected = int(self._whole("manifest.json.crc32").decode().strip())
         except (OSError, ValueError) as e:
             raise CheckpointError(f"checkpoint {self.path} is unreadable: {e}") from e
         if zlib.crc32(text) != expected:
@@ -231,14 +249,32 @@ class CheckpointReader:
                 f"{self.manifest.get('version')!r}; this server reads version {VERSION}"
             )
         for name, info in self.manifest["files"].items():
-            size = (
-                (self.path / name).stat().st_size if (self.path / name).exists() else -1
-            )
+            size = self._size(name)
             if size != info["bytes"]:
                 raise CheckpointError(
                     f"checkpoint {self.path}: {name} has {size} bytes, "
                     f"expected {info['bytes']} (truncated or missing)"
                 )
+
+    def close(self) -> None:
+        """Let go of what reading needed (nothing, for a local folder)."""
+
+    # Where the bytes are: files of a local folder.
+
+    def _whole(self, name: str) -> bytes:
+        return (self.path / name).read_bytes()
+
+    def _size(self, name: str) -> int:
+        """A data file's size in bytes, -1 when it is missing."""
+        path = self.path / name
+        return path.stat().st_size if path.exists() else -1
+
+    def _open(self, name: str, offset: int, length: int) -> BinaryIO:
+        """A file to ``readinto`` from byte ``offset`` (``length`` bytes are
+        wanted)."""
+        f = open(self.path / name, "rb")  # noqa: SIM115 - the caller closes it
+        f.seek(offset)
+        return f
 
     def read(self, entry: dict[str, Any]) -> np.ndarray:
         """One whole array, verified."""
@@ -255,8 +291,7 @@ class CheckpointReader:
         total = 0
         with ThreadPoolExecutor(1, thread_name_prefix="crc32") as pool:
             crc = pool.submit(int, 0)
-            with open(self.path / entry["file"], "rb") as f:
-                f.seek(entry["offset"])
+            with self._open(entry["file"], entry["offset"], entry["nbytes"]) as f:
                 for target in targets:
                     for start in range(0, len(target), CHUNK):
                         view = target[start : start + CHUNK]
@@ -284,8 +319,7 @@ class CheckpointReader:
         wanted = sorted(ranges, key=lambda r: r[0])
         total, crc = entry["nbytes"], 0
         buffer = bytearray(min(CHUNK, max(total, 1)))
-        with open(self.path / entry["file"], "rb") as f:
-            f.seek(entry["offset"])
+        with self._open(entry["file"], entry["offset"], total) as f:
             position = 0
             while position < total:
                 view = memoryview(buffer)[: min(CHUNK, total - position)]

@@ -83,10 +83,13 @@ class ServerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ServerConfig:
-        if self.server_index >= self.num_servers:
+        if self.server_index >= self.num_servers and self.checkpoint_dir is None:
+            # With a folder it is a spare, waiting for `adamax-ps rescale`
+            # (or the folder's committed layout says where it stands).
             raise ValueError(
                 f"--server-index {self.server_index} must be below --num-servers "
-                f"{self.num_servers}"
+                f"{self.num_servers} (or, a spare for a rescale, have a "
+                "--checkpoint-dir)"
             )
         if self.replicas_to_aggregate and not self.replicas:
             raise ValueError("--replicas-to-aggregate needs --replicas (sync mode)")
@@ -159,6 +162,7 @@ class ServerConfig(BaseModel):
             memory_limit=self.memory_limit,
             max_inflight_bytes=self.max_inflight_bytes,
             max_request_rows=self.max_request_rows,
+            cluster_split_bytes=self.cluster_split_bytes,
         )
 
     def request_bytes(self, inflight_limit: int) -> int:

@@ -66,6 +66,19 @@ class FailedPreconditionError(ParameterServerError):
     http_status = 409
 
 
+class ClusterViewError(FailedPreconditionError):
+    """The sender addressed this server as another index, or another cluster
+    size, than it is (a worker holding a view from before a rescale)."""
+
+
+class RescalingError(ParameterServerError):
+    """A rescale is under way (``adamax-ps rescale``): no change is taken
+    until it ends; the worker waits, then follows the new layout."""
+
+    code = "UNAVAILABLE"
+    http_status = 503
+
+
 class StalePushError(FailedPreconditionError):
     """A synchronous push for a step that was already applied (or dropped)."""
 

@@ -23,7 +23,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from adamax_ps.server.errors import ParameterServerError
+from adamax_ps.server.errors import ParameterServerError, RescalingError
+from adamax_ps.server.gate import ChangeGate
 from adamax_ps.server.table_part import ROOM, TablePart
 from adamax_ps.server.tables import TableRecord, Tables
 
@@ -41,8 +42,10 @@ class Evictor:
         tables: Tables,
         interval: float = 0.2,
         observe: Callable[[float], None] | None = None,
+        gate: ChangeGate | None = None,
     ) -> None:
         self.tables = tables
+        self.gate = gate or ChangeGate()
         self.interval = interval
         self.observe = observe or (lambda seconds: None)
         self.longest = 0.0  # the longest a batch held a shard's lock
@@ -68,7 +71,10 @@ class Evictor:
             self._wake.wait(self.interval)
             self._wake.clear()
             try:
-                self.run_once()
+                with self.gate.change():  # a rescale's cut waits for it
+                    self.run_once()
+            except RescalingError:
+                pass  # frozen for a rescale: evicted again once it ends
             except ParameterServerError as e:  # fail-stop: the log refused
                 log.warning("eviction paused: %s", e)
             except Exception:  # never let the thread die silently

@@ -83,6 +83,8 @@ class Inspector:
                 "max_request_rows": settings.max_request_rows,
             },
             "writes_stopped": service.writes_stopped,
+            "rescale_state": service.rescale.standing.state,
+            "addresses": list(service.rescale.standing.addresses),
             "checkpoint": {
                 "folder": str(settings.checkpoint_dir)
                 if settings.checkpoint_dir

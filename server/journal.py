@@ -83,11 +83,16 @@ class Journal:
             self._notify()
             raise WritesStoppedError(self._refusal()) from None
 
-    def claim(self, server_index: int, num_servers: int) -> tuple[int, int]:
+    def claim(
+        self, server_index: int, num_servers: int, overwrite: bool = False
+    ) -> tuple[int, int]:
         """The (server index, cluster size) this log belongs to: recorded in
-        ``server.json`` (atomically) on first use, read back afterwards."""
+        ``server.json`` (atomically) on first use, read back afterwards
+        (``overwrite``: recorded anew, a rescale's commit)."""
         path = self.folder / OWNER_FILE
         try:
+            if overwrite:
+                raise FileNotFoundError
             owner = json.loads(path.read_text())
             return int(owner["server_index"]), int(owner["num_servers"])
         except FileNotFoundError:

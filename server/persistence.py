@@ -81,6 +81,8 @@ class Persistence:
         self.metrics = metrics
         self.replayer = replayer
         self.last: CheckpointInfo | None = None
+        self.protected: frozenset[Path] = frozenset()  # a pending rescale's cut
+        self.paused = False  # no periodic checkpoint while a rescale runs
         self.replayed = 0  # write-ahead log records replayed at restore
         self._lock = threading.Lock()
         self._sequence = 0
@@ -148,7 +150,7 @@ class Persistence:
                 time.time(),
                 segment[0],
             )
-            writer.prune()
+            writer.prune(self.protected)
             # Keep the log segments of every kept checkpoint: if the newest is
             # found damaged at restore, the one before it plus them stand in.
             kept = [
@@ -175,6 +177,8 @@ class Persistence:
 
         def loop() -> None:
             while not stop.wait(every):
+                if self.paused:  # a rescale is moving this server's state
+                    continue
                 try:
                     outcome: CheckpointInfo | Exception = self.checkpoint()
                 except Exception as e:  # reported, then tried again next period
@@ -193,16 +197,25 @@ class Persistence:
 
     # Restore ------------------------------------------------------------------------
 
-    def restore(self, root: Path | None = None) -> CheckpointInfo | None:
-        """Load the newest checkpoint under ``root`` into the (empty) service,
-        then (``--durability wal``) replay the write-ahead log after it.
+    def restore(
+        self, root: Path | None = None, only: Path | None = None
+    ) -> CheckpointInfo | None:
+        """Load the newest checkpoint under ``root`` (or the checkpoint
+        ``only``: a rescale's cut) into the (empty) service, then
+        (``--durability wal``) replay the write-ahead log after it.
 
         Works with any shard count: saved row ranges are read straight into
         the new placement's arrays. Returns None when there is no checkpoint.
         """
         if self.store.records() or self.optimizers.all():
             raise FailedPreconditionError("restore needs an empty service")
-        info = self._load_newest(Path(root) if root is not None else self.folder)
+        if only is not None:
+            try:
+                info = self._load(only)
+            except _DamagedCheckpointError as e:
+                raise CheckpointError(f"checkpoint {only} is damaged: {e}") from None
+        else:
+            info = self._load_newest(Path(root) if root is not None else self.folder)
         if self.journal.enabled:
             owner = self.journal.claim(self.owner.server_index, self.owner.num_servers)
             self._check_owner(f"write-ahead log {self.journal.folder}", owner)
@@ -210,15 +223,16 @@ class Persistence:
             self.replayed = self.journal.replay(self.replayer, since)
         return info
 
-    def import_cut(self, paths: list[Path], split_bytes: int) -> CheckpointInfo:
+    def import_cut(
+        self, readers: list[checkpoint.CheckpointReader], split_bytes: int
+    ) -> CheckpointInfo:
         """Start this (empty, restored) server of a resized cluster from the
-        old cluster's checkpoints (``cut_import``), then checkpoint at once,
-        before anything changes: a crash before that checkpoint leaves the
-        folder empty and the next start imports again."""
+        old cluster's checkpoints, one per old server (``cut_import``), then
+        checkpoint at once, before anything changes: a crash before that
+        checkpoint leaves the folder as it was and the import is made again."""
         if self.store.records() or self.store.table_records():
             raise FailedPreconditionError("importing a cut needs an empty server")
         started = time.perf_counter()
-        readers = cut_import.old_checkpoints(paths)
         optimizers, ledger, nbytes = cut_import.import_cut(
             self.store,
             readers,
@@ -236,6 +250,15 @@ class Persistence:
             time.perf_counter() - started,
         )
         return self.checkpoint()
+
+    def discard(self, path: Path) -> None:
+        """Remove a checkpoint that must never be restored (an aborted
+        rescale's new layout)."""
+        checkpoint.remove(path)
+
+    def reset(self) -> None:
+        """Empty the service (a rescale's server, before it imports)."""
+        self._reset()
 
     def _check_owner(self, what: str, saved_as: tuple[int, int]) -> None:
         """Refuse state written by another server of the cluster (or another

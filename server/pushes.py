@@ -37,6 +37,7 @@ from adamax_ps.server.errors import (
     ResourceExhaustedError,
     StalePushError,
 )
+from adamax_ps.server.gate import ChangeGate
 from adamax_ps.server.gradients import Gradient
 from adamax_ps.server.journal import Journal
 from adamax_ps.server.ledger import ApplyResult, PushId, PushLedger
@@ -71,7 +72,9 @@ class PushPipeline:
         sync: SyncCoordinator | None,
         server_index: int,
         tables: Tables,
+        gate: ChangeGate,
     ) -> None:
+        self.gate = gate  # closed by a rescale: no push starts
         self.store = store
         self.variables = variables
         self.optimizers = optimizers
@@ -124,18 +127,19 @@ class PushPipeline:
                 f"a step is a non-negative integer. Received: {step}"
             )
         try:
-            result = self._apply(
-                optimizer,
-                gradients,
-                push_id,
-                step,
-                aggregate,
-                call_variables,
-                clipped,
-                replica,
-                reserve_next,
-                step_reserved_ahead,
-            )
+            with self.gate.change():
+                result = self._apply(
+                    optimizer,
+                    gradients,
+                    push_id,
+                    step,
+                    aggregate,
+                    call_variables,
+                    clipped,
+                    replica,
+                    reserve_next,
+                    step_reserved_ahead,
+                )
         except ParameterServerError as e:
             self.metrics.rejected.labels(type(e).__name__).inc()
             if isinstance(e, StalePushError):

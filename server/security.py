@@ -33,6 +33,11 @@ MUTATING_METHODS = frozenset(
         "AddSlot",
         "AddWeight",
         "Checkpoint",
+        "CreateTable",
+        # A rescale's phases, and a peer reading a whole cut: the servers'
+        # own calls, with their shared token.
+        "Rescale",
+        "ReadCheckpointFile",
     }
 )
 

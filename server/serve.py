@@ -92,8 +92,9 @@ class ServerProcess:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.service = ParameterService(config.service_settings())
-        self.tokens = TokenCheck(load_token(config.token_file), config.auth_reads)
+        token = load_token(config.token_file)
+        self.service = ParameterService(config.service_settings(), token)
+        self.tokens = TokenCheck(token, config.auth_reads)
         self.inspector = Inspector(self.service, config.history_interval)
         # Large requests' receive buffers, one budget for both transports.
         self.buffers = BufferPool()
@@ -106,8 +107,11 @@ class ServerProcess:
     def start(self) -> None:
         config = self.config
         try:
-            restored = self.service.restore() if config.checkpoint_dir else None
-            if config.restore_from and self.service.empty:
+            if config.checkpoint_dir:
+                self.service.rescale.recover()  # restores, in its layout
+            restored = self.service.last_checkpoint
+            standing = self.service.rescale.standing.state
+            if config.restore_from and self.service.empty and standing == "serving":
                 restored = self.service.import_cut(
                     [Path(p) for p in config.restore_from.split(",") if p.strip()],
                     config.cluster_split_bytes,
@@ -189,10 +193,12 @@ class ServerProcess:
         self.service.journal.on_stop.append(lambda reason: self.grpc.set_ready(False))
         self.ready = True
         self.grpc.set_ready(self.service.writes_stopped is None)
+        index, count = self.service.config_now
+        standing = self.service.rescale.standing.state
         print(
             f"adamax-ps serving grpc={config.host}:{self.grpc.port} "
-            f"http={config.host}:{self.http_port} server={config.server_index}/"
-            f"{config.num_servers}{' tls' if tls else ''}",
+            f"http={config.host}:{self.http_port} server={index}/{count}"
+            f"{' tls' if tls else ''}{'' if standing == 'serving' else ' ' + standing}",
             flush=True,
         )
 
@@ -205,8 +211,11 @@ class ServerProcess:
             self.http.should_exit = True
             self._http_thread.join(self.config.shutdown_grace + 5)
         stopped = self.service.writes_stopped
+        standing = self.service.rescale.standing.state
         if stopped is not None:
             log.error("no final checkpoint: %s", stopped)
+        elif standing != "serving":
+            log.info("no final checkpoint: this server is %s", standing)
         elif self.config.checkpoint_dir:
             started = time.perf_counter()
             info = self.service.checkpoint()

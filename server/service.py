@@ -18,6 +18,7 @@ request.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -27,24 +28,26 @@ from typing import Any
 import numpy as np
 
 from adamax_ps.proto.wire import VIEW_HEADER
-from adamax_ps.server import limits
+from adamax_ps.server import cut_import, limits
 from adamax_ps.server.cut_import import CLUSTER_SPLIT_BYTES
-from adamax_ps.server.errors import FailedPreconditionError, InvalidArgumentError
+from adamax_ps.server.errors import (
+    ClusterViewError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    RescalingError,
+)
 from adamax_ps.server.eviction import Evictor
+from adamax_ps.server.gate import ChangeGate, gated, gated_unless
 from adamax_ps.server.gradients import Gradient
-from adamax_ps.server.hyperparams import AdamaxConfig
 from adamax_ps.server.journal import Journal
 from adamax_ps.server.ledger import ApplyResult, PushId, PushLedger
 from adamax_ps.server.metrics import Metrics
-from adamax_ps.server.optimizer_state import (
-    OptimizerState,
-    OptimizerSummary,
-    WeightRef,
-)
+from adamax_ps.server.optimizer_service import OptimizerMethods
 from adamax_ps.server.optimizers import Optimizers
 from adamax_ps.server.persistence import CheckpointInfo, Owner, Persistence
 from adamax_ps.server.pushes import PushPipeline
 from adamax_ps.server.replay import Replayer
+from adamax_ps.server.rescale import ServerRescale
 from adamax_ps.server.stats import Stats, variable_stats
 from adamax_ps.server.store import DEFAULT_SPLIT_BYTES, ShardedStore, VariableRecord
 from adamax_ps.server.sync import SyncCoordinator, SyncSettings
@@ -84,9 +87,11 @@ class ServiceSettings:
     memory_limit: int | None = None  # state bytes; default: limits.STATE_FRACTION
     max_inflight_bytes: int | None = None  # default: limits.INFLIGHT_FRACTION
     max_request_rows: int = DEFAULT_MAX_REQUEST_ROWS  # per gather or read
+    # The clients' rule for splitting variables over servers (a resize's import)
+    cluster_split_bytes: int = CLUSTER_SPLIT_BYTES
 
 
-class ParameterService(TableMethods):
+class ParameterService(OptimizerMethods, TableMethods):
     """The domain core of one server process. Thread-safe."""
 
     apply: Callable[..., ApplyResult]  # PushPipeline.apply: one push, exactly once
@@ -96,8 +101,13 @@ class ParameterService(TableMethods):
         ..., AbstractContextManager[tuple[ApplyResult, list[np.ndarray]]]
     ]
 
-    def __init__(self, settings: ServiceSettings | None = None) -> None:
+    def __init__(
+        self, settings: ServiceSettings | None = None, token: str | None = None
+    ) -> None:
+        """``token``: what this server presents to its peers (a rescale reads
+        their cuts)."""
         self.settings = s = settings or ServiceSettings()
+        self._started_as = (s.server_index, s.num_servers)
         self.store = ShardedStore(s.shards, s.split_bytes)
         memory = limits.available_memory()
         self.memory = limits.MemoryBudget(
@@ -110,6 +120,7 @@ class ParameterService(TableMethods):
         self.sync = SyncCoordinator(s.sync) if s.sync else None
         self.journal = Journal(_wal_folder(s))
         self.metrics = Metrics()
+        self.gate = ChangeGate()  # closed by a rescale (rescale.py)
         coordinator = s.server_index == 0
         self._variables = Variables(
             self.store, self.journal, self.memory, self.inflight, s.max_request_rows
@@ -142,6 +153,7 @@ class ParameterService(TableMethods):
             sync=self.sync,
             server_index=s.server_index,
             tables=self._tables,
+            gate=self.gate,
         )
         self._persistence = Persistence(
             folder=s.checkpoint_dir,
@@ -162,12 +174,15 @@ class ParameterService(TableMethods):
             ),
         )
         # A push goes straight to the pipeline (no facade frame on the hot
-        # path): ``apply`` is ``PushPipeline.apply``, documented there.
+        # path): ``apply`` is ``PushPipeline.apply`` (through the gate there).
         self.apply = self._pushes.apply
         self.apply_and_read = self._pushes.apply_and_read
         self.evictor = Evictor(
-            self._tables, observe=self.metrics.eviction_lock_seconds.observe
+            self._tables,
+            observe=self.metrics.eviction_lock_seconds.observe,
+            gate=self.gate,
         )
+        self.rescale = ServerRescale(self, token)
         self.metrics.watch(self)  # last: it reads the fields above
         self.journal.on_stop.append(lambda reason: self.metrics.writes_stopped.inc())
 
@@ -196,6 +211,7 @@ class ParameterService(TableMethods):
         """Refuse a sender whose idea of the cluster, ``(server index, number
         of servers)``, differs from this server's. A sender that states none
         (grpcurl, curl) is refused too, unless this server is alone."""
+        self.rescale.check_view(view)
         settings = self.settings
         mine = (settings.server_index, settings.num_servers)
         if view is None:
@@ -207,9 +223,12 @@ class ParameterService(TableMethods):
                 f"{VIEW_HEADER} header over HTTP, as index/servers)"
             )
         if tuple(view) != mine:
-            raise FailedPreconditionError(
+            if self.rescale.standing.state in ("frozen", "adopted"):
+                raise RescalingError(self.gate.closed or "a rescale is under way")
+            raise ClusterViewError(
                 f"cluster view mismatch: this server is {mine[0]} of {mine[1]}, "
                 f"the client addressed it as {view[0]} of {view[1]}"
+                + self.rescale.moved()
             )
 
     def stream_scan(
@@ -224,11 +243,15 @@ class ParameterService(TableMethods):
 
     # Variables --------------------------------------------------------------------
 
+    @gated_unless(lambda self, name, **spec: self.store.get(name) is not None)
     def create_variable(self, name: str, **spec: Any) -> tuple[VariableRecord, bool]:
         """Create the variable, or attach to it if it exists with the same shape
         and dtype; see ``Variables.create``. Returns ``(record, created)``."""
         return self._variables.create(name, **spec)
 
+    @gated_unless(
+        lambda self, specs: all(self.store.get(s["name"]) is not None for s in specs)
+    )
     def create_variables(
         self, specs: Sequence[Mapping[str, Any]]
     ) -> list[tuple[VariableRecord, bool]]:
@@ -279,6 +302,7 @@ class ParameterService(TableMethods):
         with self._variables.reading(record, key, rows) as value:
             yield value
 
+    @gated
     def assign(
         self,
         name: str,
@@ -303,78 +327,9 @@ class ParameterService(TableMethods):
     def _key(self, record: VariableRecord, optimizer, slot):
         return self._optimizers.slot_key(record, optimizer, slot)
 
-    # Optimizers ---------------------------------------------------------------------
-
-    def create_optimizer(
-        self, config: AdamaxConfig | Mapping[str, Any]
-    ) -> tuple[OptimizerState, bool]:
-        """Create the optimizer, or attach to one of that name with the same config."""
-        return self._optimizers.create(config)
-
-    def optimizer(self, name: str) -> OptimizerState:
-        return self._optimizers.get(name)
-
-    def optimizers(self) -> list[OptimizerState]:
-        return self._optimizers.all()
-
-    def describe_optimizer(self, name: str) -> OptimizerSummary:
-        """What an optimizer is now: config, counter, weights (a copy)."""
-        return self._optimizers.summary(name)
-
-    def get_config(self, optimizer: str) -> dict[str, Any]:
-        return self._optimizers.get_config(optimizer)
-
-    def iterations(self, optimizer: str) -> int:
-        """The optimizer's counter (reading it creates it, as in Keras)."""
-        return self._optimizers.iterations(optimizer)
-
-    def set_iterations(self, optimizer: str, iterations: int) -> None:
-        """Set the counter (``set_weights`` on every server of a cluster)."""
-        self._optimizers.set_iterations(optimizer, iterations)
-
-    def slot_names(self, optimizer: str) -> list[str]:
-        return self._optimizers.slot_names(optimizer)
-
-    def weight_refs(self, optimizer: str) -> list[WeightRef]:
-        return self._optimizers.weight_refs(optimizer)
-
-    def get_weights(self, optimizer: str) -> list[np.ndarray]:
-        """Keras ``get_weights()``: iterations, then slots in creation order."""
-        return self._optimizers.get_weights(optimizer)
-
-    def set_weights(self, optimizer: str, weights: Sequence[Any]) -> None:
-        """Keras ``set_weights()``: checks length, then shapes, then assigns all."""
-        self._optimizers.set_weights(optimizer, weights)
-
-    def get_slot(self, optimizer: str, variable: str, slot: str) -> np.ndarray:
-        return self.pull(variable, optimizer=optimizer, slot=slot)
-
-    def add_slot(
-        self, optimizer: str, variable: str, slot: str, initializer: str = "zeros"
-    ) -> bool:
-        """Keras ``add_slot``; see ``Optimizers.add_slot``."""
-        return self._optimizers.add_slot(optimizer, variable, slot, initializer)
-
-    def add_weight(
-        self,
-        optimizer: str,
-        name: str,
-        shape: Sequence[int] = (),
-        dtype: Any = "float32",
-        initializer: str = "zeros",
-    ) -> np.ndarray:
-        """Keras ``add_weight`` on an optimizer: an extra weight in ``weights``."""
-        return self._optimizers.add_weight(optimizer, name, shape, dtype, initializer)
-
-    def weight(self, optimizer: str, name: str) -> np.ndarray:
-        """A copy of an optimizer's extra weight (``add_weight``)."""
-        return self._optimizers.weight(optimizer, name)
-
-    def assign_weight(self, optimizer: str, name: str, value: Any) -> None:
-        self._optimizers.assign_weight(optimizer, name, value)
-
     # Pushes -----------------------------------------------------------------------
 
+    @gated
     def reserve_step(
         self,
         optimizer: str,
@@ -397,20 +352,63 @@ class ParameterService(TableMethods):
         progress: Callable[[int], None] | None = None,
     ) -> CheckpointInfo:
         """Write a consistent checkpoint (see ``persistence.py``);
-        ``progress(shard)`` is called after each shard's bytes are on disk."""
+        ``progress(shard)`` is called after each shard's bytes are on disk.
+        Refused while a rescale holds the state (its cut is the checkpoint)."""
+        if self._persistence.paused:
+            raise RescalingError(
+                "a rescale is under way: its cut is this server's checkpoint"
+            )
         return self._persistence.checkpoint(root, progress)
 
-    def restore(self, root: Path | None = None) -> CheckpointInfo | None:
-        """Load the newest checkpoint into this (empty) service, then replay
-        the write-ahead log after it. None when there is no checkpoint."""
-        return self._persistence.restore(root)
+    def restore(
+        self, root: Path | None = None, only: Path | None = None
+    ) -> CheckpointInfo | None:
+        """Load the newest checkpoint (or the checkpoint ``only``) into this
+        (empty) service, then replay the write-ahead log after it. None when
+        there is no checkpoint."""
+        if self.journal.log is not None:  # restored before: a rescale reloads
+            self.journal.close()
+            self.journal.log = None
+        return self._persistence.restore(root, only)
+
+    @property
+    def persistence(self) -> Persistence:
+        return self._persistence
+
+    @property
+    def config_layout(self) -> tuple[int, int]:
+        """The (server index, servers) this process was started as."""
+        return self._started_as
+
+    def set_layout(self, server_index: int, num_servers: int) -> None:
+        """Become server ``server_index`` of ``num_servers`` (a rescale, or
+        the layout a folder committed to); the state is emptied first."""
+        self.settings = dataclasses.replace(
+            self.settings, server_index=server_index, num_servers=num_servers
+        )
+        self._optimizers.coordinator = server_index == 0
+        self._optimizers.alone = num_servers == 1
+        self._tables.server_index = server_index
+        self._tables.num_servers = num_servers
+        self._pushes.server_index = server_index
+        self._persistence.owner = Owner(server_index, num_servers)
+
+    def journal_claim(self) -> None:
+        """Record this layout as the write-ahead log's owner (a rescale's commit)."""
+        if self.journal.enabled:
+            self.journal.claim(*self.config_now, overwrite=True)
+
+    @property
+    def config_now(self) -> tuple[int, int]:
+        return self.settings.server_index, self.settings.num_servers
 
     def import_cut(
         self, paths: list[Path], split_bytes: int = CLUSTER_SPLIT_BYTES
     ) -> CheckpointInfo:
         """Start this empty server of a resized cluster from the checkpoints of
         every server of the old one (``cut_import``), and checkpoint it."""
-        return self._persistence.import_cut(paths, split_bytes)
+        readers = cut_import.old_checkpoints(paths)
+        return self._persistence.import_cut(readers, split_bytes)
 
     def start_periodic_checkpoints(
         self,

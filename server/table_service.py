@@ -12,6 +12,7 @@ import numpy as np
 from adamax_ps.server import table_export, table_inspection
 from adamax_ps.server.errors import InvalidArgumentError, SlotNotFoundError
 from adamax_ps.server.eviction import Evictor
+from adamax_ps.server.gate import ChangeGate, gated, gated_unless
 from adamax_ps.server.limits import InflightBudget
 from adamax_ps.server.store import ShardedStore
 from adamax_ps.server.table_config import table_config
@@ -23,10 +24,12 @@ class TableMethods:
 
     _tables: Tables
     evictor: Evictor
+    gate: ChangeGate
     optimizer: Any
     store: ShardedStore
     inflight: InflightBudget
 
+    @gated_unless(lambda self, name, **config: self._tables.find(name) is not None)
     def create_table(self, name: str, **config: Any) -> tuple[TableRecord, bool]:
         """Create a hash-keyed table, or attach to one with the same config
         (``table_config.table_config`` names the settings)."""
@@ -69,6 +72,7 @@ class TableMethods:
             raise SlotNotFoundError(f"a table's slots are 'm' and 'v', not {slot!r}")
         return (optimizer, slot)
 
+    @gated
     def assign_keys(self, name: str, keys: Any, values: Any) -> None:
         """Set rows of a table (new keys get rows)."""
         self._tables.assign(self._tables.get(name), keys, values)
@@ -111,6 +115,7 @@ class TableMethods:
             slot_key = self._table_slot(optimizer, slot)
             yield self._tables.read_planned(record, keys, slot_key)
 
+    @gated
     def evict_now(self) -> int:
         """Run one eviction round now (tests, and the evictor thread's work)."""
         return self.evictor.run_once()

@@ -154,7 +154,7 @@ def test_create_attach_and_refusals(apis, http):
     # The cluster view: absent, another server's, malformed.
     body = {"name": "viewless", "dim": 2}
     refused(apis[0].post("/tables", json=body), 409, "FailedPreconditionError", "view")
-    refused(create(apis[0], 1, "viewless", dim=2), 409, "FailedPreconditionError")
+    refused(create(apis[0], 1, "viewless", dim=2), 409, "ClusterViewError")
     refused(
         apis[0].post("/tables", json=body, headers={VIEW_HEADER: "x"}),
         400,

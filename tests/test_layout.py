@@ -157,6 +157,7 @@ DENSE_PUSH_PATH = [
     "client/calls.py",
     "client/grpc_transport.py",
     "client/retry.py",
+    "server/grpc/handlers.py",
     "server/grpc/servicer.py",
     "server/pushes.py",
     "server/store.py",
@@ -178,7 +179,7 @@ def _ours(stack: list[inspect.FrameInfo]) -> list[str]:
     return found
 
 
-def test_a_dense_push_crosses_eight_files_to_the_kernel(monkeypatch):
+def test_a_dense_push_crosses_ten_files_to_the_kernel(monkeypatch):
     from adamax_ps.client import Adamax, connect
     from adamax_ps.client.grpc_transport import GrpcTransport
     from adamax_ps.server import kernels

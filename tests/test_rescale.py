@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 import pytest
+from helpers.rescale_model import SPLIT, Model, state
 from helpers.servers import Server, addresses, start_cluster
 
-from adamax_ps.client import Adamax, IndexedSlices, TransportError, connect, placement
+from adamax_ps.client import TransportError, connect, placement
 
-SPLIT = 4096  # bytes: the embedding (64 KB) is split by rows over the servers
 STEPS = 12
 
 
@@ -43,50 +42,9 @@ def train(
                 raise TransportError(f"server {failing} stopped")
 
             cluster.transports[failing].apply = stopped
-        emb = cluster.variable("emb", shape=(1000, 16), initializer="glorot_uniform")
-        kernel = cluster.variable("kernel", shape=(16, 4), initializer="ones")
-        ids = cluster.embedding_table("ids", 8, initializer="uniform")
-        opt = Adamax(learning_rate=0.01, cluster=cluster)
+        model = Model.on(cluster)
         for step in steps:
-            rng = np.random.default_rng(step)
-            rows = rng.integers(0, 1000, 64)
-            keys = rng.zipf(1.3, 64).astype(np.int64) * 7919 - 10**9
-            opt.apply_gradients(
-                [
-                    (
-                        IndexedSlices(
-                            rng.normal(size=(64, 16)).astype(np.float32), rows
-                        ),
-                        emb,
-                    ),
-                    (rng.normal(size=(16, 4)).astype(np.float32), kernel),
-                    (
-                        IndexedSlices(
-                            rng.normal(size=(64, 8)).astype(np.float32), keys
-                        ),
-                        ids,
-                    ),
-                ]
-            )
-
-
-def state(address: str) -> dict:
-    with connect(address) as cluster:
-        opt = Adamax(learning_rate=0.01, cluster=cluster)
-        ids = cluster.embedding_table("ids", 8, initializer="uniform")
-        keys = np.sort(ids.export().keys)
-        found = {
-            "iterations": int(opt.iterations),
-            "weights": [w.tobytes() for w in opt.get_weights()],
-            "keys": keys.tobytes(),
-            "ids": ids.gather(keys).tobytes(),
-            "ids/m": ids.gather_slot(keys, "Adamax", "m").tobytes(),
-            "ids/v": ids.gather_slot(keys, "Adamax", "v").tobytes(),
-        }
-        for name in ("emb", "kernel"):
-            var = cluster.variable(name, shape=(1000, 16) if name == "emb" else (16, 4))
-            found[name] = var.numpy().tobytes()
-        return found
+            model.step(step)
 
 
 def cluster_of(count: int, folder, restore_from=()) -> list[Server]:

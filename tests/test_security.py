@@ -236,3 +236,18 @@ def test_every_http_route_that_changes_state_needs_the_token(tmp_path, token_fil
             assert writes >= 10
     finally:
         server.kill()
+
+
+def test_every_grpc_method_that_changes_state_needs_the_token():
+    """A method outside the token-checked set only reads: its name says so
+    (a new RPC that changes state, such as CreateTable once, cannot slip
+    through unchecked)."""
+    from adamax_ps.proto.v1 import parameter_server_pb2 as pb
+    from adamax_ps.server.security import MUTATING_METHODS
+
+    methods = set(pb.DESCRIPTOR.services_by_name["ParameterServer"].methods_by_name)
+    assert methods >= MUTATING_METHODS
+    reads = methods - MUTATING_METHODS
+    assert reads and all(
+        name.startswith(("Get", "List", "Read", "Describe", "Export")) for name in reads
+    ), sorted(reads)

@@ -67,7 +67,7 @@ class ServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("version", "server_index", "num_servers", "shards", "replicas", "replicas_to_aggregate", "ready", "max_message_bytes", "max_request_rows")
+    __slots__ = ("version", "server_index", "num_servers", "shards", "replicas", "replicas_to_aggregate", "ready", "max_message_bytes", "max_request_rows", "rescale_state", "addresses")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVER_INDEX_FIELD_NUMBER: _ClassVar[int]
     NUM_SERVERS_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,8 @@ class ServerInfo(_message.Message):
     READY_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_REQUEST_ROWS_FIELD_NUMBER: _ClassVar[int]
+    RESCALE_STATE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     version: str
     server_index: int
     num_servers: int
@@ -86,7 +88,9 @@ class ServerInfo(_message.Message):
     ready: bool
     max_message_bytes: int
     max_request_rows: int
-    def __init__(self, version: _Optional[str] = ..., server_index: _Optional[int] = ..., num_servers: _Optional[int] = ..., shards: _Optional[int] = ..., replicas: _Optional[int] = ..., replicas_to_aggregate: _Optional[int] = ..., ready: _Optional[bool] = ..., max_message_bytes: _Optional[int] = ..., max_request_rows: _Optional[int] = ...) -> None: ...
+    rescale_state: str
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[str] = ..., server_index: _Optional[int] = ..., num_servers: _Optional[int] = ..., shards: _Optional[int] = ..., replicas: _Optional[int] = ..., replicas_to_aggregate: _Optional[int] = ..., ready: _Optional[bool] = ..., max_message_bytes: _Optional[int] = ..., max_request_rows: _Optional[int] = ..., rescale_state: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class VariableSpec(_message.Message):
     __slots__ = ("name", "global_shape", "dtype", "row_offset", "rows", "initial_value", "initializer_json", "seed")
@@ -265,20 +269,22 @@ class ApplyChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[ApplyRequest, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ReadRequest(_message.Message):
-    __slots__ = ("variable", "optimizer", "slot", "rows", "weight", "wire_dtype")
+    __slots__ = ("variable", "optimizer", "slot", "rows", "weight", "wire_dtype", "view")
     VARIABLE_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     WIRE_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
     variable: str
     optimizer: str
     slot: str
     rows: Tensor
     weight: str
     wire_dtype: DType
-    def __init__(self, variable: _Optional[str] = ..., optimizer: _Optional[str] = ..., slot: _Optional[str] = ..., rows: _Optional[_Union[Tensor, _Mapping]] = ..., weight: _Optional[str] = ..., wire_dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
+    view: ClusterView
+    def __init__(self, variable: _Optional[str] = ..., optimizer: _Optional[str] = ..., slot: _Optional[str] = ..., rows: _Optional[_Union[Tensor, _Mapping]] = ..., weight: _Optional[str] = ..., wire_dtype: _Optional[_Union[DType, str]] = ..., view: _Optional[_Union[ClusterView, _Mapping]] = ...) -> None: ...
 
 class TensorChunk(_message.Message):
     __slots__ = ("header", "data")
@@ -379,6 +385,78 @@ class CheckpointResponse(_message.Message):
     bytes: int
     seconds: float
     def __init__(self, path: _Optional[str] = ..., sequence: _Optional[int] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class RescaleRequest(_message.Message):
+    __slots__ = ("phase", "rescale_id", "server_index", "num_servers", "addresses", "old_addresses", "split_bytes", "timeout_seconds")
+    class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        PHASE_UNSPECIFIED: _ClassVar[RescaleRequest.Phase]
+        STATUS: _ClassVar[RescaleRequest.Phase]
+        FREEZE: _ClassVar[RescaleRequest.Phase]
+        ADOPT: _ClassVar[RescaleRequest.Phase]
+        COMMIT: _ClassVar[RescaleRequest.Phase]
+        ABORT: _ClassVar[RescaleRequest.Phase]
+    PHASE_UNSPECIFIED: RescaleRequest.Phase
+    STATUS: RescaleRequest.Phase
+    FREEZE: RescaleRequest.Phase
+    ADOPT: RescaleRequest.Phase
+    COMMIT: RescaleRequest.Phase
+    ABORT: RescaleRequest.Phase
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    RESCALE_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    NUM_SERVERS_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    OLD_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    phase: RescaleRequest.Phase
+    rescale_id: str
+    server_index: int
+    num_servers: int
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    old_addresses: _containers.RepeatedScalarFieldContainer[str]
+    split_bytes: int
+    timeout_seconds: float
+    def __init__(self, phase: _Optional[_Union[RescaleRequest.Phase, str]] = ..., rescale_id: _Optional[str] = ..., server_index: _Optional[int] = ..., num_servers: _Optional[int] = ..., addresses: _Optional[_Iterable[str]] = ..., old_addresses: _Optional[_Iterable[str]] = ..., split_bytes: _Optional[int] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
+
+class RescaleStatus(_message.Message):
+    __slots__ = ("rescale_id", "state", "server_index", "num_servers", "cut_sequence", "addresses", "old_num_servers")
+    RESCALE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SERVER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    NUM_SERVERS_FIELD_NUMBER: _ClassVar[int]
+    CUT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    OLD_NUM_SERVERS_FIELD_NUMBER: _ClassVar[int]
+    rescale_id: str
+    state: str
+    server_index: int
+    num_servers: int
+    cut_sequence: int
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    old_num_servers: int
+    def __init__(self, rescale_id: _Optional[str] = ..., state: _Optional[str] = ..., server_index: _Optional[int] = ..., num_servers: _Optional[int] = ..., cut_sequence: _Optional[int] = ..., addresses: _Optional[_Iterable[str]] = ..., old_num_servers: _Optional[int] = ...) -> None: ...
+
+class CheckpointFileRequest(_message.Message):
+    __slots__ = ("sequence", "file", "offset", "length")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    file: str
+    offset: int
+    length: int
+    def __init__(self, sequence: _Optional[int] = ..., file: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+
+class CheckpointFileChunk(_message.Message):
+    __slots__ = ("sequence", "data")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    data: bytes
+    def __init__(self, sequence: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class CreateTableRequest(_message.Message):
     __slots__ = ("view", "name", "config_json")

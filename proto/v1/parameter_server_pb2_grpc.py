@@ -139,6 +139,16 @@ class ParameterServerStub:
                 request_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.ExportRequest.SerializeToString,
                 response_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.TensorChunk.FromString,
                 _registered_method=True)
+        self.Rescale = channel.unary_unary(
+                '/adamax_ps.v1.ParameterServer/Rescale',
+                request_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.RescaleRequest.SerializeToString,
+                response_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.RescaleStatus.FromString,
+                _registered_method=True)
+        self.ReadCheckpointFile = channel.unary_stream(
+                '/adamax_ps.v1.ParameterServer/ReadCheckpointFile',
+                request_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CheckpointFileRequest.SerializeToString,
+                response_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CheckpointFileChunk.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -282,6 +292,18 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rescale(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadCheckpointFile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -389,6 +411,16 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.ExportTable,
                     request_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.ExportRequest.FromString,
                     response_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.TensorChunk.SerializeToString,
+            ),
+            'Rescale': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rescale,
+                    request_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.RescaleRequest.FromString,
+                    response_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.RescaleStatus.SerializeToString,
+            ),
+            'ReadCheckpointFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadCheckpointFile,
+                    request_deserializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CheckpointFileRequest.FromString,
+                    response_serializer=adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CheckpointFileChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -958,6 +990,60 @@ class ParameterServer:
             '/adamax_ps.v1.ParameterServer/ExportTable',
             adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.ExportRequest.SerializeToString,
             adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.TensorChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rescale(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/adamax_ps.v1.ParameterServer/Rescale',
+            adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.RescaleRequest.SerializeToString,
+            adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.RescaleStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadCheckpointFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/adamax_ps.v1.ParameterServer/ReadCheckpointFile',
+            adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CheckpointFileRequest.SerializeToString,
+            adamax__ps_dot_proto_dot_v1_dot_parameter__server__pb2.CheckpointFileChunk.FromString,
             options,
             channel_credentials,
             insecure,

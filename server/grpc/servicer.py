@@ -1,112 +1,36 @@
 """The ``adamax_ps.v1.ParameterServer`` RPCs: each decodes its request, calls
 one service method, and encodes the answer.
 
-Errors are mapped here, once for every method: a domain error ends the call
-with its class's status code and message, its class name in the trailing
-metadata (``ERROR_KEY``: the client raises the same class); a malformed
-message or tensor is INVALID_ARGUMENT, one over the size limit
-RESOURCE_EXHAUSTED; anything unexpected is INTERNAL, logged with its
-traceback. Streamed requests are received by ``receive.StreamReceiver``, and
+Every handler's errors are mapped to a status once (``handlers``). Streamed
+requests are received by ``receive.StreamReceiver``, and
 a push's values are searched for NaN and Inf as they arrive (the service's
 scan, so the search overlaps the transfer).
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
-import grpc
 import numpy as np
 
 from adamax_ps.proto import codec, streams
 from adamax_ps.proto.v1 import parameter_server_pb2 as pb
 from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
-from adamax_ps.proto.wire import ERROR_KEY, INLINE_READ_BYTES, MESSAGE_LIMIT
+from adamax_ps.proto.wire import INLINE_READ_BYTES, MESSAGE_LIMIT
 from adamax_ps.server.errors import (
     InvalidArgumentError,
-    ParameterServerError,
-    ResourceExhaustedError,
 )
 from adamax_ps.server.grpc import messages
+from adamax_ps.server.grpc.handlers import inline, server_streaming, unary
 from adamax_ps.server.grpc.receive import StreamReceiver
+from adamax_ps.server.grpc.rescale import RescaleRpcs
 from adamax_ps.server.grpc.tables import TableRpcs
 from adamax_ps.server.service import ParameterService
 
-log = logging.getLogger("adamax_ps.grpc")
 
-
-@contextmanager
-def _mapped(context: grpc.ServicerContext, method: str) -> Iterator[None]:
-    """Run a handler's body with every error it raises mapped to a status."""
-    try:
-        yield
-    except codec.TooLargeError as e:
-        limit = ResourceExhaustedError(f"{e} (this server's --max-request-bytes)")
-        _abort(context, limit)
-    except (ParameterServerError, codec.CodecError) as e:
-        _abort(context, e)
-    except grpc.RpcError:
-        raise
-    except Exception:
-        if context.code() is not None:  # already aborted on purpose
-            raise
-        log.exception("internal error in %s", method)
-        context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
-
-
-def _abort(context: grpc.ServicerContext, e: Exception) -> None:
-    if isinstance(e, ParameterServerError):
-        context.set_trailing_metadata(((ERROR_KEY, type(e).__name__),))
-        context.abort(grpc.StatusCode[e.code], str(e))
-    context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-
-
-def _unary(method: Callable) -> Callable:
-    """A handler answering one message, its errors mapped."""
-
-    @functools.wraps(method)
-    def handler(self, request, context):
-        self.service.metrics.requests.labels("grpc", method.__name__).inc()
-        with _mapped(context, method.__name__):
-            _check_parsed(request)
-            return method(self, request, context)
-
-    return handler
-
-
-def _server_streaming(method: Callable) -> Callable:
-    """A handler answering a stream, its errors mapped (before its first
-    message, as gRPC sends them)."""
-
-    @functools.wraps(method)
-    def handler(self, request, context):
-        self.service.metrics.requests.labels("grpc", method.__name__).inc()
-        with _mapped(context, method.__name__):
-            _check_parsed(request)
-            yield from method(self, request, context)
-
-    return handler
-
-
-def _inline(value: np.ndarray) -> pb.Tensor:
-    if value.nbytes > INLINE_READ_BYTES:
-        raise ResourceExhaustedError(
-            f"a value of {value.nbytes} bytes is over ReadInline's "
-            f"{INLINE_READ_BYTES} bytes: read it with Read, which streams"
-        )
-    return codec.encode(value)
-
-
-def _check_parsed(request: object) -> None:
-    if isinstance(request, streams.Malformed):
-        raise codec.CodecError(request.error)
-
-
-class ParameterServerServicer(TableRpcs, pb_grpc.ParameterServerServicer):
+class ParameterServerServicer(TableRpcs, RescaleRpcs, pb_grpc.ParameterServerServicer):
     """Translates the ``adamax_ps.v1.ParameterServer`` RPCs to the service."""
 
     def __init__(
@@ -121,7 +45,7 @@ class ParameterServerServicer(TableRpcs, pb_grpc.ParameterServerServicer):
         self.receiver = StreamReceiver(service.inflight, max_request_bytes, buffers)
         self.ready = False
 
-    @_unary
+    @unary
     def GetServerInfo(self, request, context):
         settings = self.service.settings
         sync = settings.sync
@@ -135,11 +59,13 @@ class ParameterServerServicer(TableRpcs, pb_grpc.ParameterServerServicer):
             ready=self.ready,
             max_message_bytes=MESSAGE_LIMIT,
             max_request_rows=settings.max_request_rows,
+            rescale_state=self.service.rescale.standing.state,
+            addresses=self.service.rescale.standing.addresses,
         )
 
     # Variables and optimizers -----------------------------------------------------
 
-    @_unary
+    @unary
     def CreateVariables(self, request, context):
         self.service.check_view(messages.view(request.view))
         initials = [
@@ -148,7 +74,7 @@ class ParameterServerServicer(TableRpcs, pb_grpc.ParameterServerServicer):
         ]
         return self._create(request, initials)
 
-    @_unary
+    @unary
     def CreateVariablesStream(self, request_iterator, context):
         with ExitStack() as held:
             request, assembler, chunks = self._open_stream(
@@ -176,25 +102,25 @@ class ParameterServerServicer(TableRpcs, pb_grpc.ParameterServerServicer):
             variables=[messages.variable_info(*pair) for pair in created]
         )
 
-    @_unary
+    @unary
     def ListVariables(self, request, context):
         records = self.service.variables()
         return pb.ListVariablesResponse(
             variables=[messages.variable_info(r) for r in records]
         )
 
-    @_unary
+    @unary
     def CreateOptimizer(self, request, context):
         self.service.check_view(messages.view(request.view))
         config = messages.json_object(request.config_json, "config_json")
         state, created = self.service.create_optimizer(config)
         return self._optimizer_state(state.name, created)
 
-    @_unary
+    @unary
     def GetOptimizer(self, request, context):
         return self._optimizer_state(request.optimizer)
 
-    @_unary
+    @unary
     def CreateIterations(self, request, context):
         self.service.iterations(request.optimizer)
         return self._optimizer_state(request.optimizer)
@@ -202,13 +128,13 @@ class ParameterServerServicer(TableRpcs, pb_grpc.ParameterServerServicer):
     def _optimizer_state(self, name: str, created: bool = False) -> pb.OptimizerState:
         return messages.optimizer_state(self.service.describe_optimizer(name), created)
 
-    @_unary
+    @unary
     def SetIterations(self, request, context):
         self.service.check_view(messages.view(request.view))
         self.service.set_iterations(request.optimizer, request.iterations)
         return self._optimizer_state(request.optimizer)
 
-    @_unary
+    @unary
     def AddSlot(self, request, context):
         self.service.check_view(messages.view(request.view))
         self.service.add_slot(
@@ -219,7 +145,7 @@ class ParameterServerServicer(TableRpcs, pb_grpc.ParameterServerServicer):
         )
         return self._optimizer_state(request.optimizer)
 
-    @_unary
+    @unary
     def AddWeight(self, request, context):
         self.service.check_view(messages.view(request.view))
         value = self.service.add_weight(
@@ -233,7 +159,7 @@ class ParameterServerServicer(TableRpcs, pb_grpc.ParameterServerServicer):
 
     # Pushes -----------------------------------------------------------------------
 
-    @_unary
+    @unary
     def ReserveStep(self, request, context):
         self.service.check_view(messages.view(request.view))
         step = self.service.reserve_step(
@@ -241,7 +167,7 @@ class ParameterServerServicer(TableRpcs, pb_grpc.ParameterServerServicer):
         )
         return pb.ReserveStepResponse(step=step)
 
-    @_unary
+    @unary
     def ApplyGradients(self, request, context):
         self.service.check_view(messages.view(request.view))
         gradients = []
@@ -254,7 +180,7 @@ class ParameterServerServicer(TableRpcs, pb_grpc.ParameterServerServicer):
         self.service.metrics.received_bytes.labels("grpc").inc(nbytes)
         return self._apply(request, gradients)
 
-    @_unary
+    @unary
     def ApplyGradientsStream(self, request_iterator, context):
         with ExitStack() as held:
             return self._apply_stream(request_iterator, held)
@@ -331,20 +257,22 @@ class ParameterServerServicer(TableRpcs, pb_grpc.ParameterServerServicer):
 
     # Values -----------------------------------------------------------------------
 
-    @_server_streaming
+    @server_streaming
     def Read(self, request, context):
         with self._reading(request) as value:
             yield from messages.tensor_chunks(value)
 
-    @_unary
+    @unary
     def ReadInline(self, request, context):
         with self._reading(request) as value:
-            return _inline(value)
+            return inline(value)
 
     @contextmanager
     def _reading(self, request: pb.ReadRequest) -> Iterator[np.ndarray]:
         """What a ``ReadRequest`` names: an optimizer's weight, or a variable,
         one of its slots, or their rows (held in the in-flight budget)."""
+        if request.HasField("view"):  # rows of the slice the reader believes
+            self.service.check_view(messages.view(request.view))
         if request.weight:
             yield self.service.weight(request.optimizer, request.weight)
             return
@@ -357,7 +285,7 @@ class ParameterServerServicer(TableRpcs, pb_grpc.ParameterServerServicer):
         ) as value:
             yield on_the_wire(value, request.wire_dtype)
 
-    @_unary
+    @unary
     def Assign(self, request_iterator, context):
         with ExitStack() as held:
             request, assembler, chunks = self._open_stream(
@@ -395,23 +323,23 @@ class ParameterServerServicer(TableRpcs, pb_grpc.ParameterServerServicer):
         self.service.check_view(messages.view(request.view))
         return request, self.receiver.assembler(declared(request), held, first), chunks
 
-    @_unary
+    @unary
     def CreateTable(self, request, context):
         return self._create_table(request)
 
-    @_unary
+    @unary
     def ListTables(self, request, context):
         return self._list_tables()
 
-    @_unary
+    @unary
     def DescribeTable(self, request, context):
         return self._describe_table(request)
 
-    @_server_streaming
+    @server_streaming
     def ExportTable(self, request, context):
         yield from self._export_table(request)
 
-    @_unary
+    @unary
     def Checkpoint(self, request, context):
         info = self.service.checkpoint()
         return pb.CheckpointResponse(

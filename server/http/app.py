@@ -82,6 +82,9 @@ def create_app(
     # thread-pool hop on every request.
     async def read_access(request: Request) -> None:
         tokens.check(request.headers.get("authorization"), mutating=False)
+        view = _view(request.headers.get(VIEW_HEADER))
+        if view is not None:  # rows of the slice the reader believes
+            service.check_view(view)
 
     async def write_access(request: Request) -> None:
         tokens.check(request.headers.get("authorization"), mutating=True)

@@ -1,0 +1,116 @@
+"""Reading another server's checkpoint over gRPC (``ReadCheckpointFile``),
+checked as a local one is: how a server of a resized cluster takes its rows
+of the old servers' cuts when each server has a volume of its own.
+
+``RemoteCheckpointReader`` is a ``CheckpointReader`` whose files are another
+server's: the manifest and its crc32 come first, then each array's bytes
+stream in chunks straight into their targets, every byte checked against the
+manifest's crc32 as locally.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import grpc
+
+from adamax_ps.proto.v1 import parameter_server_pb2 as pb
+from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
+from adamax_ps.proto.wire import MESSAGE_LIMIT
+from adamax_ps.server.checkpoint import CheckpointReader
+from adamax_ps.server.errors import CheckpointError
+
+GRPC_SCHEME = "grpc://"
+
+
+def target(address: str) -> str:
+    """``host:port`` of a ``grpc://host:port`` address (or a bare one)."""
+    return address[len(GRPC_SCHEME) :] if address.startswith(GRPC_SCHEME) else address
+
+
+class RemoteCheckpointReader(CheckpointReader):
+    """Checkpoint ``sequence`` of the server at ``address`` (0: the cut of
+    the rescale it is frozen for)."""
+
+    def __init__(self, address: str, sequence: int = 0, token: str | None = None):
+        self.address = address
+        self.channel = grpc.insecure_channel(
+            target(address),
+            options=[
+                ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+                ("grpc.max_send_message_length", MESSAGE_LIMIT),
+            ],
+        )
+        self.stub = pb_grpc.ParameterServerStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.sequence = sequence
+        first = self._chunks("manifest.json", 0, 0)
+        head = next(first, None)
+        if head is None:
+            raise CheckpointError(f"{address} sent no manifest")
+        self.sequence = head.sequence  # the cut's own number from here on
+        self._manifest_bytes = head.data + b"".join(c.data for c in first)
+        self.path = f"{address}/ckpt-{self.sequence:06d}"
+        self._load_manifest()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _chunks(
+        self, name: str, offset: int, length: int
+    ) -> Iterator[pb.CheckpointFileChunk]:
+        request = pb.CheckpointFileRequest(
+            sequence=self.sequence, file=name, offset=offset, length=length
+        )
+        try:
+            yield from self.stub.ReadCheckpointFile(request, metadata=self.metadata)
+        except grpc.RpcError as e:
+            raise CheckpointError(
+                f"reading {name} of {self.address}'s checkpoint: {e.code().name}: "
+                f"{e.details()}"
+            ) from None
+
+    def _whole(self, name: str) -> bytes:
+        if name == "manifest.json":
+            return self._manifest_bytes
+        return b"".join(c.data for c in self._chunks(name, 0, 0))
+
+    def _size(self, name: str) -> int:
+        # The server checks its files; a short one fails the reads' crc32.
+        return int(self.manifest["files"][name]["bytes"])
+
+    def _open(self, name: str, offset: int, length: int) -> _Stream:
+        return _Stream(self._chunks(name, offset, length))
+
+
+class _Stream(io.RawIOBase):
+    """A stream of chunks read like a file, front to back (``readinto``)."""
+
+    def __init__(self, chunks: Iterator[pb.CheckpointFileChunk]) -> None:
+        self._chunks = chunks
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, view) -> int:  # type: ignore[override]
+        view = memoryview(view).cast("B")
+        filled = 0
+        while filled < len(view):
+            if not self._pending:
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                self._pending = memoryview(chunk.data)
+            n = min(len(self._pending), len(view) - filled)
+            view[filled : filled + n] = self._pending[:n]
+            self._pending = self._pending[n:]
+            filled += n
+        return filled
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+        super().close()

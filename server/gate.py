@@ -1,0 +1,101 @@
+"""The change gate: every change to a server's state passes it, and a rescale
+closes it (no change starts, the ones in flight finish) to take a cut.
+
+A change enters and leaves (``with gate.change():``); ``close(reason)``
+refuses every new one with ``RescalingError(reason)`` (UNAVAILABLE: a worker
+waits and retries), then waits until those in flight have left. Reads do not
+pass the gate: while it is closed the state they see is the cut's.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from adamax_ps.server.errors import FailedPreconditionError, RescalingError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def gated(method: F) -> F:
+    """A method of the service that changes its state: it passes ``self.gate``."""
+
+    @functools.wraps(method)
+    def change(self, *args: Any, **kwargs: Any) -> Any:
+        with self.gate.change():
+            return method(self, *args, **kwargs)
+
+    return change  # type: ignore[return-value]
+
+
+def gated_unless(held: Callable[..., bool]) -> Callable[[F], F]:
+    """``gated``, unless ``held(self, *args, **kwargs)`` says what the call
+    asks for is there already: attaching to it changes nothing, so it is
+    answered while the gate is closed (a worker inspecting a frozen cluster)."""
+
+    def decorate(method: F) -> F:
+        @functools.wraps(method)
+        def change(self, *args: Any, **kwargs: Any) -> Any:
+            if self.gate.closed is not None and held(self, *args, **kwargs):
+                return method(self, *args, **kwargs)
+            with self.gate.change():
+                return method(self, *args, **kwargs)
+
+        return change  # type: ignore[return-value]
+
+    return decorate
+
+
+class ChangeGate:
+    """Counts the changes in flight; closed, refuses new ones. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._inside = 0
+        self._closed: str | None = None
+
+    @property
+    def closed(self) -> str | None:
+        """Why changes are refused, or None while they pass."""
+        return self._closed
+
+    @contextmanager
+    def change(self) -> Iterator[None]:
+        """The block of one change: refused while the gate is closed."""
+        with self._cond:
+            if self._closed is not None:
+                raise RescalingError(self._closed)
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._inside -= 1
+                if not self._inside:
+                    self._cond.notify_all()
+
+    def close(self, reason: str, timeout: float) -> None:
+        """Refuse every new change with ``reason``; return once none is in
+        flight. ``FailedPreconditionError`` (the gate open again) when some
+        are still in flight after ``timeout`` seconds (a synchronous round
+        waiting for its replicas, say)."""
+        with self._cond:
+            self._closed = reason
+            if not self._cond.wait_for(lambda: self._inside == 0, timeout):
+                busy, self._closed = self._inside, None
+                raise FailedPreconditionError(
+                    f"{busy} change(s) still in flight after {timeout:g} s: the "
+                    "cluster was not frozen (try again, or give a longer timeout)"
+                )
+
+    def refuse(self, reason: str) -> None:
+        """Keep the gate closed with a new reason (the cut is taken)."""
+        with self._cond:
+            self._closed = reason
+
+    def open(self) -> None:
+        with self._cond:
+            self._closed = None

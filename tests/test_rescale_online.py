@@ -1,0 +1,332 @@
+"""Rescaling a running cluster (``adamax-ps rescale``): a worker that keeps
+pushing is paused by the freeze, follows the new layout, and the result is
+bit-identical to one server applying every call once; a crash in the middle
+leaves the old layout or the new, each complete, and running the command
+again finishes it (or ``--abort`` undoes it)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from helpers.rescale_model import SPLIT, Model, state
+from helpers.servers import Server, addresses, start_cluster
+
+from adamax_ps.client import connect, errors, placement
+from adamax_ps.client.rescale import Phase, _Servers, rescale
+from adamax_ps.proto.v1 import parameter_server_pb2 as pb
+from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
+from adamax_ps.proto.wire import VIEW_HEADER
+
+STEPS = 10
+EXTRA = ["--cluster-split-bytes", str(SPLIT), "--eviction-interval", "0"]
+
+
+@pytest.fixture(autouse=True)
+def _split(monkeypatch):
+    monkeypatch.setattr(placement, "SPLIT_BYTES", SPLIT)  # as the servers place rows
+
+
+def cluster_of(count: int, folder: Path) -> list[Server]:
+    folder.mkdir(parents=True)
+    return start_cluster(count, folder, *EXTRA)
+
+
+def spare(folder: Path, index: int, of: int) -> Server:
+    """A server beyond its cluster, with a folder: waits to be taken in."""
+    args = ["--grpc-port", "0", "--http-port", "0", "--shards", "2", *EXTRA]
+    args += ["--server-index", str(index), "--num-servers", str(of)]
+    args += ["--checkpoint-dir", str(folder / f"server-{index}")]
+    return Server(args, folder / f"server-{index}.log").start()
+
+
+def expected_after(tmp_path: Path, steps: int) -> dict:
+    """What one server holds after the calls of ``range(steps)``."""
+    single = cluster_of(1, tmp_path / "single")
+    try:
+        with connect(addresses(single)) as cluster:
+            model = Model.on(cluster)
+            for step in range(steps):
+                model.step(step)
+        return state(addresses(single))
+    finally:
+        single[0].stop()
+
+
+def pinned(server: Server) -> Server:
+    """The same server, restarted on the ports it had (its peers and the
+    rescale's records name them)."""
+    args = list(server.args)
+    args[args.index("--grpc-port") + 1] = str(server.grpc_port)
+    args[args.index("--http-port") + 1] = str(server.http_port)
+    return Server(args, server.log)
+
+
+class Worker(threading.Thread):
+    """Trains ``steps`` with one connection throughout; after the call of
+    each step in ``waits`` it waits for that event (the rescale begun)."""
+
+    def __init__(self, address: str, steps: range, waits: dict) -> None:
+        super().__init__(daemon=True)
+        self.address, self.steps, self.waits = address, steps, waits
+        self.reached = {step: threading.Event() for step in waits}
+        self.followed: list[int] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with connect(self.address) as cluster:
+                relayout = cluster.relayout
+
+                def counted(new):
+                    relayout(new)
+                    self.followed.append(len(new))
+
+                cluster.relayout = counted
+                model = Model.on(cluster)
+                for step in self.steps:
+                    model.step(step)
+                    if step in self.waits:
+                        self.reached[step].set()
+                        assert self.waits[step].wait(120)
+        except BaseException as e:
+            self.error = e
+
+
+@pytest.mark.slow
+def test_a_worker_pushing_through_two_rescales_ends_bit_identical(tmp_path):
+    """2 servers (and a spare) rescaled to 3 while the worker pushes, then
+    to 1: weights, slots, table rows and slots and iterations equal one
+    server's, bit for bit; the worker followed each new layout."""
+    expected = expected_after(tmp_path, 3 * STEPS)
+    servers = cluster_of(2, tmp_path / "c")
+    servers.append(spare(tmp_path / "c", 2, 2))
+    everyone = addresses(servers)
+    frozen = [threading.Event(), threading.Event()]
+    worker = Worker(
+        addresses(servers[:2]),
+        range(3 * STEPS),
+        {STEPS - 1: frozen[0], 2 * STEPS - 1: frozen[1]},
+    )
+    try:
+        worker.start()
+        assert worker.reached[STEPS - 1].wait(120)
+        report = rescale(
+            everyone,
+            3,
+            progress=lambda phase: phase == "frozen" and frozen[0].set(),
+        )
+        assert (report.old_servers, report.new_servers) == (2, 3)
+        assert worker.reached[2 * STEPS - 1].wait(120), worker.error
+        report = rescale(
+            everyone,
+            1,
+            progress=lambda phase: phase == "frozen" and frozen[1].set(),
+        )
+        assert report.addresses == [servers[0].grpc_address]
+        worker.join(120)
+        assert worker.error is None, worker.error
+        assert worker.followed == [3, 1]
+        assert state(servers[0].grpc_address) == expected
+        # The servers left out refuse an old view, naming the cluster now.
+        with connect(everyone) as cluster:  # follows: server 0 names it
+            assert cluster.size == 1
+        with pytest.raises(errors.ClusterViewError, match="left the cluster"):
+            _old_view_push(servers[1].grpc_address, (1, 3))
+        # A read of a slice by an old view is refused too (over HTTP here).
+        answer = httpx.get(
+            f"{servers[1].http_address}/api/v1/variables/emb/value",
+            headers={VIEW_HEADER: "1/3"},
+            timeout=30,
+        )
+        assert answer.status_code == 409 and "left the cluster" in answer.text
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def _old_view_push(address: str, view: tuple[int, int]) -> None:
+    from adamax_ps.client.grpc_transport import GrpcTransport
+    from adamax_ps.client.transport import ApplyOptions, PushId
+
+    transport = GrpcTransport(address)
+    try:
+        transport.apply(view, "Adamax", [], PushId("x", 0), ApplyOptions())
+    finally:
+        transport.close()
+
+
+def _phase(servers: _Servers, index: int, phase, rid: str, **extra):
+    return servers.call(index, phase=phase, rescale_id=rid, **extra)
+
+
+@pytest.mark.slow
+def test_a_crash_in_the_middle_leaves_one_layout_and_the_command_finishes_it(
+    tmp_path,
+):
+    """The driver dies after the old servers froze and two of the three new
+    ones adopted; every server is then killed. Restarted, the old layout
+    serves reads of the cut (complete) and refuses changes; the spare holds
+    its adoption, pending.
+    ``adamax-ps rescale --abort`` undoes it (the old layout takes pushes);
+    a second crash, after server 0 alone committed, leaves server 0 on the
+    new layout and the others pending until the command is run again, which
+    finishes it: the new layout, complete, bit-identical to one server."""
+    expected = expected_after(tmp_path, 3 * STEPS)
+    servers = cluster_of(2, tmp_path / "c")
+    servers.append(spare(tmp_path / "c", 2, 2))
+    everyone = addresses(servers)
+    new = [s.grpc_address for s in servers]
+    old = new[:2]
+    try:
+        with connect(addresses(servers[:2])) as cluster:
+            model = Model.on(cluster)
+            for step in range(STEPS):
+                model.step(step)
+        before = state(addresses(servers[:2]))
+        driver = _Servers(new, None)
+        try:
+            for i in (0, 1):
+                _phase(driver, i, Phase.FREEZE, "r1")
+            for i in (0, 2):  # server 1 never adopts: the driver died
+                _phase(
+                    driver,
+                    i,
+                    Phase.ADOPT,
+                    "r1",
+                    server_index=i,
+                    num_servers=3,
+                    addresses=new,
+                    old_addresses=old,
+                )
+        finally:
+            driver.close()
+        servers = _crash_and_restart(servers)
+        assert _states(new) == ["frozen", "frozen", "adopted"]
+        assert state(addresses(servers[:2])) == before  # the old layout, whole
+        with (
+            pytest.raises(errors.RescalingError),
+            connect(addresses(servers[:2])) as cluster,
+        ):
+            cluster.rescale_wait = 0.5
+            Model.on(cluster).step(STEPS)
+        _cli("--abort", "--address", everyone)
+        assert _states(new) == ["serving", "serving", "spare"]
+        assert state(addresses(servers[:2])) == before
+        with connect(addresses(servers[:2])) as cluster:
+            model = Model.on(cluster)
+            for step in range(STEPS, 2 * STEPS):
+                model.step(step)
+
+        # Again, and this time the driver dies after server 0 committed.
+        driver = _Servers(new, None)
+        try:
+            for i in (0, 1):
+                _phase(driver, i, Phase.FREEZE, "r2")
+            for i in (0, 1, 2):
+                _phase(
+                    driver,
+                    i,
+                    Phase.ADOPT,
+                    "r2",
+                    server_index=i,
+                    num_servers=3,
+                    addresses=new,
+                    old_addresses=old,
+                )
+            _phase(driver, 0, Phase.COMMIT, "r2", addresses=new)
+        finally:
+            driver.close()
+        servers = _crash_and_restart(servers)
+        assert _states(new) == ["serving", "frozen", "adopted"]
+        _cli("--to", "3", "--address", everyone)
+        assert _states(new) == ["serving"] * 3
+        with connect(everyone) as cluster:
+            model = Model.on(cluster)
+            for step in range(2 * STEPS, 3 * STEPS):
+                model.step(step)
+        assert state(everyone) == expected
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def _crash_and_restart(servers: list[Server]) -> list[Server]:
+    """SIGKILL every server, then start each again on its ports."""
+    for server in servers:
+        server.kill()
+    return [pinned(server).start() for server in servers]
+
+
+def _states(addresses_: list[str]) -> list[str]:
+    driver = _Servers(addresses_, None)
+    try:
+        return [
+            driver.call(i, phase=Phase.STATUS).state for i in range(len(addresses_))
+        ]
+    finally:
+        driver.close()
+
+
+def _cli(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "adamax_ps.cli", "rescale", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_peer_reads_only_the_files_of_a_frozen_servers_cut(tmp_path):
+    """ReadCheckpointFile serves the files of this server's cut, and nothing
+    else: not before a freeze, not a path out of the folder."""
+    servers = start_cluster(1, tmp_path, *EXTRA)
+    try:
+        address = servers[0].grpc_address
+        with connect(address) as cluster:
+            Model.on(cluster).step(0)
+        channel = grpc.insecure_channel(address.removeprefix("grpc://"))
+        stub = pb_grpc.ParameterServerStub(channel)
+
+        def read(name: str, sequence: int = 0) -> bytes:
+            request = pb.CheckpointFileRequest(sequence=sequence, file=name)
+            return b"".join(c.data for c in stub.ReadCheckpointFile(request))
+
+        with pytest.raises(grpc.RpcError) as refused:
+            read("manifest.json")
+        assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        driver = _Servers([address], None)
+        try:
+            _phase(driver, 0, Phase.FREEZE, "r")
+            manifest = read("manifest.json")
+            assert b"adamax-ps-checkpoint" in manifest
+            for bad in ("../server.json", "/etc/passwd", "nothing.bin"):
+                with pytest.raises(grpc.RpcError) as refused:
+                    read(bad)
+                assert refused.value.code() is grpc.StatusCode.NOT_FOUND
+            _phase(driver, 0, Phase.ABORT, "r")
+        finally:
+            driver.close()
+            channel.close()
+        with connect(address) as cluster:  # serving again: takes pushes
+            Model.on(cluster).step(1)
+    finally:
+        servers[0].stop()
+
+
+def test_the_cluster_size_never_goes_below_one_or_beyond_its_addresses(tmp_path):
+    servers = start_cluster(1, tmp_path, *EXTRA)
+    try:
+        with pytest.raises(ValueError, match="at least 1"):
+            rescale(servers[0].grpc_address, 0)
+        with pytest.raises(ValueError, match="needs 2 addresses"):
+            rescale(servers[0].grpc_address, 2)
+    finally:
+        servers[0].stop()
