@@ -237,7 +237,7 @@ def main() -> None:
     parser.add_argument("--update-readme", action="store_true")
     parser.add_argument("--results", type=Path, default=RESULTS, help="output folder")
     args = parser.parse_args()
-    seconds, gigabytes = (1.0, 0.25) if args.quick else (4.0, 1.0)
+    seconds, gigabytes = (0.3, 0.25) if args.quick else (4.0, 1.0)
     results = {
         "throughput": throughput(seconds),
         "memory": memory_and_checkpoint(gigabytes, shards=4),

@@ -269,7 +269,7 @@ def measure(quick: bool) -> dict:
     """Every row once per round, rounds interleaved; figures over all rounds."""
     from adamax_ps.server.launcher import start_cluster
 
-    rounds, pushes, calls, seconds = (3, 1, 100, 0.7) if quick else (10, 2, 200, 0.6)
+    rounds, pushes, calls, seconds = (2, 1, 50, 0.3) if quick else (10, 2, 200, 0.6)
     with tempfile.TemporaryDirectory() as folder:
         logs = Path(folder)
         tcp = TcpFloor()

@@ -1,5 +1,5 @@
 """A bounded soak: 16 concurrent workers (4 processes x 4 threads) pushing dense
-and sparse gradients for a while (90 s; ADAMAX_PS_SOAK_SECONDS for longer):
+and sparse gradients for a while (45 s; ADAMAX_PS_SOAK_SECONDS for longer):
 no error, every acknowledged push counted once, resident memory flat."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from helpers.servers import Server
 from adamax_ps.client import Adamax, connect
 
 WORKER = Path(__file__).with_name("soak_worker.py")
-SECONDS = float(os.environ.get("ADAMAX_PS_SOAK_SECONDS", "90"))
+SECONDS = float(os.environ.get("ADAMAX_PS_SOAK_SECONDS", "45"))
 GROWTH_LIMIT = 64 << 20
 
 

@@ -1,5 +1,5 @@
 """A table soak: workers stream ever-new ids into a hash-keyed table of fixed
-capacity (30 s here; ADAMAX_PS_TABLE_SOAK_SECONDS=3600 for the hour). Once the
+capacity (15 s here; ADAMAX_PS_TABLE_SOAK_SECONDS=3600 for the hour). Once the
 table is full its memory stays flat: the server's resident memory and the
 table's own bytes do not grow while millions of keys come and go, evicted by
 capacity (LRU) and by time to live in the background."""
@@ -17,7 +17,7 @@ from helpers.servers import Server
 
 from adamax_ps.client import Adamax, IndexedSlices, connect
 
-SECONDS = float(os.environ.get("ADAMAX_PS_TABLE_SOAK_SECONDS", "30"))
+SECONDS = float(os.environ.get("ADAMAX_PS_TABLE_SOAK_SECONDS", "15"))
 CAPACITY = 100_000
 DIM = 32
 BATCH = 4096
