@@ -16,6 +16,10 @@ round's floor: this machine's pace depends on its recent past, see below):
   checkpoint, warm-up), and ``/proc`` gives each new server's CPU time. New
   server 2 is then started once more alone, from the same checkpoints: what
   a server on a machine of its own would take;
+- the online rescale (``bench/rescale_online.py``): ``adamax-ps rescale``
+  of a running cluster of 2 servers and a spare to 3, timed from the freeze
+  until the commit, after the offline one (its floor: the mean of the one
+  right before it and the one right after);
 - the floor: the same bytes as plain files, one file per old server written
   by one thread each (``os.write``, ``fsync``), then the bytes that move (rows
   whose server changes from 2 to 3 servers by the placement rule, table keys
@@ -53,6 +57,7 @@ import numpy as np
 from embedding_tables import code
 from measure import machine
 from readme import save, update_readme
+from rescale_online import online
 
 from adamax_ps.common.keys import server_of
 from adamax_ps.common.placement import place_rows
@@ -397,13 +402,17 @@ def measure(quick: bool, rounds: int, logs: Path | None = None) -> dict:
                 for server in old:
                     server.kill()
             base = {key: (before[key] + after[key]) / 2 for key in before}
+            sample["online"] = online(folder / "online", rows, keys, DIM, SPLIT)
+            last = floor(folder, layout)
+            sample["online_floor"] = {k: (after[k] + last[k]) / 2 for k in after}
             samples.append({**sample, "floor": base, "before": before, "after": after})
             for log in folder.rglob("*.log") if logs else ():
                 shutil.copy(log, logs / f"round-{r}-{log.parent.name}-{log.name}")
             shutil.rmtree(folder, ignore_errors=True)
-            floors = [f"{sum(f.values()):.2f}" for f in (before, after)]
+            floors = [f"{sum(f.values()):.2f}" for f in (before, after, last)]
             print(
-                f"round {r}: pause {sample['pause']:.2f} s, floor {floors}",
+                f"round {r}: pause {sample['pause']:.2f} s, online "
+                f"{sample['online']['pause']:.2f} s, floor {floors}",
                 file=sys.stderr,
             )
     finally:

@@ -42,7 +42,19 @@ def parts(sample: dict) -> dict[str, float]:
     old = max(sample["old"], key=lambda o: o["exit"])
     last = max(sample["new"], key=lambda n: n["ready"])
     floor = sample["floor"]
+    online = {}
+    if "online" in sample:  # results from before the online rescale lack it
+        on, base = sample["online"], sample["online_floor"]
+        online = {
+            "online_pause": on["pause"],
+            "online_freeze": on["freeze"],
+            "online_adopt": on["adopt"],
+            "online_commit": on["commit"],
+            "online_floor": base["write"] + base["read"],
+            "online_ratio": on["pause"] / (base["write"] + base["read"]),
+        }
     return {
+        **online,
         "pause": sample["pause"],
         "stop": sample["stop"],
         "stop_before": old["before_checkpoint"],
@@ -66,14 +78,21 @@ def figures(doc: dict) -> dict[str, dict]:
     each = [parts(s) for s in doc["rounds"]]
     out = {key: spread([r[key] for r in each]) for key in each[0]}
     for key in each[0]:
-        out[f"{key}_share"] = spread([r[key] / r["pause"] for r in each])
+        whole = "online_pause" if key.startswith("online_") else "pause"
+        out[f"{key}_share"] = spread([r[key] / r[whole] for r in each])
     cores = doc["machine"]["cores"]
     out["busy"] = spread([r["cpu"] / (cores * r["start"]) for r in each])
     return out
 
 
+ONLINE = [
+    ("**online (`adamax-ps rescale`): pause, freeze until commit**", "online_pause"),
+    ("- freeze: the old servers' changes drained, their cuts written", "online_freeze"),
+    ("- adopt: each new server's import and new-layout checkpoint", "online_adopt"),
+    ("- commit: each server's layout recorded, serving", "online_commit"),
+]
 ROWS = [
-    ("**pause: SIGTERM to the old servers until every new server is ready**", "pause"),
+    ("**offline: SIGTERM to the old servers until every new one is ready**", "pause"),
     ("stop: until both old servers exited", "stop"),
     ("- SIGTERM to its final checkpoint (gRPC and HTTP stop)", "stop_before"),
     ("- its final checkpoint (the old server that exited last)", "final_checkpoint"),
@@ -110,7 +129,15 @@ def rescale(doc: dict) -> str:
         "share of the pause | new server 2 alone on the machine: s |",
         "|---|---:|---:|---:|",
     ]
+    for label, key in ONLINE if "online_pause" in fig else ():
+        lines.append(
+            f"| {label} | {_span(fig[key])} | {_percent(fig[f'{key}_share'])} | |"
+        )
     for label, key in ROWS:
+        if key == "pause" and "online_pause" not in fig:  # results from before
+            label = (
+                "**pause: SIGTERM to the old servers until every new server is ready**"
+            )
         alone = fig.get(f"alone_{key}")
         lines.append(
             f"| {label} | {_span(fig[key])} | {_percent(fig[f'{key}_share'])} | "
@@ -129,8 +156,19 @@ def rescale(doc: dict) -> str:
     )
     for label, key in FLOOR:
         lines.append(f"| {label} | {_span(fig[key])} | | |")
+    if "online_pause" in fig:
+        lines.append(
+            "| floor measured around the online rescale (write + read) | "
+            f"{_span(fig['online_floor'])} | | |"
+        )
+        lines.append(
+            f"| **online pause / floor (goal: at most {GOAL:g}x)** | "
+            f"{_span(fig['online_ratio'], suffix='x')} | | |"
+        )
     lines.append(
-        f"| **pause / floor (goal: at most {GOAL:g}x)** | "
+        f"| **offline pause / floor** | {_span(fig['ratio'], suffix='x')} | | |"
+        if "online_pause" in fig
+        else f"| **pause / floor (goal: at most {GOAL:g}x)** | "
         f"{_span(fig['ratio'], suffix='x')} | | |"
     )
     lines += ["", *_servers(doc), "", headline_text(doc)]
@@ -206,7 +244,15 @@ def headline(doc: dict) -> dict:
     """The figures bench/rescale.py prints with --json."""
     fig = figures(doc)
     lay = doc["layout"]
+    online = {}
+    if "online_pause" in fig:
+        online = {
+            "online_pause_s": fig["online_pause"]["median"],
+            "online_pause_over_floor": fig["online_ratio"]["median"],
+            "online_goal_met": fig["online_ratio"]["median"] <= GOAL,
+        }
     return {
+        **online,
         "total_gb": lay["total_bytes"] / GB,
         "moved_gb": lay["moved_bytes"] / GB,
         "pause_s": fig["pause"]["median"],
@@ -222,8 +268,27 @@ def headline_text(doc: dict) -> str:
     lay = doc["layout"]
     ratio = fig["ratio"]
     verdict = "meets" if ratio["median"] <= GOAL else "misses"
+    online = ""
+    if "online_pause" in fig:
+        on = fig["online_ratio"]
+        online = (
+            f"Headline: `adamax-ps rescale` of the running cluster, 2 -> 3 servers "
+            f"holding {lay['total_bytes'] / GB:.2f} GB of w, m, v, pauses changes "
+            f"{_span(fig['online_pause'], 1)} s, {_span(on, suffix='x')} the "
+            f"floor measured around it ({_span(fig['online_floor'], 1)} s); it "
+            f"{'meets' if on['median'] <= GOAL else 'misses'} the goal of "
+            f"{GOAL:g}x. Freeze (the cuts) {_span(fig['online_freeze'], 1)} s, "
+            f"adopt (imports and the new layout's checkpoints) "
+            f"{_span(fig['online_adopt'], 1)} s, commit "
+            f"{_span(fig['online_commit'], 2)} s. Offline, for comparison: "
+        )
+        return online + _offline(doc, fig, lay, ratio, verdict)
+    return "Headline: " + _offline(doc, fig, lay, ratio, verdict)
+
+
+def _offline(doc, fig, lay, ratio, verdict) -> str:
     return (
-        f"Headline: resizing 2 -> 3 servers holding {lay['total_bytes'] / GB:.2f} GB "
+        f"resizing 2 -> 3 servers holding {lay['total_bytes'] / GB:.2f} GB "
         f"of w, m, v pauses the cluster {_span(fig['pause'], 1)} s, "
         f"{_span(ratio, suffix='x')} a plain-file write of all the bytes with "
         f"fsync and a read of the {lay['moved_bytes'] / GB:.2f} GB that move "
