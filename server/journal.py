@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -103,6 +104,14 @@ class Journal:
         text = json.dumps({"server_index": server_index, "num_servers": num_servers})
         write_file(path, text.encode())
         return server_index, num_servers
+
+    def discard(self) -> None:
+        """Remove the whole log: a spare server's, which holds nothing (an
+        aborted adoption's segments must not be replayed into the next)."""
+        self.close()
+        self.log = None
+        if self.folder is not None and self.folder.exists():
+            shutil.rmtree(self.folder)
 
     def check_replayable(self, since: int, what: str) -> None:
         """``CheckpointError`` unless every segment from ``since`` on is there."""

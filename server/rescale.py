@@ -128,9 +128,6 @@ class ServerRescale:
 
     # Phases -------------------------------------------------------------------------
 
-    def status(self) -> Standing:
-        return self.standing
-
     def freeze(self, rescale_id: str, timeout: float = FREEZE_TIMEOUT) -> Standing:
         """Close the gate, let changes in flight finish, write the cut."""
         self._need_id(rescale_id)
@@ -215,6 +212,10 @@ class ServerRescale:
             try:
                 service.persistence.reset()
                 service.set_layout(index, count)
+                if standing.old is None:  # a spare: its log new, opened, empty
+                    service.journal.discard()
+                    service.journal_claim()
+                    service.restore()
                 info = service.persistence.import_cut(
                     readers, split_bytes or service.settings.cluster_split_bytes
                 )

@@ -32,14 +32,14 @@ def _split(monkeypatch):
     monkeypatch.setattr(placement, "SPLIT_BYTES", SPLIT)  # as the servers place rows
 
 
-def cluster_of(count: int, folder: Path) -> list[Server]:
+def cluster_of(count: int, folder: Path, *extra: str) -> list[Server]:
     folder.mkdir(parents=True)
-    return start_cluster(count, folder, *EXTRA)
+    return start_cluster(count, folder, *EXTRA, *extra)
 
 
-def spare(folder: Path, index: int, of: int) -> Server:
+def spare(folder: Path, index: int, of: int, *extra: str) -> Server:
     """A server beyond its cluster, with a folder: waits to be taken in."""
-    args = ["--grpc-port", "0", "--http-port", "0", "--shards", "2", *EXTRA]
+    args = ["--grpc-port", "0", "--http-port", "0", "--shards", "2", *EXTRA, *extra]
     args += ["--server-index", str(index), "--num-servers", str(of)]
     args += ["--checkpoint-dir", str(folder / f"server-{index}")]
     return Server(args, folder / f"server-{index}.log").start()
@@ -99,13 +99,17 @@ class Worker(threading.Thread):
 
 
 @pytest.mark.slow
-def test_a_worker_pushing_through_two_rescales_ends_bit_identical(tmp_path):
+@pytest.mark.parametrize("durability", ["checkpoint", "wal"])
+def test_a_worker_pushing_through_two_rescales_ends_bit_identical(tmp_path, durability):
     """2 servers (and a spare) rescaled to 3 while the worker pushes, then
     to 1: weights, slots, table rows and slots and iterations equal one
-    server's, bit for bit; the worker followed each new layout."""
+    server's, bit for bit; the worker followed each new layout. With the
+    write-ahead log, the servers then restart from their folders (the new
+    layout's checkpoint and the log after it) to the same state."""
     expected = expected_after(tmp_path, 3 * STEPS)
-    servers = cluster_of(2, tmp_path / "c")
-    servers.append(spare(tmp_path / "c", 2, 2))
+    mode = ("--durability", durability)
+    servers = cluster_of(2, tmp_path / "c", *mode)
+    servers.append(spare(tmp_path / "c", 2, 2, *mode))
     everyone = addresses(servers)
     frozen = [threading.Event(), threading.Event()]
     worker = Worker(
@@ -145,6 +149,10 @@ def test_a_worker_pushing_through_two_rescales_ends_bit_identical(tmp_path):
             timeout=30,
         )
         assert answer.status_code == 409 and "left the cluster" in answer.text
+        if durability == "wal":  # killed: only the folders and the log remain
+            servers = _crash_and_restart(servers)
+            assert _states(everyone.split(",")) == ["serving", "retired", "retired"]
+            assert state(servers[0].grpc_address) == expected
     finally:
         for server in servers:
             server.stop()
@@ -166,8 +174,9 @@ def _phase(servers: _Servers, index: int, phase, rid: str, **extra):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("durability", ["checkpoint", "wal"])
 def test_a_crash_in_the_middle_leaves_one_layout_and_the_command_finishes_it(
-    tmp_path,
+    tmp_path, durability
 ):
     """The driver dies after the old servers froze and two of the three new
     ones adopted; every server is then killed. Restarted, the old layout
@@ -178,8 +187,9 @@ def test_a_crash_in_the_middle_leaves_one_layout_and_the_command_finishes_it(
     new layout and the others pending until the command is run again, which
     finishes it: the new layout, complete, bit-identical to one server."""
     expected = expected_after(tmp_path, 3 * STEPS)
-    servers = cluster_of(2, tmp_path / "c")
-    servers.append(spare(tmp_path / "c", 2, 2))
+    mode = ("--durability", durability)
+    servers = cluster_of(2, tmp_path / "c", *mode)
+    servers.append(spare(tmp_path / "c", 2, 2, *mode))
     everyone = addresses(servers)
     new = [s.grpc_address for s in servers]
     old = new[:2]

@@ -26,7 +26,7 @@ class RescaleRpcs:
         rescale = self.service.rescale
         phase, rid = request.phase, request.rescale_id
         if phase == Phase.STATUS:
-            standing = rescale.status()
+            standing = rescale.standing
         elif phase == Phase.FREEZE:
             standing = rescale.freeze(rid, request.timeout_seconds or 60.0)
         elif phase == Phase.ADOPT:
