@@ -57,7 +57,7 @@ import numpy as np
 from embedding_tables import code
 from measure import machine
 from readme import save, update_readme
-from rescale_online import online
+from rescale_online import online, push_state
 
 from adamax_ps.common.keys import server_of
 from adamax_ps.common.placement import place_rows
@@ -178,20 +178,12 @@ def old_cluster(folder: Path, rows: int, keys: np.ndarray) -> tuple[list, list]:
     """The 2-server cluster, started empty, its state pushed once by Adamax;
     and each server's seconds from launch to ready (an empty server), and
     the CPU seconds it used until then."""
-    from adamax_ps.client import Adamax, IndexedSlices, connect
 
     cluster = servers(folder, OLD)
     ready = start(cluster)
     cpu = [cpu_seconds(s) for s in cluster]
     try:
-        with connect(addresses(cluster)) as client:
-            emb = client.variable("emb", shape=(rows, DIM))
-            ids = client.embedding_table("ids", DIM)
-            opt = Adamax(cluster=client)
-            grads = np.full((rows, DIM), 1e-3, np.float32)
-            values = IndexedSlices(np.full((len(keys), DIM), 1e-3, np.float32), keys)
-            opt.apply_gradients([(grads, emb), (values, ids)])
-            del grads
+        push_state(addresses(cluster), rows, keys, DIM)
     except BaseException:
         for server in cluster:
             server.kill()

@@ -30,7 +30,7 @@ IMPORTED = re.compile(
 def online(folder: Path, rows: int, keys: np.ndarray, dim: int, split: int) -> dict:
     """One online rescale of ``rows`` x ``dim`` and ``keys``; its pause and
     parts in seconds, and each new server's import (bytes, seconds)."""
-    from adamax_ps.client import Adamax, IndexedSlices, connect
+    from adamax_ps.client import Adamax, connect
     from adamax_ps.client.rescale import rescale
 
     folder.mkdir(parents=True)
@@ -43,14 +43,7 @@ def online(folder: Path, rows: int, keys: np.ndarray, dim: int, split: int) -> d
     try:
         for server in cluster:
             server.start()
-        with connect(addresses(cluster[:2])) as client:
-            emb = client.variable("emb", shape=(rows, dim))
-            ids = client.embedding_table("ids", dim)
-            opt = Adamax(cluster=client)
-            grads = np.full((rows, dim), 1e-3, np.float32)
-            values = IndexedSlices(np.full((len(keys), dim), 1e-3, np.float32), keys)
-            opt.apply_gradients([(grads, emb), (values, ids)])
-            del grads
+        push_state(addresses(cluster[:2]), rows, keys, dim)
         began = time.perf_counter()
         report = rescale(addresses(cluster), 3)
         pause = time.perf_counter() - began
@@ -67,6 +60,20 @@ def online(folder: Path, rows: int, keys: np.ndarray, dim: int, split: int) -> d
         **{name: seconds for name, seconds in report.seconds.items()},
         "imports": [{"bytes": b, "seconds": s} for b, s in imports],
     }
+
+
+def push_state(address: str, rows: int, keys: np.ndarray, dim: int) -> None:
+    """The benchmark's state: ``emb`` (``rows`` x ``dim``, split by rows) and
+    table ``ids`` (``keys``), pushed once by Adamax so ``m`` and ``v`` exist."""
+    from adamax_ps.client import Adamax, IndexedSlices, connect
+
+    with connect(address) as client:
+        emb = client.variable("emb", shape=(rows, dim))
+        ids = client.embedding_table("ids", dim)
+        opt = Adamax(cluster=client)
+        grads = np.full((rows, dim), 1e-3, np.float32)
+        values = IndexedSlices(np.full((len(keys), dim), 1e-3, np.float32), keys)
+        opt.apply_gradients([(grads, emb), (values, ids)])
 
 
 def _logged(server: LocalServer, pattern: re.Pattern) -> tuple[int, float]:

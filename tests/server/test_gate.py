@@ -15,9 +15,9 @@ from adamax_ps.server.hyperparams import AdamaxConfig
 from adamax_ps.server.service import Gradient
 
 
-def test_close_waits_for_the_change_in_flight_and_refuses_new_ones():
-    gate = ChangeGate()
-    inside, leave, closed = threading.Event(), threading.Event(), threading.Event()
+def _held(gate: ChangeGate) -> tuple[threading.Thread, threading.Event]:
+    """A change inside the gate until the returned event is set."""
+    inside, leave = threading.Event(), threading.Event()
 
     def change() -> None:
         with gate.change():
@@ -27,6 +27,13 @@ def test_close_waits_for_the_change_in_flight_and_refuses_new_ones():
     worker = threading.Thread(target=change)
     worker.start()
     assert inside.wait(30)
+    return worker, leave
+
+
+def test_close_waits_for_the_change_in_flight_and_refuses_new_ones():
+    gate = ChangeGate()
+    worker, leave = _held(gate)
+    closed = threading.Event()
     closer = threading.Thread(target=lambda: (gate.close("frozen", 30), closed.set()))
     closer.start()
     # The gate refuses new changes at once, while the one inside runs on.
@@ -46,16 +53,7 @@ def test_close_waits_for_the_change_in_flight_and_refuses_new_ones():
 
 def test_a_freeze_that_cannot_drain_opens_the_gate_again():
     gate = ChangeGate()
-    inside, leave = threading.Event(), threading.Event()
-
-    def change() -> None:
-        with gate.change():
-            inside.set()
-            assert leave.wait(30)
-
-    worker = threading.Thread(target=change)
-    worker.start()
-    assert inside.wait(30)
+    worker, leave = _held(gate)
     with pytest.raises(FailedPreconditionError, match=r"1 change.* still in flight"):
         gate.close("frozen", 0.05)
     assert gate.closed is None
