@@ -92,6 +92,7 @@ class Cluster(OptimizerCalls):
         self._placements: dict[str, Placement] = {}
         self._slotted: set[tuple[str, str]] = set()  # (optimizer, split variable)
         self._before_close: list[weakref.WeakMethod] = []
+        self._retired: list[Transport] = []  # a rescale's old connections
         # Per optimizer: the step the coordinator handed out for the next call.
         self._ahead: dict[str, int] = {}
         tune_malloc()
@@ -125,8 +126,8 @@ class Cluster(OptimizerCalls):
             pool, self._pool = self._pool, _pool(self.size)
         self.servers = self._check_view()
         pool.shutdown(wait=False)
-        for transport in old:
-            transport.close()
+        with self._lock:  # closed with the cluster: other threads may be
+            self._retired += old  # in a call on them, which then follows
 
     def view(self, server: int) -> tuple[int, int]:
         return (server, self.size)
@@ -171,7 +172,7 @@ class Cluster(OptimizerCalls):
             if method is not None:
                 method()
         self._pool.shutdown(wait=True)
-        for transport in self.transports:
+        for transport in self.transports + self._retired:
             transport.close()
 
     def __enter__(self) -> Cluster:
@@ -380,6 +381,11 @@ class Cluster(OptimizerCalls):
                 )
             except FOLLOWING as met:
                 follower.follow(met)
+            except (IndexError, KeyError):
+                # Another thread took up a rescaled layout during this call
+                # (its servers counted by the old one): made again.
+                if not follower.moved():
+                    raise
 
     def slotted(self, optimizer: str, placements: list[Placement]) -> set[str]:
         """Of these split variables, those whose slots ``optimizer`` made."""

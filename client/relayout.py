@@ -72,6 +72,13 @@ class Follower:
             raise met
         self.before = list(cluster.addresses)
 
+    def moved(self) -> bool:
+        """Whether the cluster took up another layout since the call began
+        (then or since the last ``follow``); if so, that is the new start."""
+        now = list(self.cluster.addresses)
+        moved, self.before = now != self.before, now
+        return moved
+
 
 def follow(
     cluster: Cluster, deadline: float, met: Exception, before: list[str]
