@@ -144,6 +144,17 @@ def _drive(
             f"a cluster of {to} servers needs {to} addresses (the current servers "
             f"in order, then spares); {len(servers.addresses)} given"
         )
+    if rid is not None:  # finish it as it began: to the size it adopted
+        began = {
+            s.num_servers
+            for s in statuses
+            if s.rescale_id == rid and s.state in ("adopted", "serving")
+        }
+        if began - {to}:
+            raise ValueError(
+                f"rescale {rid} is pending to {began.pop()} servers: finish it "
+                "with that --to, or undo it with --abort"
+            )
     new_addresses = servers.addresses[:to]
     old_addresses = servers.addresses[:old]
     rid = rid or f"{old}to{to}-{uuid.uuid4().hex[:8]}"

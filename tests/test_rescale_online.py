@@ -254,6 +254,8 @@ def test_a_crash_in_the_middle_leaves_one_layout_and_the_command_finishes_it(
             driver.close()
         servers = _crash_and_restart(servers)
         assert _states(new) == ["serving", "frozen", "adopted"]
+        refused = _cli("--to", "2", "--address", everyone, expect=2)
+        assert "rescale r2 is pending to 3 servers" in refused
         _cli("--to", "3", "--address", everyone)
         assert _states(new) == ["serving"] * 3
         with connect(everyone) as cluster:
@@ -283,15 +285,16 @@ def _states(addresses_: list[str]) -> list[str]:
         driver.close()
 
 
-def _cli(*args: str) -> str:
+def _cli(*args: str, expect: int = 0) -> str:
+    """``adamax-ps rescale ARGS``: what it printed (stdout, else stderr)."""
     done = subprocess.run(
         [sys.executable, "-m", "adamax_ps.cli", "rescale", *args],
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    assert done.returncode == expect, done.stderr
+    return done.stdout or done.stderr
 
 
 def test_a_peer_reads_only_the_files_of_a_frozen_servers_cut(tmp_path):
