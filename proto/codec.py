@@ -9,13 +9,13 @@ errors are ``CodecError`` (a ``ValueError``).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 from adamax_ps.proto.v1 import parameter_server_pb2 as pb
@@ -30,11 +30,37 @@ _TO_DTYPE = {
     pb.FLOAT64: np.dtype("<f8"),
     pb.INT32: np.dtype("<i4"),
     pb.INT64: np.dtype("<i8"),
-    pb.BFLOAT16: np.dtype(ml_dtypes.bfloat16),
 }
-# What a float32 variable's rows and gradients may travel as.
-REDUCED = {"float16": np.dtype("<f2"), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 _FROM_DTYPE = {dtype.newbyteorder("="): code for code, dtype in _TO_DTYPE.items()}
+
+
+@functools.cache
+def bfloat16() -> np.dtype:
+    """numpy's bfloat16 (from ml_dtypes, imported on first use: it costs half
+    a second, which every server and worker start would otherwise pay)."""
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+class _Reduced(Mapping):
+    """What a float32 variable's rows and gradients may travel as, by name."""
+
+    def __getitem__(self, name: str) -> np.dtype:
+        if name == "float16":
+            return np.dtype("<f2")
+        if name == "bfloat16":
+            return bfloat16()
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("float16", "bfloat16"))
+
+    def __len__(self) -> int:
+        return 2
+
+
+REDUCED = _Reduced()
 
 
 class CodecError(ValueError):
@@ -47,7 +73,10 @@ class TooLargeError(CodecError):
 
 def dtype_code(dtype: np.dtype | str | type) -> int:
     """The wire code of a numpy dtype (float16/32/64, int32/64, bfloat16)."""
-    code = _FROM_DTYPE.get(np.dtype(dtype).newbyteorder("="))
+    dtype = np.dtype(dtype)
+    if dtype.name == "bfloat16":  # it exists: ml_dtypes is imported
+        return pb.BFLOAT16
+    code = _FROM_DTYPE.get(dtype.newbyteorder("="))
     if code is None:
         raise CodecError(f"dtype {np.dtype(dtype)} cannot travel on the wire")
     return code
@@ -55,6 +84,8 @@ def dtype_code(dtype: np.dtype | str | type) -> int:
 
 def numpy_dtype(code: int) -> np.dtype:
     """The numpy dtype of a wire code (little-endian)."""
+    if code == pb.BFLOAT16:
+        return bfloat16()
     dtype = _TO_DTYPE.get(code)
     if dtype is None:
         raise CodecError(f"unknown or unspecified tensor dtype code {code}")
