@@ -1,7 +1,6 @@
 """One server's part in rescaling a running cluster (``adamax-ps rescale``).
 
-The driver takes every server through the phases, each idempotent for one
-rescale id:
+The driver takes every server through the phases (idempotent per rescale id):
 
 - FREEZE (the old cluster's servers): close the change gate (no change
   starts; those in flight finish), write the cut (a checkpoint), and record
@@ -9,8 +8,7 @@ rescale id:
 - ADOPT (the new cluster's servers, spares included): empty the state, take
   this server's rows of every old server's cut (its own from disk, the
   others' over gRPC, ``checkpoint_remote``), checkpoint them as the new
-  layout, and record that in ``rescale.json``. Still pending: nothing is
-  served from the new layout yet.
+  layout, and record that in ``rescale.json``; still pending.
 - COMMIT: ``layout.json`` records the new layout (this server's commit
   point), and the server serves it; a server left out of the new cluster
   retires (refuses everything, naming the new cluster).
@@ -19,9 +17,8 @@ rescale id:
 
 A server restarted while a rescale is pending comes back from its cut, in
 the old layout, frozen: the driver, run again, finishes the rescale (or
-aborts it). So after any crash a server serves the old layout or the new,
-each complete, never a mix; and a worker whose view is old is refused with
-the new addresses (``check_view``) and follows them.
+aborts it): after any crash, the old layout or the new, never a mix. A
+worker whose view is old is refused with the new addresses (``check_view``).
 """
 
 from __future__ import annotations
@@ -38,6 +35,7 @@ from adamax_ps.server.errors import (
     ClusterViewError,
     FailedPreconditionError,
     InvalidArgumentError,
+    RescalingError,
 )
 from adamax_ps.server.rescale_files import (
     LAYOUT_FILE,
@@ -130,7 +128,7 @@ class ServerRescale:
 
     def freeze(self, rescale_id: str, timeout: float = FREEZE_TIMEOUT) -> Standing:
         """Close the gate, let changes in flight finish, write the cut."""
-        self._need_id(rescale_id)
+        _need_id(rescale_id)
         service, standing = self.service, self.standing
         with self._lock:
             if standing.rescale_id == rescale_id and standing.state in (
@@ -186,7 +184,7 @@ class ServerRescale:
     ) -> Standing:
         """Become server ``new[0]`` of ``new[1]`` from the old servers' cuts
         (still pending: served only after COMMIT)."""
-        self._need_id(rescale_id)
+        _need_id(rescale_id)
         service, standing = self.service, self.standing
         index, count = new
         if not 0 <= index < count or len(addresses) != count:
@@ -209,6 +207,7 @@ class ServerRescale:
                     "a rescale needs every server to have a --checkpoint-dir"
                 )
             readers = self._readers(old_addresses)
+            standing.importing = True  # reads with a view wait (check_view)
             try:
                 service.persistence.reset()
                 service.set_layout(index, count)
@@ -223,6 +222,7 @@ class ServerRescale:
                 self._back_to_old()
                 raise
             finally:
+                standing.importing = False
                 for reader in readers:
                     reader.close()
             self.files.write(
@@ -254,7 +254,7 @@ class ServerRescale:
 
     def commit(self, rescale_id: str, addresses: list[str]) -> Standing:
         """Serve the adopted layout, or (not in it) retire."""
-        self._need_id(rescale_id)
+        _need_id(rescale_id)
         standing = self.standing
         with self._lock:
             if standing.rescale_id == rescale_id and standing.state in (
@@ -287,7 +287,7 @@ class ServerRescale:
 
     def abort(self, rescale_id: str) -> Standing:
         """Back to the old layout, from the cut (a spare: back to waiting)."""
-        self._need_id(rescale_id)
+        _need_id(rescale_id)
         standing = self.standing
         with self._lock:
             pending = self.files.read(PENDING_FILE)
@@ -321,6 +321,8 @@ class ServerRescale:
 
     def check_view(self, view: tuple[int, int] | None) -> None:
         """Refuse a change while this server is not serving a layout."""
+        if self.standing.importing:  # the state is being rebuilt
+            raise RescalingError(self._frozen_reason())
         state = self.standing.state
         if state == "retired":
             raise ClusterViewError(self._retired_reason())
@@ -332,13 +334,9 @@ class ServerRescale:
 
     def moved(self) -> str:
         """Where the cluster is now, for a view mismatch's message."""
-        addresses = self.standing.addresses
-        if not addresses:
-            return ""
-        return (
-            f"; the cluster is now {len(addresses)} servers at {','.join(addresses)} "
-            "(refresh the view)"
-        )
+        found = self.standing.addresses
+        now = f"; the cluster is now {len(found)} servers at {','.join(found)}"
+        return f"{now} (refresh the view)" if found else ""
 
     # Parts ----------------------------------------------------------------------------
 
@@ -439,10 +437,10 @@ class ServerRescale:
             "changes wait until it ends"
         )
 
-    @staticmethod
-    def _need_id(rescale_id: str) -> None:
-        if not rescale_id:
-            raise InvalidArgumentError("a rescale call needs its rescale_id")
+
+def _need_id(rescale_id: str) -> None:
+    if not rescale_id:
+        raise InvalidArgumentError("a rescale call needs its rescale_id")
 
 
 def _pair(value: Any) -> tuple[int, int] | None:

@@ -31,6 +31,7 @@ class Standing:
     cut_sequence: int = 0
     old: tuple[int, int] | None = None  # the layout frozen (index, servers)
     new: tuple[int, int] | None = None  # the layout adopted
+    importing: bool = False  # an adoption is rebuilding the state
 
 
 class RescaleFiles:

@@ -89,3 +89,16 @@ def test_a_closed_gate_refuses_changes_but_not_reads_or_attaching(make_service):
     service.gate.open()
     service.apply("Adamax", [Gradient.dense("w", np.ones((4, 2), np.float32))])
     assert service.iterations("Adamax") == 1
+
+
+def test_while_an_adoption_rebuilds_the_state_reads_with_a_view_wait(make_service):
+    """A read stating its view (every worker's) is answered RescalingError
+    while a rescale's import refills the store, never a half-filled answer."""
+    service = make_service(shards=1)
+    service.create_variable("w", shape=(4,), initializer="ones")
+    service.check_view((0, 1))
+    service.rescale.standing.importing = True
+    with pytest.raises(RescalingError):
+        service.check_view((0, 1))
+    service.rescale.standing.importing = False
+    service.check_view((0, 1))
