@@ -17,6 +17,8 @@ from adamax_ps.server.optimizer_state import (
 )
 from adamax_ps.server.optimizers import Optimizers
 
+DEFAULT_NAME = AdamaxConfig.model_fields["name"].default  # Keras's: "Adamax"
+
 
 class OptimizerMethods:
     """Optimizers: create, counters, slots, weights."""
@@ -102,9 +104,9 @@ class OptimizerMethods:
 
     def _has_optimizer(self, config: AdamaxConfig | Mapping[str, Any]) -> bool:
         name = config.name if isinstance(config, AdamaxConfig) else config.get("name")
-        return any(s.name == (name or "Adamax") for s in self._optimizers.all())
+        return self._optimizers.find(name or DEFAULT_NAME) is not None
 
     def _counts(self, optimizer: str) -> bool:
         """The optimizer exists with its counter (reading it changes nothing)."""
-        found = [s for s in self._optimizers.all() if s.name == optimizer]
-        return bool(found) and found[0].iterations_created
+        state = self._optimizers.find(optimizer)
+        return state is not None and state.iterations_created

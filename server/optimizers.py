@@ -95,9 +95,13 @@ class Optimizers:
             )
         return state, False
 
-    def get(self, name: str) -> OptimizerState:
+    def find(self, name: str) -> OptimizerState | None:
+        """The optimizer of that name, or None."""
         with self._lock:
-            state = self._states.get(name)
+            return self._states.get(name)
+
+    def get(self, name: str) -> OptimizerState:
+        state = self.find(name)
         if state is None:
             raise OptimizerNotFoundError(f"optimizer {name!r} does not exist")
         return state

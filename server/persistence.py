@@ -256,10 +256,6 @@ class Persistence:
         rescale's new layout)."""
         checkpoint.remove(path)
 
-    def reset(self) -> None:
-        """Empty the service (a rescale's server, before it imports)."""
-        self._reset()
-
     def _check_owner(self, what: str, saved_as: tuple[int, int]) -> None:
         """Refuse state written by another server of the cluster (or another
         cluster size): it holds other rows."""
@@ -307,7 +303,7 @@ class Persistence:
             except CheckpointError as e:
                 problem = str(e)
         if problem is not None:
-            self._reset()
+            self.reset()
             raise CheckpointError(
                 f"the newest checkpoint {newest} is damaged ({why}), and the one "
                 f"before it, {info.path}, cannot stand in for it: {problem}. Move "
@@ -348,7 +344,7 @@ class Persistence:
                 self.store, reader, self.owner.server_index, self.owner.num_servers
             )
         except (CheckpointError, KeyError, TypeError, ValueError) as e:
-            self._reset()
+            self.reset()
             raise _DamagedCheckpointError(
                 str(e) if isinstance(e, CheckpointError) else f"inconsistent: {e!r}"
             ) from None
@@ -360,7 +356,7 @@ class Persistence:
         try:
             self.memory.reserve(tables, f"the tables of checkpoint {path}")
         except ResourceExhaustedError as e:
-            self._reset()
+            self.reset()
             raise CheckpointError(str(e)) from None
         self.optimizers.restore(optimizers)
         self.ledger.restore(ledger)
@@ -376,8 +372,9 @@ class Persistence:
         self.last = info
         return info
 
-    def _reset(self) -> None:
-        """Empty the service again after a restore that failed part way."""
+    def reset(self) -> None:
+        """Empty the service: after a restore that failed part way, or on a
+        rescale's server before it imports."""
         self.store.clear()
         self.optimizers.restore({})
         self.ledger.restore({"clients": {}, "forgotten": 0})

@@ -158,7 +158,7 @@ class ServerRescale:
                 service.gate.open()
                 raise
             service.persistence.paused = True
-            old = (service.settings.server_index, service.settings.num_servers)
+            old = service.layout
             self.files.write(
                 PENDING_FILE,
                 {

@@ -193,7 +193,7 @@ class ServerProcess:
         self.service.journal.on_stop.append(lambda reason: self.grpc.set_ready(False))
         self.ready = True
         self.grpc.set_ready(self.service.writes_stopped is None)
-        index, count = self.service.config_now
+        index, count = self.service.layout
         standing = self.service.rescale.standing.state
         print(
             f"adamax-ps serving grpc={config.host}:{self.grpc.port} "

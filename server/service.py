@@ -212,10 +212,9 @@ class ParameterService(OptimizerMethods, TableMethods):
         of servers)``, differs from this server's. A sender that states none
         (grpcurl, curl) is refused too, unless this server is alone."""
         self.rescale.check_view(view)
-        settings = self.settings
-        mine = (settings.server_index, settings.num_servers)
+        mine = self.layout
         if view is None:
-            if settings.num_servers == 1:
+            if mine[1] == 1:
                 return
             raise FailedPreconditionError(
                 f"this server is {mine[0]} of {mine[1]}: a change must say which "
@@ -396,10 +395,11 @@ class ParameterService(OptimizerMethods, TableMethods):
     def journal_claim(self) -> None:
         """Record this layout as the write-ahead log's owner (a rescale's commit)."""
         if self.journal.enabled:
-            self.journal.claim(*self.config_now, overwrite=True)
+            self.journal.claim(*self.layout, overwrite=True)
 
     @property
-    def config_now(self) -> tuple[int, int]:
+    def layout(self) -> tuple[int, int]:
+        """This server's place now: (server index, number of servers)."""
         return self.settings.server_index, self.settings.num_servers
 
     def import_cut(

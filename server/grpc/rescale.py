@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from adamax_ps.proto.v1 import parameter_server_pb2 as pb
 from adamax_ps.server.errors import InvalidArgumentError, NotFoundError
 from adamax_ps.server.grpc.handlers import server_streaming, unary
-from adamax_ps.server.rescale import Standing
+from adamax_ps.server.rescale import FREEZE_TIMEOUT, Standing
 from adamax_ps.server.service import ParameterService
 
 FILE_CHUNK = 1 << 20  # bytes per message of ReadCheckpointFile
@@ -28,7 +28,7 @@ class RescaleRpcs:
         if phase == Phase.STATUS:
             standing = rescale.standing
         elif phase == Phase.FREEZE:
-            standing = rescale.freeze(rid, request.timeout_seconds or 60.0)
+            standing = rescale.freeze(rid, request.timeout_seconds or FREEZE_TIMEOUT)
         elif phase == Phase.ADOPT:
             standing = rescale.adopt(
                 rid,
