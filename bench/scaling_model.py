@@ -278,15 +278,17 @@ def checkpoint_restore(folder: Path, gigabytes: float, rows: int, rounds: int) -
 
 
 def count_reads(nbytes: dict) -> Callable[[], object]:
-    """Count into ``nbytes`` (by kind) the bytes ``CheckpointReader`` reads: a
-    whole array even for part of it (its crc32). Returns the undo."""
+    """Count into ``nbytes`` (by kind) the bytes ``CheckpointReader`` reads
+    and checks: the chunks holding the rows wanted (whole chunks, for their
+    crc32s). Returns the undo."""
     saved = {m: getattr(CheckpointReader, m) for m in ("read_into", "read_ranges")}
     for name, method in saved.items():
 
         def read(reader, entry, targets, method=method):
             kind = "table" if entry.get("kind") == "table" else "variables"
-            nbytes[kind] = nbytes.get(kind, 0) + entry["nbytes"]
-            return method(reader, entry, targets)
+            before = reader.bytes_read
+            method(reader, entry, targets)
+            nbytes[kind] = nbytes.get(kind, 0) + reader.bytes_read - before
 
         setattr(CheckpointReader, name, read)
     return lambda: [setattr(CheckpointReader, *item) for item in saved.items()]

@@ -15,8 +15,11 @@ good one untouched. Readers take the highest-numbered complete folder and check
 every byte against its crc32: a mismatch, a short file or an unknown format
 version is a ``CheckpointError`` naming the file, never silent garbage.
 
-Arrays are written straight from their memory (no copy) in chunks, the crc32
-of each chunk computed on a second thread while the next is written.
+Arrays are written straight from their memory (no copy) in 16 MiB chunks,
+each chunk's crc32 computed on a second thread while the next is written.
+Checking by chunk lets a reader that wants some rows of an array (a server
+of a resized cluster, ``cut_import``) read and check only the chunks holding
+them. Version 1 checkpoints (one crc32 per array) are still read, whole.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from adamax_ps.server.durable import fsync_dir, make_dirs
 from adamax_ps.server.errors import CheckpointError
 
 FORMAT = "adamax-ps-checkpoint"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)  # the format versions this code reads
 ALIGN = 64
 CHUNK = 16 << 20
 _NAME = re.compile(r"^ckpt-(\d+)$")
@@ -51,7 +55,8 @@ def _bytes(array: np.ndarray) -> memoryview:
 
 
 class DataFile:
-    """One ``.bin`` file being written: arrays appended, each with its crc32."""
+    """One ``.bin`` file being written: arrays appended, each with the crc32
+    of each of its chunks."""
 
     def __init__(self, path: Path, pool: ThreadPoolExecutor) -> None:
         self.name = path.name
@@ -60,22 +65,22 @@ class DataFile:
         self._offset = 0
 
     def write(self, array: np.ndarray) -> dict[str, Any]:
-        """Append one array; returns its entry (file, offset, nbytes, crc32)."""
+        """Append one array; returns its entry (file, offset, nbytes, crc32s)."""
         pad = -self._offset % ALIGN
         if pad:
             self._file.write(b"\0" * pad)
             self._offset += pad
         data = _bytes(array)
-        crc = self._pool.submit(int, 0)
+        crcs = []
         for start in range(0, len(data), CHUNK):
             chunk = data[start : start + CHUNK]
-            crc = self._pool.submit(_chain_crc, crc, chunk)
+            crcs.append(self._pool.submit(zlib.crc32, chunk))
             self._file.write(chunk)
         entry = {
             "file": self.name,
             "offset": self._offset,
             "nbytes": len(data),
-            "crc32": crc.result(),
+            "crc32_chunks": [crc.result() for crc in crcs],
             "dtype": array.dtype.str,
             "shape": list(array.shape),
         }
@@ -90,10 +95,6 @@ class DataFile:
     def sync(self) -> None:
         os.fsync(self._file.fileno())
         self._file.close()
-
-
-def _chain_crc(previous, chunk: memoryview) -> int:
-    return zlib.crc32(chunk, previous.result())
 
 
 class CheckpointWriter:
@@ -226,6 +227,8 @@ class CheckpointReader:
     """Reads and verifies one checkpoint folder (subclasses: another place
     holding the same files, ``checkpoint_remote``)."""
 
+    bytes_read = 0  # bytes of arrays read and checked so far
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._load_manifest()
@@ -243,10 +246,11 @@ class CheckpointReader:
         self.manifest = json.loads(text)
         if self.manifest.get("format") != FORMAT:
             raise CheckpointError(f"{self.path} is not an adamax-ps checkpoint")
-        if self.manifest.get("version") != VERSION:
+        if self.manifest.get("version") not in READS:
             raise CheckpointError(
                 f"checkpoint {self.path} has format version "
-                f"{self.manifest.get('version')!r}; this server reads version {VERSION}"
+                f"{self.manifest.get('version')!r}; this server reads versions "
+                f"{', '.join(map(str, READS))}"
             )
         for name, info in self.manifest["files"].items():
             size = self._size(name)
@@ -285,58 +289,155 @@ class CheckpointReader:
     def read_into(self, entry: dict[str, Any], targets: Iterable[memoryview]) -> None:
         """Read an array's bytes, in order, into consecutive ``targets``.
 
-        The targets' sizes must add up to the array's; the crc32 is checked
-        over all of them.
+        The targets' sizes must add up to the array's; every chunk's crc32 is
+        checked (on a second thread, while the next bytes are read).
         """
         total = 0
         with ThreadPoolExecutor(1, thread_name_prefix="crc32") as pool:
-            crc = pool.submit(int, 0)
+            check = _Checksums(self, entry, 0, pool)
             with self._open(entry["file"], entry["offset"], entry["nbytes"]) as f:
                 for target in targets:
-                    for start in range(0, len(target), CHUNK):
-                        view = target[start : start + CHUNK]
+                    start = 0
+                    while start < len(target):
+                        view = target[start : start + check.piece(len(target) - start)]
                         if f.readinto(view) != len(view):
                             raise CheckpointError(
                                 f"{self.path}: {entry['file']} is short"
                             )
-                        crc = pool.submit(_chain_crc, crc, view)
+                        check.feed(view)
+                        start += len(view)
                     total += len(target)
-            crc = crc.result()
-        if total != entry["nbytes"] or crc != entry["crc32"]:
-            raise CheckpointError(
-                f"checkpoint {self.path}: {entry['file']} bytes "
-                f"{entry['offset']}..{entry['offset'] + entry['nbytes']} fail their "
-                "checksum (corrupt)"
-            )
+            if total != entry["nbytes"]:
+                raise CheckpointError(
+                    f"{self.path}: {entry['file']}: targets of {total} bytes for "
+                    f"an array of {entry['nbytes']}"
+                )
+            check.finish(total)
 
     def read_ranges(
         self, entry: dict[str, Any], ranges: Iterable[tuple[int, memoryview]]
     ) -> None:
         """Copy byte ranges of an array (``(offset in the array, target)``,
-        non-overlapping) into their targets in one pass over its bytes, the
-        crc32 checked over all of them: what a resized cluster's server takes
-        of another server's saved array (memory: one chunk, not the array)."""
+        non-overlapping) into their targets, reading and checking only the
+        chunks that hold them (a version 1 array: all of it, its one crc32
+        covers it whole): what a resized cluster's server takes of another
+        server's saved array. A chunk inside one target is read straight
+        into it; the others pass through one chunk of memory."""
         wanted = sorted(ranges, key=lambda r: r[0])
-        total, crc = entry["nbytes"], 0
-        buffer = bytearray(min(CHUNK, max(total, 1)))
-        with self._open(entry["file"], entry["offset"], total) as f:
-            position = 0
-            while position < total:
-                view = memoryview(buffer)[: min(CHUNK, total - position)]
-                if f.readinto(view) != len(view):
-                    raise CheckpointError(f"{self.path}: {entry['file']} is short")
-                crc = zlib.crc32(view, crc)
-                end = position + len(view)
-                for start, target in wanted:
-                    lo, hi = max(start, position), min(start + len(target), end)
-                    if hi > lo:
-                        target[lo - start : hi - start] = view[
-                            lo - position : hi - position
-                        ]
-                position = end
-        if crc != entry["crc32"]:
+        total = entry["nbytes"]
+        size = CHUNK if "crc32_chunks" in entry else max(total, 1)
+        needed = sorted(
+            {
+                index
+                for start, target in wanted
+                if len(target)
+                for index in range(start // size, (start + len(target) - 1) // size + 1)
+            }
+        )
+        buffer = None
+        for first, last in _runs(needed):
+            begin, end = first * size, min((last + 1) * size, total)
+            check = _Checksums(self, entry, begin)
+            with self._open(entry["file"], entry["offset"] + begin, end - begin) as f:
+                position = begin
+                while position < end:
+                    stop = position + check.piece(end - position)
+                    view = direct = _inside(wanted, position, stop)
+                    if direct is None:
+                        buffer = buffer or bytearray(CHUNK)
+                        view = memoryview(buffer)[: stop - position]
+                    if f.readinto(view) != len(view):
+                        raise CheckpointError(f"{self.path}: {entry['file']} is short")
+                    check.feed(view)
+                    if direct is None:
+                        _scatter(wanted, position, view)
+                    position = stop
+            check.finish(end - begin)
+
+
+class _Checksums:
+    """Checks an array's bytes, fed in order from byte ``start`` (a chunk's
+    first), against the crc32 of each chunk (version 1: of the whole array).
+    With a ``pool``, crc32s run on its thread (the views must stay intact
+    until ``finish``); without, at once (the caller may reuse a view)."""
+
+    def __init__(
+        self,
+        reader: CheckpointReader,
+        entry: dict[str, Any],
+        start: int,
+        pool: ThreadPoolExecutor | None = None,
+    ) -> None:
+        self.reader, self.entry, self.pool = reader, entry, pool
+        self.chunks = entry.get("crc32_chunks")
+        self.size = CHUNK if self.chunks is not None else max(entry["nbytes"], 1)
+        self.position = start
+        self.crc: Any = 0
+        self.done: list[tuple[int, Any]] = []
+
+    def piece(self, left: int) -> int:
+        """How many of ``left`` bytes to read next: at most ``CHUNK``, never
+        past the current chunk's end."""
+        return min(left, CHUNK, self.size - self.position % self.size)
+
+    def feed(self, view: memoryview) -> None:
+        if self.pool is None:
+            self.crc = zlib.crc32(view, self.crc)
+        else:
+            previous = self.crc if not isinstance(self.crc, int) else None
+            self.crc = self.pool.submit(_chain_crc, previous, view)
+        self.position += len(view)
+        if self.position % self.size == 0 or self.position == self.entry["nbytes"]:
+            self.done.append(((self.position - 1) // self.size, self.crc))
+            self.crc = 0
+
+    def finish(self, nbytes: int) -> None:
+        """Every chunk fed was whole and matches; ``nbytes`` were read."""
+        entry = self.entry
+        self.reader.bytes_read += nbytes
+        expected = self.chunks if self.chunks is not None else [entry.get("crc32")]
+        bad = self.position % self.size and self.position != entry["nbytes"]
+        for index, crc in self.done:
+            found = crc if isinstance(crc, int) else crc.result()
+            bad = bad or index >= len(expected) or found != expected[index]
+        if bad:
             raise CheckpointError(
-                f"checkpoint {self.path}: {entry['file']} bytes "
-                f"{entry['offset']}..{entry['offset'] + total} fail their checksum "
-                "(corrupt)"
+                f"checkpoint {self.reader.path}: {entry['file']} bytes "
+                f"{entry['offset']}..{entry['offset'] + entry['nbytes']} fail their "
+                "checksum (corrupt)"
             )
+
+
+def _chain_crc(previous, chunk: memoryview) -> int:
+    return zlib.crc32(chunk, previous.result() if previous is not None else 0)
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Consecutive runs of sorted ``indices``, as (first, last)."""
+    runs: list[tuple[int, int]] = []
+    for index in indices:
+        if runs and runs[-1][1] == index - 1:
+            runs[-1] = (runs[-1][0], index)
+        else:
+            runs.append((index, index))
+    return runs
+
+
+def _inside(
+    wanted: list[tuple[int, memoryview]], lo: int, hi: int
+) -> memoryview | None:
+    """The part of one target that bytes ``lo..hi`` of the array fill
+    wholly, if one does."""
+    for start, target in wanted:
+        if start <= lo and hi <= start + len(target):
+            return target[lo - start : hi - start]
+    return None
+
+
+def _scatter(wanted: list[tuple[int, memoryview]], at: int, view: memoryview) -> None:
+    """Copy ``view`` (bytes from ``at`` of the array) into the targets it meets."""
+    end = at + len(view)
+    for start, target in wanted:
+        lo, hi = max(start, at), min(start + len(target), end)
+        if hi > lo:
+            target[lo - start : hi - start] = view[lo - at : hi - at]
