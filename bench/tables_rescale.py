@@ -53,6 +53,8 @@ def parts(sample: dict) -> dict[str, float]:
             "online_floor": base["write"] + base["read"],
             "online_ratio": on["pause"] / (base["write"] + base["read"]),
         }
+        if "settle" in on:  # after the pause, from results that have it
+            online.update(online_settle=on["settle"], online_release=on["release"])
     return {
         **online,
         "pause": sample["pause"],
@@ -90,6 +92,13 @@ ONLINE = [
     ("- freeze: the old servers' changes drained, their cuts written", "online_freeze"),
     ("- adopt: each new server's import and new-layout checkpoint", "online_adopt"),
     ("- commit: each server's layout recorded, serving", "online_commit"),
+]
+SETTLED = [  # after the pause (results from before it lack them)
+    (
+        "after the pause, workers pushing: settle (the new layout's first checkpoints)",
+        "online_settle",
+    ),
+    ("- release (every server lets go of its cut)", "online_release"),
 ]
 ROWS = [
     ("**offline: SIGTERM to the old servers until every new one is ready**", "pause"),
@@ -130,9 +139,13 @@ def rescale(doc: dict) -> str:
         "|---|---:|---:|---:|",
     ]
     for label, key in ONLINE if "online_pause" in fig else ():
+        if key == "online_adopt" and "online_settle" in fig:
+            label = "- adopt: each new server's import of its rows"
         lines.append(
             f"| {label} | {_span(fig[key])} | {_percent(fig[f'{key}_share'])} | |"
         )
+    for label, key in SETTLED if "online_settle" in fig else ():
+        lines.append(f"| {label} | {_span(fig[key])} | | |")
     for label, key in ROWS:
         if key == "pause" and "online_pause" not in fig:  # results from before
             label = (
@@ -278,9 +291,17 @@ def headline_text(doc: dict) -> str:
             f"floor measured around it ({_span(fig['online_floor'], 1)} s); it "
             f"{'meets' if on['median'] <= GOAL else 'misses'} the goal of "
             f"{GOAL:g}x. Freeze (the cuts) {_span(fig['online_freeze'], 1)} s, "
-            f"adopt (imports and the new layout's checkpoints) "
-            f"{_span(fig['online_adopt'], 1)} s, commit "
-            f"{_span(fig['online_commit'], 2)} s. Offline, for comparison: "
+            + (
+                f"adopt (the imports) {_span(fig['online_adopt'], 1)} s, commit "
+                f"{_span(fig['online_commit'], 2)} s; after the pause, the new "
+                f"layout's first checkpoints took {_span(fig['online_settle'], 1)} "
+                "s while workers could push. "
+                if "online_settle" in fig
+                else f"adopt (imports and the new layout's checkpoints) "
+                f"{_span(fig['online_adopt'], 1)} s, commit "
+                f"{_span(fig['online_commit'], 2)} s. "
+            )
+            + "Offline, for comparison: "
         )
         return online + _offline(doc, fig, lay, ratio, verdict)
     return "Headline: " + _offline(doc, fig, lay, ratio, verdict)

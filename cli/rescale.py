@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     phases = " ".join(f"{k}={v:.2f}s" for k, v in report.seconds.items())
     print(
         f"rescale {report.rescale_id}: {report.old_servers} -> {report.new_servers} "
-        f"servers ({phases}); the cluster is {','.join(report.addresses)}"
+        f"servers ({phases}; paused {report.paused:.2f}s); the cluster is "
+        f"{','.join(report.addresses)}"
     )
     return 0

@@ -99,9 +99,15 @@ def follow(
                 log.info("the cluster was rescaled: now %s", ",".join(addresses))
                 cluster.relayout(addresses)
                 return True
-            # The rescale ended (or was aborted) in the same layout; else a
-            # view mismatch that no rescale explains.
-            return isinstance(met, errors.RescalingError)
+            # The rescale ended (or was aborted) in the same layout, or
+            # another server is still rebuilding its state: try again soon;
+            # else a view mismatch that no rescale explains.
+            if not isinstance(met, errors.RescalingError):
+                return False
+            if time.monotonic() + delay > deadline:
+                return False
+            time.sleep(delay)
+            return True
         if time.monotonic() + delay > deadline:
             return False
         time.sleep(delay)

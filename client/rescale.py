@@ -4,9 +4,12 @@
 ``server/rescale.py``: FREEZE every server of the old cluster (workers'
 changes wait; the cut is written), ADOPT on every server of the new one
 (each takes its rows of the cut), COMMIT everywhere (the new layout serves;
-servers left out retire). A failure before any commit ABORTs everywhere:
-the old layout serves again, as it was. Run again after a crash, it finishes
-the pending rescale (or, ``abort=True``, undoes it).
+servers left out retire): the pause ends there. Then, while workers push,
+SETTLE on every new server (its first checkpoint of the new layout) and
+RELEASE everywhere (no server needs the cuts any more). A failure before
+any commit ABORTs everywhere: the old layout serves again, as it was. Run
+again after a crash, it finishes the rescale (or, ``abort=True``, undoes a
+pending one).
 
 ``addresses`` are the old cluster's servers in server order, then any spares
 (servers started beyond their cluster, waiting to be taken in). The new
@@ -49,7 +52,7 @@ class RescaleReport:
     @property
     def paused(self) -> float:
         """How long changes were refused: freeze to commit."""
-        return sum(self.seconds.values())
+        return sum(self.seconds.get(p, 0.0) for p in ("freeze", "adopt", "commit"))
 
 
 class _Servers:
@@ -96,7 +99,7 @@ def rescale(
 ) -> RescaleReport:
     """Rescale the cluster at ``addresses`` to ``to`` servers (see above);
     with ``abort``, undo a pending rescale instead. ``progress(phase)`` is
-    called as each phase ends: frozen, adopted, committed."""
+    called as each phase ends: frozen, adopted, committed, settled, released."""
     addresses = parse_addresses(addresses)
     if any(not a.startswith("grpc://") for a in addresses):
         raise ValueError("a rescale talks to the servers over gRPC: grpc://host:port")
@@ -124,14 +127,14 @@ def _drive(
     everyone = range(len(servers.addresses))
     statuses = servers.each(everyone, lambda i: {"phase": Phase.STATUS})
     old = _old_size(statuses, servers.addresses)
-    pending = {s.rescale_id for s in statuses if s.state in PENDING}
+    pending = {s.rescale_id for s in statuses if _unfinished(s)}
     if len(pending) > 1:
         raise errors.FailedPreconditionError(
             f"the servers are in different rescales: {sorted(pending)}"
         )
     rid = pending.pop() if pending else None
     if abort:
-        if rid is None:
+        if rid is None or not any(s.state in PENDING for s in statuses):
             raise errors.FailedPreconditionError(
                 "no rescale is pending: nothing to abort"
             )
@@ -174,6 +177,8 @@ def _drive(
             },
         ),
         "commit": (range(max(old, to)), {"addresses": new_addresses}),
+        "settle": (range(to), {}),
+        "release": (everyone, {}),
     }
 
     def run(name: str) -> None:
@@ -185,7 +190,7 @@ def _drive(
             lambda i: {"phase": phase, "rescale_id": rid, "server_index": i, **extra},
         )
         report.seconds[name] = time.perf_counter() - started
-        progress({"freeze": "frozen", "adopt": "adopted", "commit": "committed"}[name])
+        progress(PROGRESS[name])
 
     if not committed:
         try:
@@ -195,7 +200,29 @@ def _drive(
             servers.each(everyone, lambda i: {"phase": Phase.ABORT, "rescale_id": rid})
             raise
     run("commit")
+    run("settle")
+    run("release")
     return report
+
+
+PROGRESS = {
+    "freeze": "frozen",
+    "adopt": "adopted",
+    "commit": "committed",
+    "settle": "settled",
+    "release": "released",
+}
+
+
+def _unfinished(status: pb.RescaleStatus) -> bool:
+    """In a rescale not done yet: pending, or committed and not yet settled
+    and released, or a spare whose adoption a restart lost."""
+    return bool(status.rescale_id) and (
+        status.state in PENDING
+        or status.state == "spare"
+        or status.settling
+        or bool(status.cut_sequence)
+    )
 
 
 def _old_size(statuses: list[pb.RescaleStatus], addresses: list[str]) -> int:

@@ -83,6 +83,8 @@ class Persistence:
         self.last: CheckpointInfo | None = None
         self.protected: frozenset[Path] = frozenset()  # a pending rescale's cut
         self.paused = False  # no periodic checkpoint while a rescale runs
+        # Called with each checkpoint written (a rescale's settle).
+        self.after_checkpoint: Callable[[CheckpointInfo], None] | None = None
         self.replayed = 0  # write-ahead log records replayed at restore
         self._lock = threading.Lock()
         self._sequence = 0
@@ -159,6 +161,8 @@ class Persistence:
             self.journal.prune(before=min(kept, default=segment[0]))
             self.metrics.checkpoint_seconds.observe(info.seconds)
             self.last = info
+            if self.after_checkpoint is not None:
+                self.after_checkpoint(info)
             return info
 
     def start_periodic(
@@ -230,6 +234,14 @@ class Persistence:
         old cluster's checkpoints, one per old server (``cut_import``), then
         checkpoint at once, before anything changes: a crash before that
         checkpoint leaves the folder as it was and the import is made again."""
+        self.import_state(readers, split_bytes)
+        return self.checkpoint()
+
+    def import_state(
+        self, readers: list[checkpoint.CheckpointReader], split_bytes: int
+    ) -> int:
+        """Fill this empty service with what it owns of the old cluster's
+        cut (one reader per old server); returns the bytes it took."""
         if self.store.records() or self.store.table_records():
             raise FailedPreconditionError("importing a cut needs an empty server")
         started = time.perf_counter()
@@ -249,7 +261,27 @@ class Persistence:
             len(readers),
             time.perf_counter() - started,
         )
-        return self.checkpoint()
+        return nbytes
+
+    def rebuild(
+        self,
+        readers: list[checkpoint.CheckpointReader],
+        split_bytes: int,
+        since: int,
+    ) -> int:
+        """A rescaled server's state before its first checkpoint in the new
+        layout: its import of the old cluster's cut, then (``--durability
+        wal``) the log's changes since the commit (segments ``since`` and
+        up). Returns the bytes imported."""
+        if self.journal.log is not None:  # opened by a try that failed
+            self.journal.close()
+            self.journal.log = None
+        nbytes = self.import_state(readers, split_bytes)
+        if self.journal.enabled:
+            owner = self.journal.claim(self.owner.server_index, self.owner.num_servers)
+            self._check_owner(f"write-ahead log {self.journal.folder}", owner)
+            self.replayed = self.journal.replay(self.replayer, since)
+        return nbytes
 
     def discard(self, path: Path) -> None:
         """Remove a checkpoint that must never be restored (an aborted

@@ -5,20 +5,26 @@ The driver takes every server through the phases (idempotent per rescale id):
 - FREEZE (the old cluster's servers): close the change gate (no change
   starts; those in flight finish), write the cut (a checkpoint), and record
   the rescale as pending (``rescale.json``). Reads still see the cut.
-- ADOPT (the new cluster's servers, spares included): empty the state, take
-  this server's rows of every old server's cut (its own from disk, the
-  others' over gRPC, ``checkpoint_remote``), checkpoint them as the new
-  layout, and record that in ``rescale.json``; still pending.
-- COMMIT: ``layout.json`` records the new layout (this server's commit
-  point), and the server serves it; a server left out of the new cluster
-  retires (refuses everything, naming the new cluster).
-- ABORT: back to the old layout from the cut, serving; an adopted new
-  layout's checkpoints are removed.
+- ADOPT (the new cluster's servers, spares included): empty the state and
+  take this server's rows of every old server's cut (its own from disk, the
+  others' over gRPC, ``checkpoint_remote``); still pending. Nothing is
+  written but the record: the adopted state is a function of the cuts.
+- COMMIT: ``layout.json`` records the new layout and where its state comes
+  from (this server's commit point), and the server serves it; a server
+  left out of the new cluster retires (refuses everything, naming the new
+  cluster). Until SETTLE the cuts stand in for the new layout's checkpoint:
+  a restart rebuilds the state from them (and the write-ahead log since the
+  commit), ``rescale_recovery``.
+- SETTLE: the first checkpoint of the new layout (any checkpoint after the
+  commit settles it; the driver asks for one at once, while workers push).
+- RELEASE: once every server settled, each lets go of its cut.
+- ABORT (before any commit): back to the old layout from the cut, serving.
 
 A server restarted while a rescale is pending comes back from its cut, in
-the old layout, frozen: the driver, run again, finishes the rescale (or
-aborts it): after any crash, the old layout or the new, never a mix. A
-worker whose view is old is refused with the new addresses (``check_view``).
+the old layout, frozen (a spare: waiting): the driver, run again, finishes
+the rescale (or aborts it): after any crash, the old layout or the new,
+never a mix. A worker whose view is old is refused with the new addresses
+(``check_view``).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adamax_ps.server import checkpoint
+from adamax_ps.server import checkpoint, rescale_recovery
 from adamax_ps.server.checkpoint_remote import RemoteCheckpointReader
 from adamax_ps.server.errors import (
     ClusterViewError,
@@ -37,6 +43,8 @@ from adamax_ps.server.errors import (
     InvalidArgumentError,
     RescalingError,
 )
+from adamax_ps.server.persistence import CheckpointInfo
+from adamax_ps.server.rescale_cuts import CutMoves
 from adamax_ps.server.rescale_files import (
     LAYOUT_FILE,
     PENDING_FILE,
@@ -50,9 +58,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("adamax_ps.rescale")
 
 FREEZE_TIMEOUT = 60.0
+SETTLE_TIMEOUT = 600.0  # a SETTLE waits this long for a rebuild to end
 
 
-class ServerRescale:
+class ServerRescale(CutMoves):
     """The rescale phases of one service (see the module docstring)."""
 
     def __init__(
@@ -68,7 +77,12 @@ class ServerRescale:
         self.folder = Path(folder) if folder is not None else None
         self.files = RescaleFiles(self.folder)
         self.standing = Standing()
+        self.rebuilt = threading.Event()  # set while no rebuild is under way
+        self.rebuilt.set()
+        self.stopped = threading.Event()  # the service closed: stop rebuilding
         self._lock = threading.Lock()  # one phase at a time
+        self._settle_lock = threading.Lock()
+        service.persistence.after_checkpoint = self._settled_by
 
     # Start --------------------------------------------------------------------------
 
@@ -77,52 +91,9 @@ class ServerRescale:
         return self.files.read(LAYOUT_FILE)
 
     def recover(self) -> None:
-        """At start, before serving: take up the layout this folder committed
-        to (over the flags), or a pending rescale (restored from its cut, in
-        the old layout, frozen), or, a server beyond its cluster, wait as a
-        spare. Restores the state."""
-        service, standing = self.service, self.standing
-        layout = self.committed_layout()
-        pending = self.files.read(PENDING_FILE)
-        if layout is not None:
-            standing.addresses = list(layout.get("addresses", []))
-            standing.rescale_id = layout.get("rescale_id", "")
-            if pending is not None and pending["rescale_id"] == standing.rescale_id:
-                self.files.remove(PENDING_FILE)  # it crashed inside COMMIT
-                pending = None
-            if layout.get("retired"):
-                standing.state = "retired"
-                service.gate.refuse(self._retired_reason())
-                return
-            service.set_layout(layout["server_index"], layout["num_servers"])
-            service.journal_claim()  # layout.json now says whose folder it is
-        if pending is None:
-            if service.settings.server_index >= service.settings.num_servers:
-                standing.state = "spare"
-                return
-            service.restore()
-            return
-        standing.rescale_id = pending["rescale_id"]
-        standing.addresses = list(pending.get("addresses") or [])
-        standing.new = _pair(pending.get("new"))
-        standing.old = _pair(pending.get("old"))
-        if standing.old is None:  # a spare, adopted: adopted again
-            self._reload_adopted(pending)
-            standing.state = "adopted"
-        else:  # a server of the old layout: back to its cut
-            service.set_layout(*standing.old)
-            service.journal_claim()
-            standing.cut_sequence = int(pending["cut_sequence"])
-            service.persistence.protected = frozenset({self._cut_path()})
-            service.restore(only=self._cut_path())
-            standing.state = "frozen"
-        service.gate.refuse(self._frozen_reason())
-        service.persistence.paused = True
-        log.warning(
-            "rescale %s is pending: serving reads of its cut, refusing changes "
-            "until `adamax-ps rescale` finishes or aborts it",
-            standing.rescale_id,
-        )
+        """At start, before serving: take up what the folder records (see
+        ``rescale_recovery``). Restores the state (or starts rebuilding it)."""
+        rescale_recovery.recover(self)
 
     # Phases -------------------------------------------------------------------------
 
@@ -136,15 +107,12 @@ class ServerRescale:
                 "adopted",
             ):
                 return standing
-            if standing.state != "serving":
+            if standing.state != "serving" or standing.cut_sequence:
                 raise FailedPreconditionError(
                     f"cannot freeze for rescale {rescale_id}: this server is "
-                    f"{standing.state}"
-                    + (
-                        f" (rescale {standing.rescale_id})"
-                        if standing.rescale_id
-                        else ""
-                    )
+                    f"{standing.state} in rescale {standing.rescale_id or '-'} "
+                    "(a committed rescale must settle and release first: run "
+                    "`adamax-ps rescale` again)"
                 )
             if self.folder is None:
                 raise FailedPreconditionError(
@@ -195,7 +163,7 @@ class ServerRescale:
         with self._lock:
             if standing.rescale_id == rescale_id and standing.state == "adopted":
                 return standing
-            if standing.state == "spare":
+            if standing.state == "spare" and standing.rescale_id in ("", rescale_id):
                 standing.rescale_id = rescale_id
             elif not (standing.state == "frozen" and standing.rescale_id == rescale_id):
                 raise FailedPreconditionError(
@@ -206,50 +174,28 @@ class ServerRescale:
                 raise FailedPreconditionError(
                     "a rescale needs every server to have a --checkpoint-dir"
                 )
-            readers = self._readers(old_addresses)
-            standing.importing = True  # reads with a view wait (check_view)
-            try:
-                service.persistence.reset()
-                service.set_layout(index, count)
-                if standing.old is None:  # a spare: its log new, opened, empty
-                    service.journal.discard()
-                    service.journal_claim()
-                    service.restore()
-                info = service.persistence.import_cut(
-                    readers, split_bytes or service.settings.cluster_split_bytes
-                )
-            except BaseException:
-                self._back_to_old()
-                raise
-            finally:
-                standing.importing = False
-                for reader in readers:
-                    reader.close()
+            sources = {
+                "old": list(standing.old) if standing.old else None,
+                "old_addresses": list(old_addresses),
+                "split_bytes": split_bytes or service.settings.cluster_split_bytes,
+                "wal_from": self._wal_from(),
+            }
+            self.take(sources, (index, count))
             self.files.write(
                 PENDING_FILE,
                 {
                     "rescale_id": rescale_id,
                     "phase": "adopted",
                     "cut_sequence": standing.cut_sequence,
-                    "old": list(standing.old) if standing.old else None,
+                    "old": sources["old"],
                     "new": [index, count],
-                    "new_sequence": info.sequence,
                     "addresses": list(addresses),
+                    "sources": sources,
                 },
             )
-            protected = {info.path}
-            if standing.old is not None:
-                protected.add(self._cut_path())
-            service.persistence.protected = frozenset(protected)
             standing.state, standing.new = "adopted", (index, count)
             standing.addresses = list(addresses)
-            log.info(
-                "adopted server %d of %d for rescale %s (%d bytes)",
-                index,
-                count,
-                rescale_id,
-                info.nbytes,
-            )
+            log.info("adopted server %d of %d for rescale %s", index, count, rescale_id)
             return standing
 
     def commit(self, rescale_id: str, addresses: list[str]) -> Standing:
@@ -267,22 +213,62 @@ class ServerRescale:
                 raise FailedPreconditionError(
                     f"rescale {rescale_id} is not pending on this server"
                 )
+            layout: dict[str, Any] = {"rescale_id": rescale_id}
+            if standing.cut_sequence:
+                layout["cut_sequence"] = standing.cut_sequence  # kept for peers
             if pending["phase"] == "frozen":  # left out of the new cluster
-                pending["retired"] = True
-                pending["addresses"] = list(addresses)
-            elif standing.state == "frozen":  # restarted since it adopted
-                self._reload_adopted(pending)
-            layout = {
-                "rescale_id": rescale_id,
-                "addresses": list(pending.get("addresses") or addresses),
-            }
-            if pending.get("retired"):
-                layout["retired"] = True
-                layout["num_servers"] = len(addresses)
+                layout.update(retired=True, num_servers=len(addresses))
+                layout["addresses"] = list(addresses)
             else:
+                if standing.state != "adopted":  # restarted since it adopted
+                    self.take(pending["sources"], _pair(pending["new"]))
                 layout["server_index"], layout["num_servers"] = pending["new"]
+                layout["addresses"] = list(pending["addresses"])
+                layout.update(settling=True, sources=pending["sources"])
+                found = checkpoint.checkpoints(self.folder)
+                layout["settles_after"] = found[-1][0] if found else 0
             self.files.write(LAYOUT_FILE, layout)  # the commit point
-            self._finish_commit(pending)
+            self._finish_commit(layout)
+            return standing
+
+    def settle(self, rescale_id: str, timeout: float = SETTLE_TIMEOUT) -> Standing:
+        """Write the new layout's first checkpoint (after its rebuild, if a
+        restart started one): the cuts no longer stand in for it."""
+        _need_id(rescale_id)
+        standing = self.standing
+        if standing.rescale_id != rescale_id or standing.state not in (
+            "serving",
+            "retired",
+        ):
+            raise FailedPreconditionError(
+                f"rescale {rescale_id} is not committed on this server"
+            )
+        if not self.rebuilt.wait(timeout):
+            raise RescalingError(
+                f"this server is still rebuilding its state for rescale {rescale_id}"
+            )
+        if standing.settling:
+            self._settled_by(self.service.persistence.checkpoint())
+        return standing
+
+    def release(self, rescale_id: str) -> Standing:
+        """Let go of the cut: every server of the new layout has settled."""
+        _need_id(rescale_id)
+        standing = self.standing
+        with self._lock:
+            if standing.rescale_id != rescale_id or not standing.cut_sequence:
+                return standing
+            if standing.state not in ("serving", "retired") or standing.settling:
+                raise FailedPreconditionError(
+                    f"rescale {rescale_id} is not settled on this server: release "
+                    "comes after every server's SETTLE"
+                )
+            layout = self.committed_layout() or {}
+            layout.pop("cut_sequence", None)
+            self.files.write(LAYOUT_FILE, layout)
+            standing.cut_sequence = 0
+            self.service.persistence.protected = frozenset()
+            log.info("rescale %s released its cut", rescale_id)
             return standing
 
     def abort(self, rescale_id: str) -> Standing:
@@ -321,8 +307,7 @@ class ServerRescale:
 
     def check_view(self, view: tuple[int, int] | None) -> None:
         """Refuse a change while this server is not serving a layout."""
-        if self.standing.importing:  # the state is being rebuilt
-            raise RescalingError(self._frozen_reason())
+        self.check_reads()
         state = self.standing.state
         if state == "retired":
             raise ClusterViewError(self._retired_reason())
@@ -330,6 +315,15 @@ class ServerRescale:
             raise FailedPreconditionError(
                 "this server is a spare: it holds nothing until `adamax-ps rescale` "
                 "takes it into the cluster"
+            )
+
+    def check_reads(self) -> None:
+        """Refuse any look at the state while it is being rebuilt: it is
+        half there."""
+        if self.standing.importing:
+            raise RescalingError(
+                f"rescale {self.standing.rescale_id}: this server is rebuilding its "
+                "state from the cuts; ask again when it serves"
             )
 
     def moved(self) -> str:
@@ -340,54 +334,27 @@ class ServerRescale:
 
     # Parts ----------------------------------------------------------------------------
 
-    def _readers(self, old_addresses: list[str]) -> list[checkpoint.CheckpointReader]:
-        """One reader per old server's cut: this server's own from its folder."""
+    def _settled_by(self, info: CheckpointInfo) -> None:
+        """A checkpoint of the new layout was written: it is the state's
+        base from now on, no longer the cuts (called after each checkpoint)."""
         standing = self.standing
-        readers: list[checkpoint.CheckpointReader] = []
-        try:
-            for index, address in enumerate(old_addresses):
-                if standing.old is not None and index == standing.old[0]:
-                    readers.append(checkpoint.CheckpointReader(self._cut_path()))
-                else:
-                    readers.append(self.reader(address, 0, self.token))
-        except BaseException:
-            for reader in readers:
-                reader.close()
-            raise
-        return readers
+        with self._settle_lock:
+            if not standing.settling or standing.state != "serving":
+                return
+            layout = self.committed_layout() or {}
+            for key in ("settling", "sources", "settles_after"):
+                layout.pop(key, None)
+            self.files.write(LAYOUT_FILE, layout)
+            standing.settling = False
+            protected = {self.own_cut()} if standing.cut_sequence else set()
+            self.service.persistence.protected = frozenset(protected)
+            log.info(
+                "rescale %s settled: checkpoint %s", standing.rescale_id, info.path
+            )
 
-    def cut_path(self, sequence: int) -> Path:
-        """The checkpoint a peer asks for (0: this rescale's cut)."""
-        if self.folder is None:
-            raise FailedPreconditionError("this server keeps no checkpoints")
-        if sequence == 0:
-            if self.standing.state not in ("frozen", "adopted", "retired") or not (
-                self.standing.cut_sequence
-            ):
-                raise FailedPreconditionError(
-                    "this server is not frozen for a rescale: its cut does not exist"
-                )
-            sequence = self.standing.cut_sequence
-        path = self.folder / f"ckpt-{sequence:06d}"
-        if not path.is_dir():
-            raise FailedPreconditionError(f"checkpoint {sequence} is not here")
-        return path
-
-    def _cut_path(self) -> Path:
-        return self.folder / f"ckpt-{self.standing.cut_sequence:06d}"
-
-    def _reload_adopted(self, pending: dict[str, Any]) -> None:
-        service = self.service
-        service.persistence.reset()
-        service.set_layout(*pending["new"])
-        service.journal_claim()
-        path = self.folder / f"ckpt-{int(pending['new_sequence']):06d}"
-        service.restore(only=path)
-
-    def _finish_commit(self, pending: dict[str, Any]) -> None:
+    def _finish_commit(self, layout: dict[str, Any]) -> None:
         service, standing = self.service, self.standing
-        layout = self.files.read(LAYOUT_FILE) or {}
-        standing.rescale_id = pending["rescale_id"]
+        standing.rescale_id = layout["rescale_id"]
         standing.addresses = list(layout.get("addresses", []))
         if layout.get("retired"):
             service.persistence.reset()
@@ -396,30 +363,11 @@ class ServerRescale:
         else:
             service.journal_claim()
             standing.state = "serving"
+            standing.settling = bool(layout.get("settling"))
             self._thaw()
         self.files.remove(PENDING_FILE)
-        service.persistence.protected = frozenset()
         standing.old = standing.new = None
-        standing.cut_sequence = 0
         log.info("rescale %s committed: %s", standing.rescale_id, standing.state)
-
-    def _back_to_old(self, drop_newer: bool = False) -> None:
-        """Reload the cut in the old layout (a spare: empty again)."""
-        service, standing = self.service, self.standing
-        service.persistence.reset()
-        if drop_newer and self.folder is not None:
-            for sequence, path in checkpoint.checkpoints(self.folder):
-                if sequence > standing.cut_sequence:
-                    service.persistence.discard(path)
-        if standing.old is None:
-            index, count = service.config_layout
-            service.set_layout(index, count)
-            return
-        service.set_layout(*standing.old)
-        service.journal_claim()
-        service.restore(only=self._cut_path())
-        standing.state = "frozen"
-        standing.new = None
 
     def _retired_reason(self) -> str:
         return (

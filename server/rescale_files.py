@@ -31,7 +31,8 @@ class Standing:
     cut_sequence: int = 0
     old: tuple[int, int] | None = None  # the layout frozen (index, servers)
     new: tuple[int, int] | None = None  # the layout adopted
-    importing: bool = False  # an adoption is rebuilding the state
+    importing: bool = False  # an adoption (or a rebuild) is filling the state
+    settling: bool = False  # committed; the cuts stand in for a checkpoint
 
 
 class RescaleFiles:

@@ -110,8 +110,13 @@ class ServerProcess:
             if config.checkpoint_dir:
                 self.service.rescale.recover()  # restores, in its layout
             restored = self.service.last_checkpoint
-            standing = self.service.rescale.standing.state
-            if config.restore_from and self.service.empty and standing == "serving":
+            standing = self.service.rescale.standing
+            if (
+                config.restore_from
+                and self.service.empty
+                and standing.state == "serving"
+                and not standing.importing  # rebuilding from a rescale's cuts
+            ):
                 restored = self.service.import_cut(
                     [Path(p) for p in config.restore_from.split(",") if p.strip()],
                     config.cluster_split_bytes,
@@ -214,8 +219,8 @@ class ServerProcess:
         standing = self.service.rescale.standing.state
         if stopped is not None:
             log.error("no final checkpoint: %s", stopped)
-        elif standing != "serving":
-            log.info("no final checkpoint: this server is %s", standing)
+        elif standing != "serving" or self.service.rescale.standing.importing:
+            log.info("no final checkpoint: this server is %s (not whole)", standing)
         elif self.config.checkpoint_dir:
             started = time.perf_counter()
             info = self.service.checkpoint()

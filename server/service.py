@@ -424,7 +424,8 @@ class ParameterService(OptimizerMethods, TableMethods):
         self.evictor.start()
 
     def close(self) -> None:
-        """Stop periodic checkpoints, eviction and the shard threads."""
+        """Stop periodic checkpoints, eviction, a rebuild and the shard threads."""
+        self.rescale.stopped.set()
         self.evictor.stop()
         self._persistence.stop()
         self.journal.close()

@@ -133,6 +133,8 @@ def test_a_worker_pushing_through_two_rescales_ends_bit_identical(tmp_path, dura
             progress=lambda phase: phase == "frozen" and frozen[1].set(),
         )
         assert report.addresses == [servers[0].grpc_address]
+        assert set(report.seconds) == {"freeze", "adopt", "commit", "settle", "release"}
+        assert report.paused < sum(report.seconds.values())
         worker.join(120)
         assert worker.error is None, worker.error
         assert worker.followed == [3, 1]
@@ -149,6 +151,9 @@ def test_a_worker_pushing_through_two_rescales_ends_bit_identical(tmp_path, dura
             timeout=30,
         )
         assert answer.status_code == 409 and "left the cluster" in answer.text
+        # Settled and released: no server keeps a cut, or needs one.
+        statuses = _statuses(everyone.split(","))
+        assert [(s.settling, s.cut_sequence) for s in statuses] == [(False, 0)] * 3
         if durability == "wal":  # killed: only the folders and the log remain
             servers = _crash_and_restart(servers)
             assert _states(everyone.split(",")) == ["serving", "retired", "retired"]
@@ -180,8 +185,8 @@ def test_a_crash_in_the_middle_leaves_one_layout_and_the_command_finishes_it(
 ):
     """The driver dies after the old servers froze and two of the three new
     ones adopted; every server is then killed. Restarted, the old layout
-    serves reads of the cut (complete) and refuses changes; the spare holds
-    its adoption, pending.
+    serves reads of the cut (complete) and refuses changes; the spare waits
+    again (its adoption, never written, is made again from the cuts).
     ``adamax-ps rescale --abort`` undoes it (the old layout takes pushes);
     a second crash, after server 0 alone committed, leaves server 0 on the
     new layout and the others pending until the command is run again, which
@@ -217,7 +222,7 @@ def test_a_crash_in_the_middle_leaves_one_layout_and_the_command_finishes_it(
         finally:
             driver.close()
         servers = _crash_and_restart(servers)
-        assert _states(new) == ["frozen", "frozen", "adopted"]
+        assert _states(new) == ["frozen", "frozen", "spare"]
         assert state(addresses(servers[:2])) == before  # the old layout, whole
         with (
             pytest.raises(errors.RescalingError),
@@ -253,7 +258,7 @@ def test_a_crash_in_the_middle_leaves_one_layout_and_the_command_finishes_it(
         finally:
             driver.close()
         servers = _crash_and_restart(servers)
-        assert _states(new) == ["serving", "frozen", "adopted"]
+        assert _states(new) == ["serving", "frozen", "spare"]
         refused = _cli("--to", "2", "--address", everyone, expect=2)
         assert "rescale r2 is pending to 3 servers" in refused
         _cli("--to", "3", "--address", everyone)
@@ -275,14 +280,88 @@ def _crash_and_restart(servers: list[Server]) -> list[Server]:
     return [pinned(server).start() for server in servers]
 
 
-def _states(addresses_: list[str]) -> list[str]:
+def _statuses(addresses_: list[str]) -> list[pb.RescaleStatus]:
     driver = _Servers(addresses_, None)
     try:
-        return [
-            driver.call(i, phase=Phase.STATUS).state for i in range(len(addresses_))
-        ]
+        return [driver.call(i, phase=Phase.STATUS) for i in range(len(addresses_))]
     finally:
         driver.close()
+
+
+def _states(addresses_: list[str]) -> list[str]:
+    return [status.state for status in _statuses(addresses_)]
+
+
+@pytest.mark.slow
+def test_a_crash_before_the_new_layout_settles_rebuilds_it_from_the_cuts(tmp_path):
+    """Every server committed the new layout, and the worker pushed on it,
+    but none has a checkpoint of it yet (the driver died before SETTLE):
+    every server is killed, then started again in reverse order (a new
+    server whose old peers are not up yet waits for them). Each rebuilds its
+    state from the old servers' cuts and replays its log since the commit:
+    the new layout, whole, bit-identical to one server; the command, run
+    again, settles and releases it."""
+    expected = expected_after(tmp_path, 3 * STEPS)
+    mode = ("--durability", "wal")
+    servers = cluster_of(2, tmp_path / "c", *mode)
+    servers.append(spare(tmp_path / "c", 2, 2, *mode))
+    everyone = addresses(servers)
+    new = [s.grpc_address for s in servers]
+    try:
+        with connect(addresses(servers[:2])) as cluster:
+            model = Model.on(cluster)
+            for step in range(STEPS):
+                model.step(step)
+        driver = _Servers(new, None)
+        try:
+            for i in (0, 1):
+                _phase(driver, i, Phase.FREEZE, "r")
+            for i in (0, 1, 2):
+                adopt = dict(server_index=i, num_servers=3, addresses=new)
+                _phase(driver, i, Phase.ADOPT, "r", old_addresses=new[:2], **adopt)
+            for i in (0, 1, 2):
+                _phase(driver, i, Phase.COMMIT, "r", addresses=new)
+        finally:
+            driver.close()
+        with connect(everyone) as cluster:
+            model = Model.on(cluster)
+            for step in range(STEPS, 2 * STEPS):
+                model.step(step)
+        statuses = _statuses(new)
+        assert [s.settling for s in statuses] == [True] * 3
+        for server in servers:
+            server.kill()
+        servers = [pinned(server).start() for server in reversed(servers)][::-1]
+        with connect(everyone) as cluster:  # waits while they rebuild
+            cluster.rescale_wait = 120
+            model = Model.on(cluster)
+            for step in range(2 * STEPS, 3 * STEPS):
+                model.step(step)
+        assert state(everyone) == expected
+        rebuilt = [s.log.read_text().count("rebuilt") for s in servers]
+        assert rebuilt == [1, 1, 1], rebuilt
+        assert "trying again" in servers[2].log.read_text()  # server 1 was down
+        # Server 2 settles, then a crash before its record says so (the
+        # record put back as it was): restarted, it restores its checkpoint.
+        record = tmp_path / "c" / "server-2" / "layout.json"
+        unsettled = record.read_bytes()
+        driver = _Servers(new, None)
+        try:
+            assert _phase(driver, 2, Phase.SETTLE, "r").settling is False
+        finally:
+            driver.close()
+        servers[2].kill()
+        record.write_bytes(unsettled)
+        servers[2] = pinned(servers[2]).start()
+        assert state(everyone) == expected
+        assert servers[2].log.read_text().count("rebuilt") == 1  # not again
+        _cli("--to", "3", "--address", everyone)
+        statuses = _statuses(new)
+        assert [(s.settling, s.cut_sequence) for s in statuses] == [(False, 0)] * 3
+        assert state(everyone) == expected
+    finally:
+        for server in servers:
+            server.stop()
 
 
 def _cli(*args: str, expect: int = 0) -> str:

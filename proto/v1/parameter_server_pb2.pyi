@@ -396,12 +396,16 @@ class RescaleRequest(_message.Message):
         ADOPT: _ClassVar[RescaleRequest.Phase]
         COMMIT: _ClassVar[RescaleRequest.Phase]
         ABORT: _ClassVar[RescaleRequest.Phase]
+        SETTLE: _ClassVar[RescaleRequest.Phase]
+        RELEASE: _ClassVar[RescaleRequest.Phase]
     PHASE_UNSPECIFIED: RescaleRequest.Phase
     STATUS: RescaleRequest.Phase
     FREEZE: RescaleRequest.Phase
     ADOPT: RescaleRequest.Phase
     COMMIT: RescaleRequest.Phase
     ABORT: RescaleRequest.Phase
+    SETTLE: RescaleRequest.Phase
+    RELEASE: RescaleRequest.Phase
     PHASE_FIELD_NUMBER: _ClassVar[int]
     RESCALE_ID_FIELD_NUMBER: _ClassVar[int]
     SERVER_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -421,7 +425,7 @@ class RescaleRequest(_message.Message):
     def __init__(self, phase: _Optional[_Union[RescaleRequest.Phase, str]] = ..., rescale_id: _Optional[str] = ..., server_index: _Optional[int] = ..., num_servers: _Optional[int] = ..., addresses: _Optional[_Iterable[str]] = ..., old_addresses: _Optional[_Iterable[str]] = ..., split_bytes: _Optional[int] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
 
 class RescaleStatus(_message.Message):
-    __slots__ = ("rescale_id", "state", "server_index", "num_servers", "cut_sequence", "addresses", "old_num_servers")
+    __slots__ = ("rescale_id", "state", "server_index", "num_servers", "cut_sequence", "addresses", "old_num_servers", "settling", "rebuilding")
     RESCALE_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SERVER_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -429,6 +433,8 @@ class RescaleStatus(_message.Message):
     CUT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     OLD_NUM_SERVERS_FIELD_NUMBER: _ClassVar[int]
+    SETTLING_FIELD_NUMBER: _ClassVar[int]
+    REBUILDING_FIELD_NUMBER: _ClassVar[int]
     rescale_id: str
     state: str
     server_index: int
@@ -436,7 +442,9 @@ class RescaleStatus(_message.Message):
     cut_sequence: int
     addresses: _containers.RepeatedScalarFieldContainer[str]
     old_num_servers: int
-    def __init__(self, rescale_id: _Optional[str] = ..., state: _Optional[str] = ..., server_index: _Optional[int] = ..., num_servers: _Optional[int] = ..., cut_sequence: _Optional[int] = ..., addresses: _Optional[_Iterable[str]] = ..., old_num_servers: _Optional[int] = ...) -> None: ...
+    settling: bool
+    rebuilding: bool
+    def __init__(self, rescale_id: _Optional[str] = ..., state: _Optional[str] = ..., server_index: _Optional[int] = ..., num_servers: _Optional[int] = ..., cut_sequence: _Optional[int] = ..., addresses: _Optional[_Iterable[str]] = ..., old_num_servers: _Optional[int] = ..., settling: _Optional[bool] = ..., rebuilding: _Optional[bool] = ...) -> None: ...
 
 class CheckpointFileRequest(_message.Message):
     __slots__ = ("sequence", "file", "offset", "length")

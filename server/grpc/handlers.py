@@ -25,6 +25,10 @@ from adamax_ps.server.errors import ParameterServerError, ResourceExhaustedError
 
 log = logging.getLogger("adamax_ps.grpc")
 
+# Answered while a rescale rebuilds this server's state (every other call is
+# RescalingError then): its place, the driver, and peers reading its cut.
+WHILE_REBUILDING = frozenset({"GetServerInfo", "Rescale", "ReadCheckpointFile"})
+
 
 @contextmanager
 def mapped(context: grpc.ServicerContext, method: str) -> Iterator[None]:
@@ -60,6 +64,8 @@ def unary(method: Callable) -> Callable:
         self.service.metrics.requests.labels("grpc", method.__name__).inc()
         with mapped(context, method.__name__):
             check_parsed(request)
+            if method.__name__ not in WHILE_REBUILDING:
+                self.service.rescale.check_reads()
             return method(self, request, context)
 
     return handler
@@ -74,6 +80,8 @@ def server_streaming(method: Callable) -> Callable:
         self.service.metrics.requests.labels("grpc", method.__name__).inc()
         with mapped(context, method.__name__):
             check_parsed(request)
+            if method.__name__ not in WHILE_REBUILDING:
+                self.service.rescale.check_reads()
             yield from method(self, request, context)
 
     return handler

@@ -39,6 +39,10 @@ class RescaleRpcs:
             )
         elif phase == Phase.COMMIT:
             standing = rescale.commit(rid, list(request.addresses))
+        elif phase == Phase.SETTLE:
+            standing = rescale.settle(rid)
+        elif phase == Phase.RELEASE:
+            standing = rescale.release(rid)
         elif phase == Phase.ABORT:
             standing = rescale.abort(rid)
         else:
@@ -60,6 +64,8 @@ def _status(service: ParameterService, standing: Standing) -> pb.RescaleStatus:
         cut_sequence=standing.cut_sequence,
         addresses=standing.addresses,
         old_num_servers=standing.old[1] if standing.old else settings.num_servers,
+        settling=standing.settling,
+        rebuilding=standing.importing,
     )
 
 

@@ -47,6 +47,9 @@ from adamax_ps.server.service import ParameterService
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 DEFAULT_JSON_LIMIT = 100_000
+# Answered while a rescale rebuilds this server's state (other reads are
+# RescalingError, 503): where it stands, and its metrics.
+WHILE_REBUILDING = frozenset({"/api/v1/server", "/metrics"})
 
 
 def create_app(
@@ -82,6 +85,8 @@ def create_app(
     # thread-pool hop on every request.
     async def read_access(request: Request) -> None:
         tokens.check(request.headers.get("authorization"), mutating=False)
+        if request.url.path not in WHILE_REBUILDING:
+            service.rescale.check_reads()  # the state is half there
         view = _view(request.headers.get(VIEW_HEADER))
         if view is not None:  # rows of the slice the reader believes
             service.check_view(view)
