@@ -53,6 +53,7 @@ class ChangeGate:
         self._cond = threading.Condition()
         self._inside = 0
         self._closed: str | None = None
+        self._draining = False  # close() waits for the changes in flight
 
     @property
     def closed(self) -> str | None:
@@ -60,10 +61,12 @@ class ChangeGate:
         return self._closed
 
     @contextmanager
-    def change(self) -> Iterator[None]:
-        """The block of one change: refused while the gate is closed."""
+    def change(self, joins: bool = False) -> Iterator[None]:
+        """The block of one change: refused while the gate is closed, unless
+        it ``joins`` changes in flight that wait for it (a synchronous
+        round's other replicas) while ``close`` drains them."""
         with self._cond:
-            if self._closed is not None:
+            if self._closed is not None and not (joins and self._draining):
                 raise RescalingError(self._closed)
             self._inside += 1
         try:
@@ -78,10 +81,12 @@ class ChangeGate:
         """Refuse every new change with ``reason``; return once none is in
         flight. ``FailedPreconditionError`` (the gate open again) when some
         are still in flight after ``timeout`` seconds (a synchronous round
-        waiting for its replicas, say)."""
+        whose other replicas never came, say)."""
         with self._cond:
-            self._closed = reason
-            if not self._cond.wait_for(lambda: self._inside == 0, timeout):
+            self._closed, self._draining = reason, True
+            drained = self._cond.wait_for(lambda: self._inside == 0, timeout)
+            self._draining = False
+            if not drained:
                 busy, self._closed = self._inside, None
                 raise FailedPreconditionError(
                     f"{busy} change(s) still in flight after {timeout:g} s: the "

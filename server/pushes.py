@@ -126,8 +126,12 @@ class PushPipeline:
             raise InvalidArgumentError(
                 f"a step is a non-negative integer. Received: {step}"
             )
+        # A push completing a synchronous round others wait in passes a
+        # closing gate: a freeze drains the round rather than timing it out.
+        joins = self.sync is not None and step is not None
+        joins = joins and self.sync.waiting(optimizer, step)
         try:
-            with self.gate.change():
+            with self.gate.change(joins):
                 result = self._apply(
                     optimizer,
                     gradients,

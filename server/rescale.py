@@ -118,13 +118,17 @@ class ServerRescale(CutMoves):
                 raise FailedPreconditionError(
                     "a rescale needs every server to have a --checkpoint-dir"
                 )
-            service.gate.close(self._frozen_reason(rescale_id), timeout)
+            standing.state = "freezing"  # changes in flight drain
             try:
-                service.journal.settle()
-                cut = service.persistence.checkpoint()
-            except BaseException:
-                service.gate.open()
-                raise
+                service.gate.close(self._frozen_reason(rescale_id), timeout)
+                try:
+                    service.journal.settle()
+                    cut = service.persistence.checkpoint()
+                except BaseException:
+                    service.gate.open()
+                    raise
+            finally:
+                standing.state = "serving"
             service.persistence.paused = True
             old = service.layout
             self.files.write(

@@ -22,8 +22,9 @@ PENDING_FILE = "rescale.json"
 
 @dataclass
 class Standing:
-    """Where this server stands: ``state`` is serving, frozen, adopted,
-    spare (not in any cluster yet) or retired (left the cluster)."""
+    """Where this server stands: ``state`` is serving, freezing (changes in
+    flight draining), frozen, adopted, spare (not in any cluster yet) or
+    retired (left the cluster)."""
 
     state: str = "serving"
     rescale_id: str = ""

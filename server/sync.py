@@ -109,6 +109,11 @@ class SyncCoordinator(Generic[Contribution, Result]):
             return self._apply(round_, optimizer, apply)
         return self._wait(round_, key, optimizer)
 
+    def waiting(self, optimizer: str, step: int) -> bool:
+        """Whether replicas' pushes for ``step`` wait for the others."""
+        with self._cond:
+            return (optimizer, step) in self._rounds
+
     def close_step(self, optimizer: str, step: int, current: int) -> None:
         """Claim ``step`` for a push already aggregated by the workers."""
         with self._cond:

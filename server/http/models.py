@@ -114,8 +114,8 @@ class ServerResponse(Strict):
         description="why the server refuses changes (fail-stop), or null"
     )
     rescale_state: str = Field(
-        description="serving, frozen or adopted (a rescale under way), spare "
-        "(waiting to be taken in) or retired (left the cluster)"
+        description="serving, freezing, frozen or adopted (a rescale under "
+        "way), spare (waiting to be taken in) or retired (left the cluster)"
     )
     addresses: list[str] = Field(
         description="every server's address in server order, once a rescale "

@@ -102,3 +102,23 @@ def test_while_an_adoption_rebuilds_the_state_reads_with_a_view_wait(make_servic
         service.check_view((0, 1))
     service.rescale.standing.importing = False
     service.check_view((0, 1))
+
+
+def test_a_change_that_joins_those_in_flight_passes_only_while_they_drain():
+    """A synchronous round's last replica joins the others waiting inside:
+    it passes while ``close`` drains them, never once the gate is closed."""
+    gate = ChangeGate()
+    worker, leave = _held(gate)
+    closer = threading.Thread(target=lambda: gate.close("frozen", 30))
+    closer.start()
+    with pytest.raises(RescalingError):  # draining: only a joining change
+        for _ in range(10_000):  # (as soon as the closer has run)
+            with gate.change():
+                pass
+    with gate.change(joins=True):  # waits for nothing here: it is let in
+        leave.set()
+    worker.join(30)
+    closer.join(30)
+    assert gate.closed == "frozen"
+    with pytest.raises(RescalingError, match="frozen"), gate.change(joins=True):
+        pass
