@@ -45,6 +45,13 @@ def add_parser(commands: Any, option: Callable[..., None]) -> None:
         "seconds the changes in flight may take to finish",
     )
     option(rescale, "token", str, None, "bearer token for the servers")
+    option(
+        rescale,
+        "tls-ca",
+        str,
+        None,
+        "CA certificate (PEM) of servers started with --tls-cert (TLS gRPC)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
             addresses,
             args.to,
             token=args.token,
+            tls=args.tls_ca,
             abort=args.abort,
             freeze_timeout=args.freeze_timeout,
             progress=lambda phase: print(f"rescale: {phase}", flush=True),

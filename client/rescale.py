@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -58,11 +59,21 @@ class RescaleReport:
 class _Servers:
     """One channel per server, and the Rescale call on each in parallel."""
 
-    def __init__(self, addresses: list[str], token: str | None) -> None:
+    def __init__(
+        self, addresses: list[str], token: str | None, tls: bool | str | None = None
+    ) -> None:
         self.addresses = addresses
-        self.channels = [
-            grpc.insecure_channel(a.removeprefix("grpc://")) for a in addresses
-        ]
+        if tls is None or tls is False:
+            self.channels = [
+                grpc.insecure_channel(a.removeprefix("grpc://")) for a in addresses
+            ]
+        else:
+            roots = None if tls is True else Path(tls).read_bytes()
+            credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+            self.channels = [
+                grpc.secure_channel(a.removeprefix("grpc://"), credentials)
+                for a in addresses
+            ]
         self.stubs = [pb_grpc.ParameterServerStub(c) for c in self.channels]
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.pool = ThreadPoolExecutor(max(1, len(addresses)))
@@ -92,18 +103,20 @@ def rescale(
     to: int | None = None,
     *,
     token: str | None = None,
+    tls: bool | str | None = None,
     abort: bool = False,
     split_bytes: int = 0,
     freeze_timeout: float = 60.0,
     progress: Callable[[str], None] | None = None,
 ) -> RescaleReport:
     """Rescale the cluster at ``addresses`` to ``to`` servers (see above);
-    with ``abort``, undo a pending rescale instead. ``progress(phase)`` is
+    with ``abort``, undo a pending rescale instead. ``tls``: as ``connect``
+    (None plaintext, True the system's CAs, or a CA file). ``progress(phase)`` is
     called as each phase ends: frozen, adopted, committed, settled, released."""
     addresses = parse_addresses(addresses)
     if any(not a.startswith("grpc://") for a in addresses):
         raise ValueError("a rescale talks to the servers over gRPC: grpc://host:port")
-    servers = _Servers(addresses, token)
+    servers = _Servers(addresses, token, tls)
     try:
         return _drive(
             servers, to, abort, split_bytes, freeze_timeout, progress or _quiet

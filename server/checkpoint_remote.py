@@ -31,16 +31,24 @@ def target(address: str) -> str:
 
 class RemoteCheckpointReader(CheckpointReader):
     """Checkpoint ``sequence`` of the server at ``address`` (0: the cut of
-    the rescale it is frozen for)."""
+    the rescale it is frozen for), over TLS with ``credentials``."""
 
-    def __init__(self, address: str, sequence: int = 0, token: str | None = None):
+    def __init__(
+        self,
+        address: str,
+        sequence: int = 0,
+        token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ):
         self.address = address
-        self.channel = grpc.insecure_channel(
-            target(address),
-            options=[
-                ("grpc.max_receive_message_length", MESSAGE_LIMIT),
-                ("grpc.max_send_message_length", MESSAGE_LIMIT),
-            ],
+        options = [
+            ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+            ("grpc.max_send_message_length", MESSAGE_LIMIT),
+        ]
+        self.channel = (
+            grpc.secure_channel(target(address), credentials, options=options)
+            if credentials is not None
+            else grpc.insecure_channel(target(address), options=options)
         )
         self.stub = pb_grpc.ParameterServerStub(self.channel)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()

@@ -69,6 +69,7 @@ class ServerConfig(BaseModel):
     auth_reads: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    tls_ca: Path | None = None
     json_limit: int = Field(100_000, ge=1)
     history_interval: float = Field(1.0, gt=0)
     eviction_interval: float = Field(0.2, ge=0)
@@ -133,7 +134,7 @@ class ServerConfig(BaseModel):
                 f"--max-inflight-bytes {self.max_inflight_bytes}: such a request "
                 "could never be received"
             )
-        for name in ("token_file", "tls_cert", "tls_key"):
+        for name in ("token_file", "tls_cert", "tls_key", "tls_ca"):
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ValueError(
@@ -208,6 +209,8 @@ _HELP = {
     "auth_reads": "require the token for reads too",
     "tls_cert": "TLS certificate (PEM) for gRPC and HTTP",
     "tls_key": "TLS private key (PEM) for gRPC and HTTP",
+    "tls_ca": "with --tls-cert: the CA certificate (PEM) this server trusts when "
+    "a rescale has it read its peers' cuts over gRPC (default: the system's CAs)",
     "json_limit": "most numbers in one JSON value answer (larger: ask for .npy)",
     "history_interval": "seconds between history samples while the dashboard is open",
     "restore_from": "checkpoint folders of every server of an old cluster of any "

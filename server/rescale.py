@@ -68,10 +68,12 @@ class ServerRescale(CutMoves):
         self,
         service: ParameterService,
         token: str | None = None,
+        credentials: Any = None,
         reader: Callable[..., checkpoint.CheckpointReader] = RemoteCheckpointReader,
     ) -> None:
         self.service = service
         self.token = token
+        self.credentials = credentials  # gRPC TLS to the peers, or None
         self.reader = reader
         folder = service.settings.checkpoint_dir
         self.folder = Path(folder) if folder is not None else None

@@ -24,6 +24,7 @@ class CutMoves:
     standing: Standing
     folder: Path | None
     token: str | None
+    credentials: Any
     reader: Callable[..., checkpoint.CheckpointReader]
     _lock: threading.Lock
 
@@ -60,7 +61,9 @@ class CutMoves:
                 if standing.old is not None and index == standing.old[0]:
                     readers.append(checkpoint.CheckpointReader(self.own_cut()))
                 else:
-                    readers.append(self.reader(address, 0, self.token))
+                    readers.append(
+                        self.reader(address, 0, self.token, self.credentials)
+                    )
         except BaseException:
             for reader in readers:
                 reader.close()

@@ -24,6 +24,7 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import uvicorn
 
@@ -47,6 +48,15 @@ from adamax_ps.server.version import server_version
 
 log = logging.getLogger("adamax_ps.serve")
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def peer_credentials(config: ServerConfig) -> grpc.ChannelCredentials | None:
+    """How a TLS server reaches its peers (their cuts, in a rescale): TLS,
+    trusting ``--tls-ca`` (else the system's CAs); None without TLS."""
+    if config.tls_cert is None:
+        return None
+    roots = config.tls_ca.read_bytes() if config.tls_ca is not None else None
+    return grpc.ssl_channel_credentials(root_certificates=roots)
 
 
 def warm_up() -> None:
@@ -93,7 +103,9 @@ class ServerProcess:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         token = load_token(config.token_file)
-        self.service = ParameterService(config.service_settings(), token)
+        self.service = ParameterService(
+            config.service_settings(), token, peer_credentials(config)
+        )
         self.tokens = TokenCheck(token, config.auth_reads)
         self.inspector = Inspector(self.service, config.history_interval)
         # Large requests' receive buffers, one budget for both transports.

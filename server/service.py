@@ -102,10 +102,14 @@ class ParameterService(OptimizerMethods, TableMethods):
     ]
 
     def __init__(
-        self, settings: ServiceSettings | None = None, token: str | None = None
+        self,
+        settings: ServiceSettings | None = None,
+        token: str | None = None,
+        peer_tls: Any = None,
     ) -> None:
-        """``token``: what this server presents to its peers (a rescale reads
-        their cuts)."""
+        """``token`` and ``peer_tls`` (gRPC channel credentials, None for
+        plaintext): how this server reaches its peers (a rescale reads their
+        cuts)."""
         self.settings = s = settings or ServiceSettings()
         self._started_as = (s.server_index, s.num_servers)
         self.store = ShardedStore(s.shards, s.split_bytes)
@@ -182,7 +186,7 @@ class ParameterService(OptimizerMethods, TableMethods):
             observe=self.metrics.eviction_lock_seconds.observe,
             gate=self.gate,
         )
-        self.rescale = ServerRescale(self, token)
+        self.rescale = ServerRescale(self, token, peer_tls)
         self.metrics.watch(self)  # last: it reads the fields above
         self.journal.on_stop.append(lambda reason: self.metrics.writes_stopped.inc())
 

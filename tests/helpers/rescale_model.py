@@ -41,10 +41,10 @@ class Model:
         )
 
 
-def state(address: str) -> dict:
+def state(address: str, **options: Any) -> dict:
     """Iterations, Keras weights (slots), the variables, and the table's
-    keys, rows and slots, as bytes."""
-    with connect(address) as cluster:
+    keys, rows and slots, as bytes (``options``: of ``connect``)."""
+    with connect(address, **options) as cluster:
         opt = Adamax(learning_rate=0.01, cluster=cluster)
         ids = cluster.embedding_table("ids", 8, initializer="uniform")
         keys = np.sort(ids.export().keys)
