@@ -144,6 +144,7 @@ class GrpcTransport(GrpcTableCalls):
             r.max_request_rows,
             r.rescale_state or "serving",
             tuple(r.addresses),
+            tuple(r.http_addresses),
         )
 
     def create_variables(

@@ -165,6 +165,7 @@ class HttpTransport(HttpTableCalls):
             r.get("limits", {}).get("max_request_rows", 0),
             r.get("rescale_state", "serving"),
             tuple(r.get("addresses", ())),
+            tuple(r.get("http_addresses", ())),
         )
 
     def create_variables(

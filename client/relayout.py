@@ -25,6 +25,7 @@ from adamax_ps.client.connection import parse_addresses
 
 if TYPE_CHECKING:
     from adamax_ps.client.cluster import Cluster
+    from adamax_ps.client.transport import ServerInfo
 
 log = logging.getLogger("adamax_ps.client")
 T = TypeVar("T")
@@ -94,7 +95,7 @@ def follow(
         with contextlib.suppress(errors.TransportError):  # restarting: ask again
             info = cluster.transports[0].server_info()
         if info is not None and info.rescale_state == "serving" and info.ready:
-            addresses = list(info.addresses) or list(cluster.addresses)
+            addresses = _same_transport(info, cluster.addresses)
             if parse_addresses(addresses) != list(cluster.addresses):
                 log.info("the cluster was rescaled: now %s", ",".join(addresses))
                 cluster.relayout(addresses)
@@ -112,3 +113,13 @@ def follow(
             return False
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
+
+
+def _same_transport(info: ServerInfo, current: list[str]) -> list[str]:
+    """The cluster's addresses server 0 names, on the transport the worker
+    uses (HTTP when it named them; else its gRPC ones); ``current`` when it
+    names none."""
+    http = current[0].startswith(("http://", "https://"))
+    if http and info.http_addresses:
+        return list(info.http_addresses)
+    return list(info.addresses) or list(current)

@@ -189,7 +189,13 @@ def _drive(
                 "split_bytes": split,
             },
         ),
-        "commit": (range(max(old, to)), {"addresses": new_addresses}),
+        "commit": (
+            range(max(old, to)),
+            {
+                "addresses": new_addresses,
+                "http_addresses": _http_addresses(statuses[:to], new_addresses),
+            },
+        ),
         "settle": (range(to), {}),
         "release": (everyone, {}),
     }
@@ -225,6 +231,22 @@ PROGRESS = {
     "settle": "settled",
     "release": "released",
 }
+
+
+def _http_addresses(
+    statuses: list[pb.RescaleStatus], addresses: list[str]
+) -> list[str]:
+    """The new cluster's HTTP addresses: each server's host as the command
+    reaches it over gRPC, with the HTTP port and scheme it reports (none
+    when a server reports no port)."""
+    found = []
+    for status, address in zip(statuses, addresses, strict=True):
+        if not status.http_port:
+            return []
+        host = address.removeprefix("grpc://").rsplit(":", 1)[0]
+        scheme = "https" if status.http_tls else "http"
+        found.append(f"{scheme}://{host}:{status.http_port}")
+    return found
 
 
 def _unfinished(status: pb.RescaleStatus) -> bool:

@@ -33,6 +33,7 @@ class ServerInfo:
     max_request_rows: int = 0  # 0: the server states no limit
     rescale_state: str = "serving"  # see server/rescale.py
     addresses: tuple[str, ...] = ()  # the cluster's, once a rescale placed it
+    http_addresses: tuple[str, ...] = ()  # the same servers' HTTP addresses
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,7 @@ class Inspector:
             "writes_stopped": service.writes_stopped,
             "rescale_state": service.rescale.standing.state,
             "addresses": list(service.rescale.standing.addresses),
+            "http_addresses": list(service.rescale.standing.http_addresses),
             "checkpoint": {
                 "folder": str(settings.checkpoint_dir)
                 if settings.checkpoint_dir

@@ -82,6 +82,7 @@ class ServerRescale(CutMoves):
         self.rebuilt = threading.Event()  # set while no rebuild is under way
         self.rebuilt.set()
         self.stopped = threading.Event()  # the service closed: stop rebuilding
+        self.http: tuple[int, bool] = (0, False)  # this server's HTTP port, TLS
         self._lock = threading.Lock()  # one phase at a time
         self._settle_lock = threading.Lock()
         service.persistence.after_checkpoint = self._settled_by
@@ -204,8 +205,11 @@ class ServerRescale(CutMoves):
             log.info("adopted server %d of %d for rescale %s", index, count, rescale_id)
             return standing
 
-    def commit(self, rescale_id: str, addresses: list[str]) -> Standing:
-        """Serve the adopted layout, or (not in it) retire."""
+    def commit(
+        self, rescale_id: str, addresses: list[str], http: list[str] | None = None
+    ) -> Standing:
+        """Serve the adopted layout, or (not in it) retire; ``http``: the
+        new cluster's HTTP addresses (for workers on HTTP), if known."""
         _need_id(rescale_id)
         standing = self.standing
         with self._lock:
@@ -220,6 +224,8 @@ class ServerRescale(CutMoves):
                     f"rescale {rescale_id} is not pending on this server"
                 )
             layout: dict[str, Any] = {"rescale_id": rescale_id}
+            if http:
+                layout["http_addresses"] = list(http)
             if standing.cut_sequence:
                 layout["cut_sequence"] = standing.cut_sequence  # kept for peers
             if pending["phase"] == "frozen":  # left out of the new cluster
@@ -306,6 +312,7 @@ class ServerRescale(CutMoves):
             standing.rescale_id = ""  # as if it never began
             layout = self.committed_layout() or {}
             standing.addresses = list(layout.get("addresses", []))
+            standing.http_addresses = list(layout.get("http_addresses", []))
             log.info("rescale %s aborted", rescale_id)
             return standing
 
@@ -362,6 +369,7 @@ class ServerRescale(CutMoves):
         service, standing = self.service, self.standing
         standing.rescale_id = layout["rescale_id"]
         standing.addresses = list(layout.get("addresses", []))
+        standing.http_addresses = list(layout.get("http_addresses", []))
         if layout.get("retired"):
             service.persistence.reset()
             standing.state = "retired"

@@ -29,6 +29,7 @@ class Standing:
     state: str = "serving"
     rescale_id: str = ""
     addresses: list[str] = field(default_factory=list)
+    http_addresses: list[str] = field(default_factory=list)  # the same, HTTP
     cut_sequence: int = 0
     old: tuple[int, int] | None = None  # the layout frozen (index, servers)
     new: tuple[int, int] | None = None  # the layout adopted

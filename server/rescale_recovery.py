@@ -37,6 +37,7 @@ def recover(rescale: ServerRescale) -> None:
     pending = files.read(PENDING_FILE)
     if layout is not None:
         standing.addresses = list(layout.get("addresses", []))
+        standing.http_addresses = list(layout.get("http_addresses", []))
         standing.rescale_id = layout.get("rescale_id", "")
         standing.cut_sequence = int(layout.get("cut_sequence", 0))
         if standing.cut_sequence:  # peers may still need it

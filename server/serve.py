@@ -179,6 +179,7 @@ class ServerProcess:
             ) from None
         sock = bind(config.host, config.http_port)
         self.http_port = sock.getsockname()[1]
+        self.service.rescale.http = (self.http_port, tls)
         app = create_app(
             self.service,
             lambda: self.ready,

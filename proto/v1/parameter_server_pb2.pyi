@@ -67,7 +67,7 @@ class ServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("version", "server_index", "num_servers", "shards", "replicas", "replicas_to_aggregate", "ready", "max_message_bytes", "max_request_rows", "rescale_state", "addresses")
+    __slots__ = ("version", "server_index", "num_servers", "shards", "replicas", "replicas_to_aggregate", "ready", "max_message_bytes", "max_request_rows", "rescale_state", "addresses", "http_addresses")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVER_INDEX_FIELD_NUMBER: _ClassVar[int]
     NUM_SERVERS_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class ServerInfo(_message.Message):
     MAX_REQUEST_ROWS_FIELD_NUMBER: _ClassVar[int]
     RESCALE_STATE_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    HTTP_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     version: str
     server_index: int
     num_servers: int
@@ -90,7 +91,8 @@ class ServerInfo(_message.Message):
     max_request_rows: int
     rescale_state: str
     addresses: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[str] = ..., server_index: _Optional[int] = ..., num_servers: _Optional[int] = ..., shards: _Optional[int] = ..., replicas: _Optional[int] = ..., replicas_to_aggregate: _Optional[int] = ..., ready: _Optional[bool] = ..., max_message_bytes: _Optional[int] = ..., max_request_rows: _Optional[int] = ..., rescale_state: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ...) -> None: ...
+    http_addresses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[str] = ..., server_index: _Optional[int] = ..., num_servers: _Optional[int] = ..., shards: _Optional[int] = ..., replicas: _Optional[int] = ..., replicas_to_aggregate: _Optional[int] = ..., ready: _Optional[bool] = ..., max_message_bytes: _Optional[int] = ..., max_request_rows: _Optional[int] = ..., rescale_state: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., http_addresses: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class VariableSpec(_message.Message):
     __slots__ = ("name", "global_shape", "dtype", "row_offset", "rows", "initial_value", "initializer_json", "seed")
@@ -387,7 +389,7 @@ class CheckpointResponse(_message.Message):
     def __init__(self, path: _Optional[str] = ..., sequence: _Optional[int] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class RescaleRequest(_message.Message):
-    __slots__ = ("phase", "rescale_id", "server_index", "num_servers", "addresses", "old_addresses", "split_bytes", "timeout_seconds")
+    __slots__ = ("phase", "rescale_id", "server_index", "num_servers", "addresses", "old_addresses", "split_bytes", "timeout_seconds", "http_addresses")
     class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         PHASE_UNSPECIFIED: _ClassVar[RescaleRequest.Phase]
@@ -414,6 +416,7 @@ class RescaleRequest(_message.Message):
     OLD_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     SPLIT_BYTES_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    HTTP_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     phase: RescaleRequest.Phase
     rescale_id: str
     server_index: int
@@ -422,10 +425,11 @@ class RescaleRequest(_message.Message):
     old_addresses: _containers.RepeatedScalarFieldContainer[str]
     split_bytes: int
     timeout_seconds: float
-    def __init__(self, phase: _Optional[_Union[RescaleRequest.Phase, str]] = ..., rescale_id: _Optional[str] = ..., server_index: _Optional[int] = ..., num_servers: _Optional[int] = ..., addresses: _Optional[_Iterable[str]] = ..., old_addresses: _Optional[_Iterable[str]] = ..., split_bytes: _Optional[int] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
+    http_addresses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, phase: _Optional[_Union[RescaleRequest.Phase, str]] = ..., rescale_id: _Optional[str] = ..., server_index: _Optional[int] = ..., num_servers: _Optional[int] = ..., addresses: _Optional[_Iterable[str]] = ..., old_addresses: _Optional[_Iterable[str]] = ..., split_bytes: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., http_addresses: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RescaleStatus(_message.Message):
-    __slots__ = ("rescale_id", "state", "server_index", "num_servers", "cut_sequence", "addresses", "old_num_servers", "settling", "rebuilding")
+    __slots__ = ("rescale_id", "state", "server_index", "num_servers", "cut_sequence", "addresses", "old_num_servers", "settling", "rebuilding", "http_port", "http_tls")
     RESCALE_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SERVER_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -435,6 +439,8 @@ class RescaleStatus(_message.Message):
     OLD_NUM_SERVERS_FIELD_NUMBER: _ClassVar[int]
     SETTLING_FIELD_NUMBER: _ClassVar[int]
     REBUILDING_FIELD_NUMBER: _ClassVar[int]
+    HTTP_PORT_FIELD_NUMBER: _ClassVar[int]
+    HTTP_TLS_FIELD_NUMBER: _ClassVar[int]
     rescale_id: str
     state: str
     server_index: int
@@ -444,7 +450,9 @@ class RescaleStatus(_message.Message):
     old_num_servers: int
     settling: bool
     rebuilding: bool
-    def __init__(self, rescale_id: _Optional[str] = ..., state: _Optional[str] = ..., server_index: _Optional[int] = ..., num_servers: _Optional[int] = ..., cut_sequence: _Optional[int] = ..., addresses: _Optional[_Iterable[str]] = ..., old_num_servers: _Optional[int] = ..., settling: _Optional[bool] = ..., rebuilding: _Optional[bool] = ...) -> None: ...
+    http_port: int
+    http_tls: bool
+    def __init__(self, rescale_id: _Optional[str] = ..., state: _Optional[str] = ..., server_index: _Optional[int] = ..., num_servers: _Optional[int] = ..., cut_sequence: _Optional[int] = ..., addresses: _Optional[_Iterable[str]] = ..., old_num_servers: _Optional[int] = ..., settling: _Optional[bool] = ..., rebuilding: _Optional[bool] = ..., http_port: _Optional[int] = ..., http_tls: _Optional[bool] = ...) -> None: ...
 
 class CheckpointFileRequest(_message.Message):
     __slots__ = ("sequence", "file", "offset", "length")

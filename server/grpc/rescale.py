@@ -38,7 +38,9 @@ class RescaleRpcs:
                 request.split_bytes,
             )
         elif phase == Phase.COMMIT:
-            standing = rescale.commit(rid, list(request.addresses))
+            standing = rescale.commit(
+                rid, list(request.addresses), list(request.http_addresses)
+            )
         elif phase == Phase.SETTLE:
             standing = rescale.settle(rid)
         elif phase == Phase.RELEASE:
@@ -66,6 +68,8 @@ def _status(service: ParameterService, standing: Standing) -> pb.RescaleStatus:
         old_num_servers=standing.old[1] if standing.old else settings.num_servers,
         settling=standing.settling,
         rebuilding=standing.importing,
+        http_port=service.rescale.http[0],
+        http_tls=service.rescale.http[1],
     )
 
 

@@ -61,6 +61,7 @@ class ParameterServerServicer(TableRpcs, RescaleRpcs, pb_grpc.ParameterServerSer
             max_request_rows=settings.max_request_rows,
             rescale_state=self.service.rescale.standing.state,
             addresses=self.service.rescale.standing.addresses,
+            http_addresses=self.service.rescale.standing.http_addresses,
         )
 
     # Variables and optimizers -----------------------------------------------------

@@ -121,6 +121,11 @@ class ServerResponse(Strict):
         description="every server's address in server order, once a rescale "
         "has placed this server (else empty)"
     )
+    http_addresses: list[str] = Field(
+        default_factory=list,
+        description="the same servers' HTTP addresses, when the rescale that "
+        "placed this server knew them (workers on HTTP follow to these)",
+    )
     checkpoint: CheckpointStatus
 
 
