@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from helpers.rescale_cluster import cluster_of, expected_after, spare
 from helpers.rescale_model import SPLIT, Model, state
-from helpers.servers import Server, addresses, start_cluster
+from helpers.servers import addresses
 
 from adamax_ps.client import connect, placement
 from adamax_ps.client.rescale import rescale
 
 STEPS = 6
-EXTRA = ["--cluster-split-bytes", str(SPLIT), "--eviction-interval", "0"]
 
 
 @pytest.fixture(autouse=True)
@@ -23,23 +23,10 @@ def _split(monkeypatch):
 
 @pytest.mark.slow
 def test_a_worker_on_http_follows_a_rescale_on_http(tmp_path):
-    (tmp_path / "single").mkdir()
-    single = start_cluster(1, tmp_path / "single", *EXTRA)
-    try:
-        with connect(addresses(single)) as cluster:
-            model = Model.on(cluster)
-            for step in range(2 * STEPS):
-                model.step(step)
-        expected = state(addresses(single))
-    finally:
-        single[0].stop()
 
-    (tmp_path / "c").mkdir()
-    servers = start_cluster(2, tmp_path / "c", *EXTRA)
-    args = ["--grpc-port", "0", "--http-port", "0", "--shards", "2", *EXTRA]
-    args += ["--server-index", "2", "--num-servers", "2"]
-    args += ["--checkpoint-dir", str(tmp_path / "c" / "server-2")]
-    servers.append(Server(args, tmp_path / "c" / "server-2.log").start())
+    expected = expected_after(tmp_path, 2 * STEPS)
+    servers = cluster_of(2, tmp_path / "c")
+    servers.append(spare(tmp_path / "c", 2, 2))
     http = [s.http_address for s in servers]
     try:
         with connect(",".join(http[:2])) as cluster:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import grpc
 import httpx
 import pytest
+from helpers.rescale_cluster import EXTRA, cluster_of, expected_after, spare
 from helpers.rescale_model import SPLIT, Model, state
 from helpers.servers import Server, addresses, start_cluster
 
@@ -24,38 +24,11 @@ from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
 from adamax_ps.proto.wire import VIEW_HEADER
 
 STEPS = 10
-EXTRA = ["--cluster-split-bytes", str(SPLIT), "--eviction-interval", "0"]
 
 
 @pytest.fixture(autouse=True)
 def _split(monkeypatch):
     monkeypatch.setattr(placement, "SPLIT_BYTES", SPLIT)  # as the servers place rows
-
-
-def cluster_of(count: int, folder: Path, *extra: str) -> list[Server]:
-    folder.mkdir(parents=True)
-    return start_cluster(count, folder, *EXTRA, *extra)
-
-
-def spare(folder: Path, index: int, of: int, *extra: str) -> Server:
-    """A server beyond its cluster, with a folder: waits to be taken in."""
-    args = ["--grpc-port", "0", "--http-port", "0", "--shards", "2", *EXTRA, *extra]
-    args += ["--server-index", str(index), "--num-servers", str(of)]
-    args += ["--checkpoint-dir", str(folder / f"server-{index}")]
-    return Server(args, folder / f"server-{index}.log").start()
-
-
-def expected_after(tmp_path: Path, steps: int) -> dict:
-    """What one server holds after the calls of ``range(steps)``."""
-    single = cluster_of(1, tmp_path / "single")
-    try:
-        with connect(addresses(single)) as cluster:
-            model = Model.on(cluster)
-            for step in range(steps):
-                model.step(step)
-        return state(addresses(single))
-    finally:
-        single[0].stop()
 
 
 def pinned(server: Server) -> Server:

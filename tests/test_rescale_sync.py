@@ -14,16 +14,16 @@ import time
 import httpx
 import numpy as np
 import pytest
+from helpers.rescale_cluster import cluster_of, spare
 from helpers.rescale_model import SPLIT
-from helpers.servers import Server, addresses, start_cluster
+from helpers.servers import Server, addresses
 
 from adamax_ps.client import Adamax, connect, placement
 from adamax_ps.client.rescale import Phase, _Servers, rescale
 
 STEPS = 6  # the freeze lands in step STEPS // 2
 SHAPE = (256, 8)  # 8 KB: split by rows over the servers
-SYNC = ["--replicas", "2", "--sync-timeout", "60", "--eviction-interval", "0"]
-SYNC += ["--cluster-split-bytes", str(SPLIT)]
+SYNC = ["--replicas", "2", "--sync-timeout", "60"]
 WAITS = re.compile(r"^adamax_ps_sync_waits_total (\S+)$", re.MULTILINE)
 
 
@@ -80,13 +80,8 @@ def until(condition, what: str, seconds: float = 120) -> None:
 def test_a_synchronous_round_cut_by_the_freeze_completes_and_training_follows(
     tmp_path,
 ):
-    folder = tmp_path / "c"
-    folder.mkdir()
-    servers = start_cluster(2, folder, *SYNC)
-    args = ["--grpc-port", "0", "--http-port", "0", "--shards", "2", *SYNC]
-    args += ["--server-index", "2", "--num-servers", "2"]
-    args += ["--checkpoint-dir", str(folder / "server-2")]
-    servers.append(Server(args, folder / "server-2.log").start())
+    servers = cluster_of(2, tmp_path / "c", *SYNC)
+    servers.append(spare(tmp_path / "c", 2, 2, *SYNC))
     everyone = addresses(servers)
     middle = STEPS // 2
     go = threading.Event()
@@ -126,8 +121,7 @@ def test_a_synchronous_round_cut_by_the_freeze_completes_and_training_follows(
             replica.join(300)
             assert replica.error is None, replica.error
         assert [r.at for r in replicas] == [STEPS - 1] * 2
-        (tmp_path / "single").mkdir()
-        reference = start_cluster(1, tmp_path / "single")
+        reference = cluster_of(1, tmp_path / "single")
         try:
             with connect(addresses(reference)) as single:
                 ref = single.variable("w", shape=SHAPE, initializer="ones")

@@ -11,14 +11,14 @@ import sys
 
 import pytest
 import trustme
+from helpers.rescale_cluster import cluster_of, expected_after, spare
 from helpers.rescale_model import SPLIT, Model, state
-from helpers.servers import Server, addresses, start_cluster
+from helpers.servers import addresses
 
 from adamax_ps.client import connect, placement
 
 STEPS = 6
 TOKEN = "rescale-token"
-EXTRA = ["--cluster-split-bytes", str(SPLIT), "--eviction-interval", "0"]
 
 
 @pytest.fixture(autouse=True)
@@ -39,23 +39,9 @@ def test_a_tls_cluster_is_rescaled_online_and_its_worker_follows(tmp_path):
     tls += ["--tls-ca", str(ca_path), "--token-file", str(tmp_path / "token")]
     secure = {"tls": str(ca_path), "token": TOKEN}
 
-    (tmp_path / "single").mkdir()
-    single = start_cluster(1, tmp_path / "single", *EXTRA)
-    try:
-        with connect(addresses(single)) as cluster:
-            model = Model.on(cluster)
-            for step in range(2 * STEPS):
-                model.step(step)
-        expected = state(addresses(single))
-    finally:
-        single[0].stop()
-
-    (tmp_path / "c").mkdir()
-    servers = start_cluster(2, tmp_path / "c", *EXTRA, *tls)
-    args = ["--grpc-port", "0", "--http-port", "0", "--shards", "2", *EXTRA, *tls]
-    args += ["--server-index", "2", "--num-servers", "2"]
-    args += ["--checkpoint-dir", str(tmp_path / "c" / "server-2")]
-    servers.append(Server(args, tmp_path / "c" / "server-2.log").start())
+    expected = expected_after(tmp_path, 2 * STEPS)
+    servers = cluster_of(2, tmp_path / "c", *tls)
+    servers.append(spare(tmp_path / "c", 2, 2, *tls))
     everyone = addresses(servers)
     try:
         with connect(addresses(servers[:2]), **secure) as cluster:
