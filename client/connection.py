@@ -30,16 +30,22 @@ def parse_addresses(addresses: str | Sequence[str]) -> list[str]:
     return result
 
 
+def grpc_credentials(tls: bool | str | Path | None) -> grpc.ChannelCredentials | None:
+    """gRPC channel credentials for ``tls``: None or False (plaintext), True
+    (TLS with the system's CAs), or the path of a CA certificate (PEM)."""
+    if tls is None or tls is False:
+        return None
+    roots = None if tls is True else Path(tls).read_bytes()
+    return grpc.ssl_channel_credentials(root_certificates=roots)
+
+
 def open_transport(address: str, **options: Any) -> Transport:
     """The transport of an address's scheme. ``tls``: None (plaintext gRPC;
     https:// checks the system's CAs), True (TLS with the system's CAs), or the
     path of a CA certificate (PEM) to trust."""
     tls = options.pop("tls")
     if address.startswith("grpc://"):
-        credentials = None
-        if tls is not None and tls is not False:
-            roots = None if tls is True else Path(tls).read_bytes()
-            credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+        credentials = grpc_credentials(tls)
         return GrpcTransport(address, credentials=credentials, **options)
     from adamax_ps.client.http_transport import HttpTransport  # httpx: on first use
 

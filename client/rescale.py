@@ -25,13 +25,12 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
 
 from adamax_ps.client import errors
-from adamax_ps.client.connection import parse_addresses
+from adamax_ps.client.connection import grpc_credentials, parse_addresses
 from adamax_ps.proto.v1 import parameter_server_pb2 as pb
 from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
 
@@ -63,17 +62,14 @@ class _Servers:
         self, addresses: list[str], token: str | None, tls: bool | str | None = None
     ) -> None:
         self.addresses = addresses
-        if tls is None or tls is False:
-            self.channels = [
-                grpc.insecure_channel(a.removeprefix("grpc://")) for a in addresses
-            ]
-        else:
-            roots = None if tls is True else Path(tls).read_bytes()
-            credentials = grpc.ssl_channel_credentials(root_certificates=roots)
-            self.channels = [
-                grpc.secure_channel(a.removeprefix("grpc://"), credentials)
-                for a in addresses
-            ]
+        credentials = grpc_credentials(tls)
+        targets = [a.removeprefix("grpc://") for a in addresses]
+        self.channels = [
+            grpc.secure_channel(t, credentials)
+            if credentials is not None
+            else grpc.insecure_channel(t)
+            for t in targets
+        ]
         self.stubs = [pb_grpc.ParameterServerStub(c) for c in self.channels]
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.pool = ThreadPoolExecutor(max(1, len(addresses)))

@@ -324,8 +324,7 @@ class CheckpointReader:
         server's saved array. A chunk inside one target is read straight
         into it; the others pass through one chunk of memory."""
         wanted = sorted(ranges, key=lambda r: r[0])
-        total = entry["nbytes"]
-        size = CHUNK if "crc32_chunks" in entry else max(total, 1)
+        total, size = entry["nbytes"], _chunk_size(entry)
         needed = sorted(
             {
                 index
@@ -370,7 +369,7 @@ class _Checksums:
     ) -> None:
         self.reader, self.entry, self.pool = reader, entry, pool
         self.chunks = entry.get("crc32_chunks")
-        self.size = CHUNK if self.chunks is not None else max(entry["nbytes"], 1)
+        self.size = _chunk_size(entry)
         self.position = start
         self.crc: Any = 0
         self.done: list[tuple[int, Any]] = []
@@ -406,6 +405,11 @@ class _Checksums:
                 f"{entry['offset']}..{entry['offset'] + entry['nbytes']} fail their "
                 "checksum (corrupt)"
             )
+
+
+def _chunk_size(entry: dict[str, Any]) -> int:
+    """The bytes one crc32 of an array covers: a chunk (version 1: all)."""
+    return CHUNK if "crc32_chunks" in entry else max(entry["nbytes"], 1)
 
 
 def _chain_crc(previous, chunk: memoryview) -> int:

@@ -213,6 +213,7 @@ class Persistence:
         """
         if self.store.records() or self.optimizers.all():
             raise FailedPreconditionError("restore needs an empty service")
+        self._close_log()
         if only is not None:
             try:
                 info = self._load(only)
@@ -220,11 +221,7 @@ class Persistence:
                 raise CheckpointError(f"checkpoint {only} is damaged: {e}") from None
         else:
             info = self._load_newest(Path(root) if root is not None else self.folder)
-        if self.journal.enabled:
-            owner = self.journal.claim(self.owner.server_index, self.owner.num_servers)
-            self._check_owner(f"write-ahead log {self.journal.folder}", owner)
-            since = info.wal_segment if info is not None else 0
-            self.replayed = self.journal.replay(self.replayer, since)
+        self._replay_log(info.wal_segment if info is not None else 0)
         return info
 
     def import_cut(
@@ -273,15 +270,25 @@ class Persistence:
         layout: its import of the old cluster's cut, then (``--durability
         wal``) the log's changes since the commit (segments ``since`` and
         up). Returns the bytes imported."""
-        if self.journal.log is not None:  # opened by a try that failed
+        self._close_log()
+        nbytes = self.import_state(readers, split_bytes)
+        self._replay_log(since)
+        return nbytes
+
+    def _close_log(self) -> None:
+        """Close the log a restore opened before (a rescale reloads, or a
+        rebuild tries again): the next replay opens it anew."""
+        if self.journal.log is not None:
             self.journal.close()
             self.journal.log = None
-        nbytes = self.import_state(readers, split_bytes)
+
+    def _replay_log(self, since: int) -> None:
+        """(``--durability wal``) Check the log is this server's, replay its
+        segments ``since`` and up, and keep it open for appending."""
         if self.journal.enabled:
             owner = self.journal.claim(self.owner.server_index, self.owner.num_servers)
             self._check_owner(f"write-ahead log {self.journal.folder}", owner)
             self.replayed = self.journal.replay(self.replayer, since)
-        return nbytes
 
     def discard(self, path: Path) -> None:
         """Remove a checkpoint that must never be restored (an aborted

@@ -259,8 +259,8 @@ class ServerRescale(CutMoves):
             raise RescalingError(
                 f"this server is still rebuilding its state for rescale {rescale_id}"
             )
-        if standing.settling:
-            self._settled_by(self.service.persistence.checkpoint())
+        if standing.settling:  # the checkpoint settles it (_settled_by)
+            self.service.persistence.checkpoint()
         return standing
 
     def release(self, rescale_id: str) -> Standing:
@@ -354,13 +354,8 @@ class ServerRescale(CutMoves):
         with self._settle_lock:
             if not standing.settling or standing.state != "serving":
                 return
-            layout = self.committed_layout() or {}
-            for key in ("settling", "sources", "settles_after"):
-                layout.pop(key, None)
-            self.files.write(LAYOUT_FILE, layout)
-            standing.settling = False
-            protected = {self.own_cut()} if standing.cut_sequence else set()
-            self.service.persistence.protected = frozenset(protected)
+            self.files.settled(self.committed_layout() or {})
+            standing.settling = False  # the cut stays protected until RELEASE
             log.info(
                 "rescale %s settled: checkpoint %s", standing.rescale_id, info.path
             )

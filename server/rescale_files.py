@@ -18,6 +18,8 @@ from adamax_ps.server.errors import CheckpointError
 
 LAYOUT_FILE = "layout.json"
 PENDING_FILE = "rescale.json"
+# What layout.json holds only until the new layout's first checkpoint.
+SETTLING_KEYS = ("settling", "sources", "settles_after")
 
 
 @dataclass
@@ -57,6 +59,13 @@ class RescaleFiles:
     def write(self, name: str, content: dict[str, Any]) -> None:
         make_dirs(self.folder)
         write_file(self.folder / name, json.dumps(content).encode())
+
+    def settled(self, layout: dict[str, Any]) -> None:
+        """Record ``layout`` (``layout.json``'s content) as settled: its state
+        is a checkpoint of its own now, no longer the cuts."""
+        for key in SETTLING_KEYS:
+            layout.pop(key, None)
+        self.write(LAYOUT_FILE, layout)
 
     def remove(self, name: str) -> None:
         path = self.folder / name

@@ -88,9 +88,7 @@ def _settled(rescale: ServerRescale, layout: dict[str, Any]) -> bool:
     found = checkpoint.checkpoints(rescale.folder)
     if not found or found[-1][0] <= int(layout.get("settles_after", 0)):
         return False
-    for key in ("settling", "sources", "settles_after"):
-        layout.pop(key, None)
-    rescale.files.write(LAYOUT_FILE, layout)
+    rescale.files.settled(layout)
     return True
 
 

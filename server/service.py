@@ -369,9 +369,6 @@ class ParameterService(OptimizerMethods, TableMethods):
         """Load the newest checkpoint (or the checkpoint ``only``) into this
         (empty) service, then replay the write-ahead log after it. None when
         there is no checkpoint."""
-        if self.journal.log is not None:  # restored before: a rescale reloads
-            self.journal.close()
-            self.journal.log = None
         return self._persistence.restore(root, only)
 
     @property

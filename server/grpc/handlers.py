@@ -58,14 +58,13 @@ def _abort(context: grpc.ServicerContext, e: Exception) -> None:
 
 def unary(method: Callable) -> Callable:
     """A handler answering one message, its errors mapped."""
+    admit = _admission(method.__name__)
 
     @functools.wraps(method)
     def handler(self, request, context):
         self.service.metrics.requests.labels("grpc", method.__name__).inc()
         with mapped(context, method.__name__):
-            check_parsed(request)
-            if method.__name__ not in WHILE_REBUILDING:
-                self.service.rescale.check_reads()
+            admit(self.service, request)
             return method(self, request, context)
 
     return handler
@@ -74,17 +73,29 @@ def unary(method: Callable) -> Callable:
 def server_streaming(method: Callable) -> Callable:
     """A handler answering a stream, its errors mapped (before its first
     message, as gRPC sends them)."""
+    admit = _admission(method.__name__)
 
     @functools.wraps(method)
     def handler(self, request, context):
         self.service.metrics.requests.labels("grpc", method.__name__).inc()
         with mapped(context, method.__name__):
-            check_parsed(request)
-            if method.__name__ not in WHILE_REBUILDING:
-                self.service.rescale.check_reads()
+            admit(self.service, request)
             yield from method(self, request, context)
 
     return handler
+
+
+def _admission(name: str) -> Callable[[object, object], None]:
+    """What a handler checks before its body: the request parsed, and (but
+    for the calls answered while rebuilding) the state whole."""
+    if name in WHILE_REBUILDING:
+        return lambda service, request: check_parsed(request)
+
+    def admit(service, request) -> None:
+        check_parsed(request)
+        service.rescale.check_reads()
+
+    return admit
 
 
 def inline(value: np.ndarray) -> pb.Tensor:
