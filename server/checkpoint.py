@@ -28,13 +28,13 @@ import json
 import os
 import re
 import shutil
-import zlib
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+from zlib_ng import zlib_ng
 
 from adamax_ps.server.durable import fsync_dir, make_dirs
 from adamax_ps.server.errors import CheckpointError
@@ -74,7 +74,7 @@ class DataFile:
         crcs = []
         for start in range(0, len(data), CHUNK):
             chunk = data[start : start + CHUNK]
-            crcs.append(self._pool.submit(zlib.crc32, chunk))
+            crcs.append(self._pool.submit(zlib_ng.crc32, chunk))
             self._file.write(chunk)
         entry = {
             "file": self.name,
@@ -143,7 +143,7 @@ class CheckpointWriter:
         text = json.dumps(body, indent=1, sort_keys=False).encode()
         for name, data in (
             ("manifest.json", text),
-            ("manifest.json.crc32", b"%d\n" % zlib.crc32(text)),
+            ("manifest.json.crc32", b"%d\n" % zlib_ng.crc32(text)),
         ):
             with open(self.tmp / name, "wb") as f:
                 f.write(data)
@@ -239,7 +239,7 @@ class CheckpointReader:
             expected = int(self._whole("manifest.json.crc32").decode().strip())
         except (OSError, ValueError) as e:
             raise CheckpointError(f"checkpoint {self.path} is unreadable: {e}") from e
-        if zlib.crc32(text) != expected:
+        if zlib_ng.crc32(text) != expected:
             raise CheckpointError(
                 f"checkpoint {self.path}: manifest.json fails its checksum (corrupt)"
             )
@@ -381,7 +381,7 @@ class _Checksums:
 
     def feed(self, view: memoryview) -> None:
         if self.pool is None:
-            self.crc = zlib.crc32(view, self.crc)
+            self.crc = zlib_ng.crc32(view, self.crc)
         else:
             previous = self.crc if not isinstance(self.crc, int) else None
             self.crc = self.pool.submit(_chain_crc, previous, view)
@@ -413,7 +413,7 @@ def _chunk_size(entry: dict[str, Any]) -> int:
 
 
 def _chain_crc(previous, chunk: memoryview) -> int:
-    return zlib.crc32(chunk, previous.result() if previous is not None else 0)
+    return zlib_ng.crc32(chunk, previous.result() if previous is not None else 0)
 
 
 def _runs(indices: list[int]) -> list[tuple[int, int]]:

@@ -32,12 +32,12 @@ import mmap
 import os
 import re
 import threading
-import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from zlib_ng import zlib_ng
 
 from adamax_ps.proto import codec
 from adamax_ps.server.durable import fsync_dir, make_dirs
@@ -73,7 +73,7 @@ def encode_record(
     length = sum(len(p) for p in pieces)
     crc = 0
     for piece in pieces:
-        crc = zlib.crc32(piece, crc)
+        crc = zlib_ng.crc32(piece, crc)
     prefix = length.to_bytes(4, "little") + crc.to_bytes(4, "little")
     return b"".join((prefix, *pieces))
 
@@ -319,7 +319,7 @@ def _check_record(data: mmap.mmap, offset: int, size: int) -> tuple[str | None, 
         return "an empty record", 0
     if length > MAX_RECORD or size - offset - _HEADER < length:
         return "a torn record", length
-    if zlib.crc32(data[offset + _HEADER : offset + _HEADER + length]) != crc:
+    if zlib_ng.crc32(data[offset + _HEADER : offset + _HEADER + length]) != crc:
         return "a record that fails its checksum", length
     return None, length
 
@@ -332,6 +332,6 @@ def _nothing_valid_after(data: mmap.mmap, offset: int, size: int) -> bool:
         length = int.from_bytes(data[start : start + 4], "little")
         if length > 0 and start + _HEADER + length == size:
             crc = int.from_bytes(data[start + 4 : start + 8], "little")
-            if zlib.crc32(data[start + _HEADER : size]) == crc:
+            if zlib_ng.crc32(data[start + _HEADER : size]) == crc:
                 return False
     return True
