@@ -5,12 +5,18 @@ of the old servers' cuts when each server has a volume of its own.
 ``RemoteCheckpointReader`` is a ``CheckpointReader`` whose files are another
 server's: the manifest and its crc32 come first, then each array's bytes
 stream in chunks straight into their targets, every byte checked against the
-manifest's crc32 as locally.
+manifest's crc32 as locally. Over plain gRPC an array's bytes come by a
+direct read when the peer offers one (``server/cut_transfer.py``: sendfile,
+read straight into the targets); a peer that offers none, or whose direct
+port cannot be reached, streams them over gRPC.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
+import logging
+import socket
 from collections.abc import Iterator
 
 import grpc
@@ -19,9 +25,13 @@ from adamax_ps.proto.v1 import parameter_server_pb2 as pb
 from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
 from adamax_ps.proto.wire import MESSAGE_LIMIT
 from adamax_ps.server.checkpoint import CheckpointReader
+from adamax_ps.server.cut_transfer import read_direct
 from adamax_ps.server.errors import CheckpointError
 
+log = logging.getLogger("adamax_ps.rescale")
+
 GRPC_SCHEME = "grpc://"
+CONNECT_SECONDS = 10.0  # to a peer's direct port; then its bytes come over gRPC
 
 
 def target(address: str) -> str:
@@ -53,6 +63,8 @@ class RemoteCheckpointReader(CheckpointReader):
         self.stub = pb_grpc.ParameterServerStub(self.channel)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.sequence = sequence
+        # Direct reads travel in the clear: only where gRPC does too.
+        self.direct = credentials is None
         first = self._chunks("manifest.json", 0, 0)
         head = next(first, None)
         if head is None:
@@ -66,10 +78,14 @@ class RemoteCheckpointReader(CheckpointReader):
         self.channel.close()
 
     def _chunks(
-        self, name: str, offset: int, length: int
+        self, name: str, offset: int, length: int, direct: bool = False
     ) -> Iterator[pb.CheckpointFileChunk]:
         request = pb.CheckpointFileRequest(
-            sequence=self.sequence, file=name, offset=offset, length=length
+            sequence=self.sequence,
+            file=name,
+            offset=offset,
+            length=length,
+            direct=direct,
         )
         try:
             yield from self.stub.ReadCheckpointFile(request, metadata=self.metadata)
@@ -88,8 +104,30 @@ class RemoteCheckpointReader(CheckpointReader):
         # The server checks its files; a short one fails the reads' crc32.
         return int(self.manifest["files"][name]["bytes"])
 
-    def _open(self, name: str, offset: int, length: int) -> _Stream:
-        return _Stream(self._chunks(name, offset, length))
+    def _open(self, name: str, offset: int, length: int) -> io.RawIOBase:
+        if not self.direct:
+            return _Stream(self._chunks(name, offset, length))
+        chunks = self._chunks(name, offset, length, direct=True)
+        head = next(chunks, None)
+        if head is None or not head.ticket:  # no direct reads there: the stream
+            return _Stream(itertools.chain([head] if head else [], chunks))
+        chunks.close()
+        host = target(self.address).rsplit(":", 1)[0].strip("[]")
+        try:
+            return _Socket(
+                read_direct(host, head.direct_port, head.ticket, CONNECT_SECONDS)
+            )
+        except OSError as e:
+            log.warning(
+                "%s:%d (direct reads of %s) cannot be reached: %s; reading its "
+                "cut over gRPC",
+                host,
+                head.direct_port,
+                self.address,
+                e,
+            )
+            self.direct = False
+            return _Stream(self._chunks(name, offset, length))
 
 
 class _Stream(io.RawIOBase):
@@ -121,4 +159,32 @@ class _Stream(io.RawIOBase):
         close = getattr(self._chunks, "close", None)
         if close is not None:
             close()
+        super().close()
+
+
+class _Socket(io.RawIOBase):
+    """A direct read's connection read like a file: ``readinto`` fills the
+    whole view (the kernel copies straight into it), short only at its end."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self._conn = conn
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, view) -> int:  # type: ignore[override]
+        view = memoryview(view).cast("B")
+        filled = 0
+        while filled < len(view):
+            try:
+                got = self._conn.recv_into(view[filled:])
+            except OSError as e:
+                raise CheckpointError(f"a direct read of a cut broke off: {e}") from e
+            if not got:
+                break
+            filled += got
+        return filled
+
+    def close(self) -> None:
+        self._conn.close()
         super().close()

@@ -75,6 +75,7 @@ class ServerConfig(BaseModel):
     eviction_interval: float = Field(0.2, ge=0)
     restore_from: str | None = None
     cluster_split_bytes: int = Field(64 << 20, ge=1)
+    transfer_port: int = Field(0, ge=-1, le=65535)
 
     @field_validator(*_SIZES, mode="before")
     @classmethod
@@ -220,6 +221,9 @@ _HELP = {
     "cluster_split_bytes": "variables of this many bytes or more are split by "
     "rows over the servers: the clients' rule (64M), used to place rows when "
     "restoring from a cluster of another size",
+    "transfer_port": "port peers read this server's rescale cut from, the kernel "
+    "sending the file's bytes (0 picks a free one; -1: none, the cut goes over "
+    "gRPC). Never under TLS: the cut goes over gRPC, encrypted",
     "eviction_interval": "seconds between background eviction rounds of hash-keyed "
     "tables (time to live, capacity watermark); 0: none (a full table still "
     "evicts inline, by its policy, as a push needs room)",

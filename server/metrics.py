@@ -113,6 +113,14 @@ class Metrics:
             "server stopped accepting changes (fail-stop; at most 1 per process).",
             registry=r,
         )
+        self.cut_sent_bytes = Counter(
+            "adamax_ps_cut_sent_bytes",
+            "Bytes of this server's rescale cuts sent to peers, by way: 'direct' "
+            "(sendfile on the transfer port) or 'grpc' (ReadCheckpointFile's "
+            "stream).",
+            ["way"],
+            registry=r,
+        )
         self.checkpoint_seconds = Histogram(
             "adamax_ps_checkpoint_seconds",
             "Time to write a checkpoint.",

@@ -53,6 +53,7 @@ from adamax_ps.server.rescale_files import (
 )
 
 if TYPE_CHECKING:
+    from adamax_ps.server.cut_transfer import DirectReads
     from adamax_ps.server.service import ParameterService
 
 log = logging.getLogger("adamax_ps.rescale")
@@ -83,6 +84,7 @@ class ServerRescale(CutMoves):
         self.rebuilt.set()
         self.stopped = threading.Event()  # the service closed: stop rebuilding
         self.http: tuple[int, bool] = (0, False)  # this server's HTTP port, TLS
+        self.direct: DirectReads | None = None  # sendfile of cuts to peers
         self._lock = threading.Lock()  # one phase at a time
         self._settle_lock = threading.Lock()
         service.persistence.after_checkpoint = self._settled_by
@@ -146,7 +148,13 @@ class ServerRescale(CutMoves):
             service.persistence.protected = frozenset({cut.path})
             standing.state, standing.rescale_id = "frozen", rescale_id
             standing.cut_sequence, standing.old = cut.sequence, old
-            log.info("frozen for rescale %s: cut %s", rescale_id, cut.path)
+            log.info(
+                "frozen for rescale %s: cut %s (%d bytes in %.2f s)",
+                rescale_id,
+                cut.path,
+                cut.nbytes,
+                cut.seconds,
+            )
             return standing
 
     def adopt(

@@ -32,6 +32,7 @@ from adamax_ps.common.malloc import tune_malloc
 from adamax_ps.proto.streams import BufferPool
 from adamax_ps.server import adamax
 from adamax_ps.server.config import ServerConfig
+from adamax_ps.server.cut_transfer import DirectReads
 from adamax_ps.server.errors import CheckpointError
 from adamax_ps.server.grpc.server import SERVICE_NAME, GrpcServer, create_grpc_server
 from adamax_ps.server.http.app import create_app
@@ -114,6 +115,7 @@ class ServerProcess:
         self.grpc: GrpcServer | None = None
         self.http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
+        self.direct: DirectReads | None = None
         self.stopped = threading.Event()
 
     def start(self) -> None:
@@ -180,6 +182,16 @@ class ServerProcess:
         sock = bind(config.host, config.http_port)
         self.http_port = sock.getsockname()[1]
         self.service.rescale.http = (self.http_port, tls)
+        if not tls and config.transfer_port >= 0:
+            try:
+                sent = self.service.metrics.cut_sent_bytes.labels("direct").inc
+                self.direct = DirectReads(config.host, config.transfer_port, sent)
+            except OSError as e:
+                raise SystemExit(
+                    f"adamax-ps: cannot listen on {config.host}:"
+                    f"{config.transfer_port} for direct reads: {e}"
+                ) from None
+            self.service.rescale.direct = self.direct
         app = create_app(
             self.service,
             lambda: self.ready,
@@ -243,6 +255,8 @@ class ServerProcess:
                 time.perf_counter() - started,
             )
             print(f"adamax-ps final checkpoint {info.path}", flush=True)
+        if self.direct is not None:
+            self.direct.close()
         self.inspector.close()
         self.service.close()
         self.stopped.set()

@@ -191,7 +191,11 @@ def test_rendered_cluster_is_consistent(name, tmp_path):
     # Ports and probes: gRPC health for readiness, /healthz for liveness.
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     grpc_port, http_port = int(settings["ADAMAX_PS_GRPC_PORT"]), ports["http"]
-    assert ports == {"grpc": grpc_port, "http": int(settings["ADAMAX_PS_HTTP_PORT"])}
+    assert ports == {
+        "grpc": grpc_port,
+        "http": int(settings["ADAMAX_PS_HTTP_PORT"]),
+        "transfer": int(settings["ADAMAX_PS_TRANSFER_PORT"]),  # peers' cut reads
+    }
     assert (grpc_port, http_port) == (DEFAULTS.grpc_port, DEFAULTS.http_port)
     assert container["readinessProbe"]["grpc"] == {
         "port": grpc_port,

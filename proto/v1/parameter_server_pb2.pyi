@@ -455,24 +455,30 @@ class RescaleStatus(_message.Message):
     def __init__(self, rescale_id: _Optional[str] = ..., state: _Optional[str] = ..., server_index: _Optional[int] = ..., num_servers: _Optional[int] = ..., cut_sequence: _Optional[int] = ..., addresses: _Optional[_Iterable[str]] = ..., old_num_servers: _Optional[int] = ..., settling: _Optional[bool] = ..., rebuilding: _Optional[bool] = ..., http_port: _Optional[int] = ..., http_tls: _Optional[bool] = ...) -> None: ...
 
 class CheckpointFileRequest(_message.Message):
-    __slots__ = ("sequence", "file", "offset", "length")
+    __slots__ = ("sequence", "file", "offset", "length", "direct")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     FILE_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     file: str
     offset: int
     length: int
-    def __init__(self, sequence: _Optional[int] = ..., file: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+    direct: bool
+    def __init__(self, sequence: _Optional[int] = ..., file: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., direct: _Optional[bool] = ...) -> None: ...
 
 class CheckpointFileChunk(_message.Message):
-    __slots__ = ("sequence", "data")
+    __slots__ = ("sequence", "data", "direct_port", "ticket")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_PORT_FIELD_NUMBER: _ClassVar[int]
+    TICKET_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     data: bytes
-    def __init__(self, sequence: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    direct_port: int
+    ticket: bytes
+    def __init__(self, sequence: _Optional[int] = ..., data: _Optional[bytes] = ..., direct_port: _Optional[int] = ..., ticket: _Optional[bytes] = ...) -> None: ...
 
 class CreateTableRequest(_message.Message):
     __slots__ = ("view", "name", "config_json")
