@@ -20,6 +20,7 @@ is refused (start it once to replay and checkpoint it).
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,13 @@ from typing import Any
 import numpy as np
 
 from adamax_ps.common.placement import place_rows
-from adamax_ps.server import checkpoint, table_snapshot, wal
+from adamax_ps.server import checkpoint, kept_rows, table_snapshot, wal
 from adamax_ps.server.checkpoint import CheckpointReader
 from adamax_ps.server.errors import CheckpointError
 from adamax_ps.server.optimizer_state import OptimizerState
 from adamax_ps.server.store import ShardedStore, VariableRecord
+
+log = logging.getLogger("adamax_ps.service")
 
 CLUSTER_SPLIT_BYTES = 64 << 20  # the clients' rule (client/placement.py)
 
@@ -89,10 +92,13 @@ def import_cut(
     server_index: int,
     num_servers: int,
     split_bytes: int = CLUSTER_SPLIT_BYTES,
+    held: dict[str, kept_rows.Held] | None = None,
 ) -> tuple[dict[str, OptimizerState], dict[str, Any], int]:
     """Fill an empty store with what server ``server_index`` of
     ``num_servers`` owns of the old cluster's cut; returns (optimizers,
-    merged ledger, bytes read)."""
+    merged ledger, bytes read). ``held``: the variables this server held in
+    the cut, still in memory (an old server of an online rescale): the rows
+    it keeps stay where they are (``kept_rows``)."""
     nbytes = 0
     saved: dict[str, list[tuple[CheckpointReader, dict]]] = {}
     records: dict[str, dict] = {}
@@ -114,6 +120,7 @@ def import_cut(
             saved.get(name, []),
             offsets,
             (server_index, num_servers, split_bytes),
+            (held or {}).get(name),
         )
     for reader in readers:
         nbytes += table_snapshot.load(
@@ -136,9 +143,10 @@ def import_cut(
     return optimizers, merged_ledger(ledgers, split_bytes), nbytes
 
 
-def _import_variable(store, item, entries, offsets, layout) -> int:
+def _import_variable(store, item, entries, offsets, layout, held=None) -> int:
     """Create this server's slices of one variable (``layout``: its index,
-    the cluster's size, the split rule) and read their rows; bytes read."""
+    the cluster's size, the split rule) and read their rows; bytes read.
+    Rows ``held`` in memory (``kept_rows.Held``) stay there."""
     server_index, num_servers, split = layout
     global_shape = tuple(item["global_shape"])
     dtype = np.dtype(item["dtype"])
@@ -150,17 +158,30 @@ def _import_variable(store, item, entries, offsets, layout) -> int:
         if owner != server_index:
             continue
         shape = (hi - lo, *global_shape[1:]) if global_shape else ()
+        parts = kept_rows.layout(held, global_shape, dtype, (lo, hi), store.num_shards)
         record = VariableRecord(
             item["name"],
             shape,
             dtype,
-            store.placement(item["name"], shape, dtype),
+            tuple(p[:3] for p in parts)
+            if parts
+            else store.placement(item["name"], shape, dtype),
             item["initializer"],
             int(item["seed"]),
             global_shape,
             lo,
         )
-        store.add(record, lambda out, first: None)
+        given = {i: p[3][1] for i, p in enumerate(parts or []) if p[3] is not None}
+        store.add(record, lambda out, first: None, given=given)
+        if parts:
+            released = kept_rows.release_outside(parts)
+            log.info(
+                "kept %d of %s's rows in place (%d bytes of the rows that left "
+                "handed back)",
+                sum(p[2] - p[1] for p in parts if p[3] is not None),
+                item["name"],
+                released,
+            )
         for reader, entry in entries:
             key = (
                 None
@@ -169,9 +190,11 @@ def _import_variable(store, item, entries, offsets, layout) -> int:
             )
             base = offsets[(id(reader), item["name"])] + entry["lo"]  # global rows
             ranges = []
-            for part in store.parts(record):
+            for index, part in enumerate(store.parts(record)):
+                if index in given:
+                    continue  # kept in place: the cut holds the same bytes
                 if key is not None and key not in part.slots:
-                    part.slots[key] = np.zeros_like(part.value)
+                    part.slots[key] = np.zeros(part.value.shape, part.value.dtype)
                 array = part.value if key is None else part.slots[key]
                 if not global_shape:
                     ranges.append((0, memoryview(array.reshape(-1)).cast("B")))

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from adamax_ps.server import checkpoint, cut_import, snapshot
+from adamax_ps.server import checkpoint, cut_import, kept_rows, snapshot
 from adamax_ps.server.errors import (
     CheckpointError,
     FailedPreconditionError,
@@ -235,10 +235,14 @@ class Persistence:
         return self.checkpoint()
 
     def import_state(
-        self, readers: list[checkpoint.CheckpointReader], split_bytes: int
+        self,
+        readers: list[checkpoint.CheckpointReader],
+        split_bytes: int,
+        held: dict[str, kept_rows.Held] | None = None,
     ) -> int:
         """Fill this empty service with what it owns of the old cluster's
-        cut (one reader per old server); returns the bytes it took."""
+        cut (one reader per old server); returns the bytes it took. ``held``:
+        the variables it held in the cut, still in memory (``kept_rows``)."""
         if self.store.records() or self.store.table_records():
             raise FailedPreconditionError("importing a cut needs an empty server")
         started = time.perf_counter()
@@ -248,6 +252,7 @@ class Persistence:
             self.owner.server_index,
             self.owner.num_servers,
             split_bytes,
+            held,
         )
         self.memory.reserve(sum(self.store.nbytes_per_shard()), "the imported cut")
         self.optimizers.restore(optimizers)

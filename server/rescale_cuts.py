@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adamax_ps.server import checkpoint
+from adamax_ps.server import checkpoint, kept_rows
 from adamax_ps.server.errors import FailedPreconditionError
 from adamax_ps.server.rescale_files import Standing
 
@@ -36,6 +36,9 @@ class CutMoves:
         service, standing = self.service, self.standing
         readers = self.readers(sources["old_addresses"])
         standing.importing = True  # reads wait (check_view, check_reads)
+        # An old server's state is its cut, frozen: the rows it keeps stay
+        # in memory (server/kept_rows.py).
+        held = kept_rows.held_rows(service.store) if standing.old else None
         try:
             service.persistence.reset()
             service.set_layout(*new)
@@ -43,7 +46,7 @@ class CutMoves:
                 service.journal.discard()
                 service.journal_claim()
                 service.restore()
-            service.persistence.import_state(readers, int(sources["split_bytes"]))
+            service.persistence.import_state(readers, int(sources["split_bytes"]), held)
         except BaseException:
             self._back_to_old()
             raise

@@ -155,15 +155,21 @@ class ShardedStore:
         record: VariableRecord,
         fill: Callable[[np.ndarray, int], None],
         on_added: Callable[[], None] | None = None,
+        given: dict[int, Part] | None = None,
     ) -> VariableRecord:
         """Create the variable's parts (filled by ``fill(array, lo)``) and register it.
 
         If a variable of that name was registered meanwhile, nothing is created
         and the existing record is returned (the caller checks compatibility).
         ``on_added()`` runs under the variable's shard locks once it is added.
+        ``given``: parts already made, by their index in ``record.parts`` (a
+        rescale's rows kept in place, ``kept_rows``).
         """
         arrays = []
-        for shard, lo, hi in record.parts:
+        for index, (shard, lo, hi) in enumerate(record.parts):
+            if given and index in given:
+                arrays.append(given[index])
+                continue
             shape = (hi - lo, *record.shape[1:]) if record.shape else ()
             value = np.empty(shape, record.dtype)
             fill(value, lo)
