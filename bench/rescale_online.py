@@ -5,17 +5,21 @@ The old cluster's two servers and a spare (``--server-index 2 --num-servers
 2``: it waits to be taken in) start empty; the state is pushed once by Adamax,
 as for the offline resize. Then ``client.rescale.rescale`` drives the
 servers, no process starting or stopping: freeze (each old server closes its
-gate and writes its cut), adopt (each new server imports its rows from the
-cuts, its own from disk and the others' over gRPC), commit. The pause runs
+gate and writes its cut), adopt (each new server imports the rows it did
+not hold from the cuts, by direct reads from the other servers; an old
+server keeps the rows it still owns in place), commit. The pause runs
 from the freeze call until the commit answered (the driver's report splits
-it by phase); settle (each new server's first checkpoint of the new layout,
-while workers could push) and release come after it and are reported apart.
+it by phase; the floor is measured right before the freeze and right after
+the commit, while the servers hold their state); settle (each new server's
+first checkpoint of the new layout, while workers could push) and release
+come after it and are reported apart.
 The servers' log lines give each import's bytes and seconds.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +31,19 @@ IMPORTED = re.compile(
 )
 
 
-def online(folder: Path, rows: int, keys: np.ndarray, dim: int, split: int) -> dict:
+def online(
+    folder: Path,
+    rows: int,
+    keys: np.ndarray,
+    dim: int,
+    split: int,
+    floor: Callable[[], dict] | None = None,
+) -> dict:
     """One online rescale of ``rows`` x ``dim`` and ``keys``; its pause and
-    parts in seconds, and each new server's import (bytes, seconds)."""
+    parts in seconds, and each new server's import (bytes, seconds).
+    ``floor()`` runs right before the freeze and right after the settle,
+    the servers up and holding their state (``floor_before``,
+    ``floor_after``)."""
     from adamax_ps.client import Adamax, connect
     from adamax_ps.client.rescale import rescale
 
@@ -44,7 +58,10 @@ def online(folder: Path, rows: int, keys: np.ndarray, dim: int, split: int) -> d
         for server in cluster:
             server.start()
         push_state(addresses(cluster[:2]), rows, keys, dim)
+        around = {"floor_before": floor()} if floor else {}
         report = rescale(addresses(cluster), 3)
+        if floor:
+            around["floor_after"] = floor()
         with connect(addresses(cluster)) as client:
             steps = int(Adamax(cluster=client).iterations)
         if steps != 1:
@@ -54,6 +71,7 @@ def online(folder: Path, rows: int, keys: np.ndarray, dim: int, split: int) -> d
         for server in cluster:
             server.kill()
     return {
+        **around,
         "pause": report.paused,
         **{name: seconds for name, seconds in report.seconds.items()},
         "imports": [{"bytes": b, "seconds": s} for b, s in imports],

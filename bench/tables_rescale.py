@@ -171,7 +171,8 @@ def rescale(doc: dict) -> str:
         lines.append(f"| {label} | {_span(fig[key])} | | |")
     if "online_pause" in fig:
         lines.append(
-            "| floor measured around the online rescale (write + read) | "
+            "| floor right before the freeze and after the settle, servers up, warm "
+            "(write + read) | "
             f"{_span(fig['online_floor'])} | | |"
         )
         lines.append(
