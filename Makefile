@@ -6,6 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 PYTEST_ARGS ?=
+# One pytest worker per core (pytest-xdist), each taking whole files so a
+# file's module fixtures (servers, the container image) are made once;
+# PYTEST_ARGS="-n 0" runs them in this process, one after the other.
+PARALLEL := -n auto --dist loadfile
 
 .PHONY: test test-fast demo bench lint system-deps clean
 
@@ -24,11 +28,11 @@ system-deps:
 test: $(STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PARALLEL) $(PYTEST_ARGS)
 
 # The quick loop while developing: everything but the tests marked slow.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PARALLEL) -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -63,13 +63,16 @@ def injecting(fault: str, paths: list[Path]) -> list[str]:
     command = ["strace", "-f", "-qq", "--seccomp-bpf", "-o", "/dev/null"]
     for path in paths:
         command += ["-P", str(path)]
-    # Each thread's 4th such call on a segment fails, and every later one.
+    # Each thread's 12th such call on a segment fails, and every later one:
+    # late enough that the variables' creations (the first records, flushed
+    # by whichever threads take them) never use up a thread's calls before a
+    # push is acknowledged; early enough that 4 x 400 pushes meet it.
     return [
         *command,
         "-e",
         f"trace={syscalls}",
         "-e",
-        f"inject={syscalls}:error={error}:when=4+",
+        f"inject={syscalls}:error={error}:when=12+",
     ]
 
 
@@ -258,6 +261,7 @@ def test_a_failing_log_stops_changes_and_loses_nothing_acknowledged(tmp_path, fa
     server.start()
     try:
         clients, acknowledged = push_until_refused(server.grpc_address)
+        assert any(acknowledged.values()), "the fault struck before any push"
         # Fail-stop: reads and health answer; readiness and changes do not.
         status, body = get(server.http_address + "/readyz")
         assert status == 503

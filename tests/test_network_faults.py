@@ -129,7 +129,10 @@ class Host:
 def hosts():
     require_root_and_tools()
     tag = f"{os.getpid() % 1000}"
-    subnet = 100 + os.getpid() % 150
+    # Apart from another run's (the pid) and from this run's other pytest-xdist
+    # worker (gw0, gw1, ...: a different remainder of 3).
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    subnet = 100 + (os.getpid() % 50) * 3 + worker % 3
     made: list[Host] = []
 
     def make(count: int) -> list[Host]:
