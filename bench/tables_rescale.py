@@ -212,12 +212,15 @@ def _state(doc: dict) -> str:
         f"by Adamax: {lay['total_bytes'] / GB:.2f} GB of w, m, v{scaled}. From 2 to "
         f"3 servers, the rows whose server changes (placement rule) and the keys "
         f"whose server changes (jump hash) are {lay['moved_bytes'] / GB:.2f} GB "
-        f"({lay['moved_bytes'] / lay['total_bytes']:.0%}); each new server "
-        "nevertheless reads all it owns (below). Both the servers' import and the "
-        "floor's read find the files just written in the page cache. This virtual "
-        "machine hands freed memory back to its host within seconds, and memory "
-        "touched again then costs up to 2 s per GB instead of 0.13 s: a phase's "
-        "pace depends on what ran just before it, hence the floor on both sides."
+        f"({lay['moved_bytes'] / lay['total_bytes']:.0%}). Offline, each new "
+        "server nevertheless reads all it owns (below); online, an old server "
+        "keeps the rows it still owns in place and reads the rest. Both the "
+        "servers' import and the floor's read find the files just written in the "
+        "page cache. This virtual machine hands freed memory back to its host "
+        "within seconds, and memory touched again then costs up to 2 s per GB "
+        "instead of 0.13 s: a phase's pace depends on what ran just before it, "
+        "hence the floor on both sides (around the online rescale, run twice "
+        "and taken warm)."
     )
 
 
