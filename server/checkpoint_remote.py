@@ -130,12 +130,9 @@ class RemoteCheckpointReader(CheckpointReader):
             return _Stream(self._chunks(name, offset, length))
 
 
-class _Stream(io.RawIOBase):
-    """A stream of chunks read like a file, front to back (``readinto``)."""
-
-    def __init__(self, chunks: Iterator[pb.CheckpointFileChunk]) -> None:
-        self._chunks = chunks
-        self._pending = memoryview(b"")
+class _Filling(io.RawIOBase):
+    """Bytes read like a file, front to back: ``readinto`` fills the whole
+    view from ``_some`` (which returns 0 at the end), short only there."""
 
     def readable(self) -> bool:
         return True
@@ -144,16 +141,33 @@ class _Stream(io.RawIOBase):
         view = memoryview(view).cast("B")
         filled = 0
         while filled < len(view):
-            if not self._pending:
-                chunk = next(self._chunks, None)
-                if chunk is None:
-                    break
-                self._pending = memoryview(chunk.data)
-            n = min(len(self._pending), len(view) - filled)
-            view[filled : filled + n] = self._pending[:n]
-            self._pending = self._pending[n:]
-            filled += n
+            got = self._some(view[filled:])
+            if not got:
+                break
+            filled += got
         return filled
+
+    def _some(self, view: memoryview) -> int:
+        raise NotImplementedError
+
+
+class _Stream(_Filling):
+    """The chunks of a ``ReadCheckpointFile`` stream."""
+
+    def __init__(self, chunks: Iterator[pb.CheckpointFileChunk]) -> None:
+        self._chunks = chunks
+        self._pending = memoryview(b"")
+
+    def _some(self, view: memoryview) -> int:
+        while not self._pending:  # (an empty chunk is not the end)
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._pending = memoryview(chunk.data)
+        n = min(len(self._pending), len(view))
+        view[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
 
     def close(self) -> None:
         close = getattr(self._chunks, "close", None)
@@ -162,28 +176,17 @@ class _Stream(io.RawIOBase):
         super().close()
 
 
-class _Socket(io.RawIOBase):
-    """A direct read's connection read like a file: ``readinto`` fills the
-    whole view (the kernel copies straight into it), short only at its end."""
+class _Socket(_Filling):
+    """A direct read's connection: the kernel copies straight into the view."""
 
     def __init__(self, conn: socket.socket) -> None:
         self._conn = conn
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, view) -> int:  # type: ignore[override]
-        view = memoryview(view).cast("B")
-        filled = 0
-        while filled < len(view):
-            try:
-                got = self._conn.recv_into(view[filled:])
-            except OSError as e:
-                raise CheckpointError(f"a direct read of a cut broke off: {e}") from e
-            if not got:
-                break
-            filled += got
-        return filled
+    def _some(self, view: memoryview) -> int:
+        try:
+            return self._conn.recv_into(view)
+        except OSError as e:
+            raise CheckpointError(f"a direct read of a cut broke off: {e}") from e
 
     def close(self) -> None:
         self._conn.close()
