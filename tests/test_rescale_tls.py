@@ -6,9 +6,12 @@ bit-identical to one server's."""
 
 from __future__ import annotations
 
+import re
+import ssl
 import subprocess
 import sys
 
+import httpx
 import pytest
 import trustme
 from helpers.rescale_cluster import cluster_of, expected_after, spare
@@ -52,6 +55,10 @@ def test_a_tls_cluster_is_rescaled_online_and_its_worker_follows(tmp_path):
             assert plain.returncode == 1 and "UNAVAILABLE" in plain.stderr
             done = _rescale(everyone, "--tls-ca", str(ca_path))
             assert done.returncode == 0, done.stderr
+            # The cuts went over gRPC (TLS), never by a plaintext direct read.
+            sent = [_cut_sent(s.http_port, ca_path) for s in servers]
+            assert sum(s.get("grpc", 0) for s in sent) > 0, sent
+            assert all(not s.get("direct") for s in sent), sent
             for step in range(STEPS, 2 * STEPS):  # the same worker follows
                 model.step(step)
             assert cluster.size == 3
@@ -70,3 +77,15 @@ def _rescale(address: str, *extra: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=300,
     )
+
+
+def _cut_sent(http_port: int, ca_path) -> dict[str, float]:
+    """A server's ``adamax_ps_cut_sent_bytes_total`` by way, over HTTPS."""
+    verify = ssl.create_default_context(cafile=str(ca_path))
+    text = httpx.get(
+        f"https://127.0.0.1:{http_port}/metrics", verify=verify, timeout=30
+    ).text
+    found = re.findall(
+        r'^adamax_ps_cut_sent_bytes_total\{way="(\w+)"\} (\S+)$', text, re.M
+    )
+    return {way: float(value) for way, value in found}
