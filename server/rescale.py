@@ -264,8 +264,10 @@ class ServerRescale(CutMoves):
                 f"rescale {rescale_id} is not committed on this server"
             )
         if not self.rebuilt.wait(timeout):
+            failed = standing.rebuild_error
             raise RescalingError(
                 f"this server is still rebuilding its state for rescale {rescale_id}"
+                + (f" (its last try failed: {failed})" if failed else "")
             )
         if standing.settling:  # the checkpoint settles it (_settled_by)
             self.service.persistence.checkpoint()
@@ -341,10 +343,13 @@ class ServerRescale(CutMoves):
     def check_reads(self) -> None:
         """Refuse any look at the state while it is being rebuilt: it is
         half there."""
-        if self.standing.importing:
+        standing = self.standing
+        if standing.importing:
+            failed = standing.rebuild_error
             raise RescalingError(
-                f"rescale {self.standing.rescale_id}: this server is rebuilding its "
+                f"rescale {standing.rescale_id}: this server is rebuilding its "
                 "state from the cuts; ask again when it serves"
+                + (f" (its last try failed: {failed})" if failed else "")
             )
 
     def moved(self) -> str:

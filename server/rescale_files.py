@@ -37,6 +37,7 @@ class Standing:
     new: tuple[int, int] | None = None  # the layout adopted
     importing: bool = False  # an adoption (or a rebuild) is filling the state
     settling: bool = False  # committed; the cuts stand in for a checkpoint
+    rebuild_error: str = ""  # why the last try to rebuild failed
 
 
 class RescaleFiles:

@@ -129,6 +129,11 @@ def _rebuild(rescale: ServerRescale, sources: dict[str, Any]) -> None:
             break
         except Exception as e:  # a peer not up yet, most often: try again
             service.persistence.reset()
+            standing.rebuild_error = f"{type(e).__name__}: {e}"
+            service.gate.refuse(
+                f"rescale {standing.rescale_id}: this server is rebuilding its "
+                f"state from the cuts (its last try failed: {standing.rebuild_error})"
+            )
             log.warning(
                 "rescale %s: rebuilding from the cuts failed (%s); trying again "
                 "in %.1f s",
@@ -139,7 +144,7 @@ def _rebuild(rescale: ServerRescale, sources: dict[str, Any]) -> None:
             if rescale.stopped.wait(wait):
                 return
             wait = min(2 * wait, RETRY_MOST)
-    standing.importing, standing.old = False, None
+    standing.importing, standing.old, standing.rebuild_error = False, None, ""
     rescale._thaw()
     rescale.rebuilt.set()
     log.info(

@@ -13,7 +13,7 @@ import threading
 import grpc
 import httpx
 import pytest
-from helpers.rescale_cluster import EXTRA, cluster_of, expected_after, spare
+from helpers.rescale_cluster import EXTRA, cluster_of, expected_after, spare, until
 from helpers.rescale_model import SPLIT, Model, state
 from helpers.servers import Server, addresses, start_cluster
 
@@ -304,7 +304,18 @@ def test_a_crash_before_the_new_layout_settles_rebuilds_it_from_the_cuts(tmp_pat
         assert [s.settling for s in statuses] == [True] * 3
         for server in servers:
             server.kill()
-        servers = [pinned(server).start() for server in reversed(servers)][::-1]
+        servers[2] = pinned(servers[2]).start()  # alone: its old peers are down
+        until(lambda: _statuses(new[2:])[0].rebuild_error, "a failed rebuild")
+        assert "UNAVAILABLE" in _statuses(new[2:])[0].rebuild_error
+        with (
+            grpc.insecure_channel(new[2].removeprefix("grpc://")) as channel,
+            pytest.raises(grpc.RpcError) as refused,
+        ):
+            pb_grpc.ParameterServerStub(channel).ListVariables(
+                pb.ListVariablesRequest()
+            )
+        assert "its last try failed" in refused.value.details()
+        servers[:2] = [pinned(server).start() for server in reversed(servers[:2])][::-1]
         with connect(everyone) as cluster:  # waits while they rebuild
             cluster.rescale_wait = 120
             model = Model.on(cluster)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 
 import httpx
 import numpy as np
 import pytest
-from helpers.rescale_cluster import cluster_of, spare
+from helpers.rescale_cluster import cluster_of, spare, until
 from helpers.rescale_model import SPLIT
 from helpers.servers import Server, addresses
 
@@ -66,14 +65,6 @@ def sync_waits(server: Server) -> float:
     text = httpx.get(f"{server.http_address}/metrics", timeout=30).text
     found = WAITS.search(text)
     return float(found[1]) if found else 0.0
-
-
-def until(condition, what: str, seconds: float = 120) -> None:
-    """Poll ``condition`` (a server's state, observed) until it holds."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 @pytest.mark.slow

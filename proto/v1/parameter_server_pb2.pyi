@@ -429,7 +429,7 @@ class RescaleRequest(_message.Message):
     def __init__(self, phase: _Optional[_Union[RescaleRequest.Phase, str]] = ..., rescale_id: _Optional[str] = ..., server_index: _Optional[int] = ..., num_servers: _Optional[int] = ..., addresses: _Optional[_Iterable[str]] = ..., old_addresses: _Optional[_Iterable[str]] = ..., split_bytes: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., http_addresses: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RescaleStatus(_message.Message):
-    __slots__ = ("rescale_id", "state", "server_index", "num_servers", "cut_sequence", "addresses", "old_num_servers", "settling", "rebuilding", "http_port", "http_tls")
+    __slots__ = ("rescale_id", "state", "server_index", "num_servers", "cut_sequence", "addresses", "old_num_servers", "settling", "rebuilding", "http_port", "http_tls", "rebuild_error")
     RESCALE_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SERVER_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -441,6 +441,7 @@ class RescaleStatus(_message.Message):
     REBUILDING_FIELD_NUMBER: _ClassVar[int]
     HTTP_PORT_FIELD_NUMBER: _ClassVar[int]
     HTTP_TLS_FIELD_NUMBER: _ClassVar[int]
+    REBUILD_ERROR_FIELD_NUMBER: _ClassVar[int]
     rescale_id: str
     state: str
     server_index: int
@@ -452,7 +453,8 @@ class RescaleStatus(_message.Message):
     rebuilding: bool
     http_port: int
     http_tls: bool
-    def __init__(self, rescale_id: _Optional[str] = ..., state: _Optional[str] = ..., server_index: _Optional[int] = ..., num_servers: _Optional[int] = ..., cut_sequence: _Optional[int] = ..., addresses: _Optional[_Iterable[str]] = ..., old_num_servers: _Optional[int] = ..., settling: _Optional[bool] = ..., rebuilding: _Optional[bool] = ..., http_port: _Optional[int] = ..., http_tls: _Optional[bool] = ...) -> None: ...
+    rebuild_error: str
+    def __init__(self, rescale_id: _Optional[str] = ..., state: _Optional[str] = ..., server_index: _Optional[int] = ..., num_servers: _Optional[int] = ..., cut_sequence: _Optional[int] = ..., addresses: _Optional[_Iterable[str]] = ..., old_num_servers: _Optional[int] = ..., settling: _Optional[bool] = ..., rebuilding: _Optional[bool] = ..., http_port: _Optional[int] = ..., http_tls: _Optional[bool] = ..., rebuild_error: _Optional[str] = ...) -> None: ...
 
 class CheckpointFileRequest(_message.Message):
     __slots__ = ("sequence", "file", "offset", "length", "direct")

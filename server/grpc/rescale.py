@@ -68,6 +68,7 @@ def _status(service: ParameterService, standing: Standing) -> pb.RescaleStatus:
         old_num_servers=standing.old[1] if standing.old else settings.num_servers,
         settling=standing.settling,
         rebuilding=standing.importing,
+        rebuild_error=standing.rebuild_error,
         http_port=service.rescale.http[0],
         http_tls=service.rescale.http[1],
     )

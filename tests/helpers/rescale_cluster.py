@@ -3,6 +3,7 @@ taken in, and the state one server reaches with the same calls."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from adamax_ps.client import connect
@@ -36,3 +37,11 @@ def expected_after(tmp_path: Path, steps: int) -> dict:
         return state(addresses(single))
     finally:
         single[0].stop()
+
+
+def until(condition, what: str, seconds: float = 120) -> None:
+    """Poll ``condition`` (a server's state, observed) until it holds."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
