@@ -84,6 +84,7 @@ class Inspector:
             },
             "writes_stopped": service.writes_stopped,
             "rescale_state": service.rescale.standing.state,
+            "rebuild_error": service.rescale.standing.rebuild_error,
             "addresses": list(service.rescale.standing.addresses),
             "http_addresses": list(service.rescale.standing.http_addresses),
             "checkpoint": {

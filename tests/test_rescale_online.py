@@ -315,6 +315,8 @@ def test_a_crash_before_the_new_layout_settles_rebuilds_it_from_the_cuts(tmp_pat
                 pb.ListVariablesRequest()
             )
         assert "its last try failed" in refused.value.details()
+        info = httpx.get(f"{servers[2].http_address}/api/v1/server", timeout=30)
+        assert "UNAVAILABLE" in info.json()["rebuild_error"]
         servers[:2] = [pinned(server).start() for server in reversed(servers[:2])][::-1]
         with connect(everyone) as cluster:  # waits while they rebuild
             cluster.rescale_wait = 120

@@ -117,6 +117,11 @@ class ServerResponse(Strict):
         description="serving, freezing, frozen or adopted (a rescale under "
         "way), spare (waiting to be taken in) or retired (left the cluster)"
     )
+    rebuild_error: str = Field(
+        "",
+        description="while the state is rebuilt from a rescale's cuts after a "
+        "restart: why the last try failed (empty otherwise)",
+    )
     addresses: list[str] = Field(
         description="every server's address in server order, once a rescale "
         "has placed this server (else empty)"
