@@ -42,7 +42,13 @@ class DirectReads:
     ) -> None:
         self._sent = sent or (lambda nbytes: None)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._socket = socket.create_server((host, port), family=family, backlog=64)
+        self._socket = socket.create_server(
+            (host, port),
+            family=family,
+            backlog=64,
+            # "::" takes IPv4 peers too, as the gRPC port does
+            dualstack_ipv6=host == "::" and socket.has_dualstack_ipv6(),
+        )
         self.port: int = self._socket.getsockname()[1]
         self._tickets: dict[bytes, tuple[Path, int, int, float]] = {}
         self._lock = threading.Lock()
