@@ -61,12 +61,15 @@ class ChangeGate:
         return self._closed
 
     @contextmanager
-    def change(self, joins: bool = False) -> Iterator[None]:
+    def change(self, joins: Callable[[], bool] | None = None) -> Iterator[None]:
         """The block of one change: refused while the gate is closed, unless
-        it ``joins`` changes in flight that wait for it (a synchronous
-        round's other replicas) while ``close`` drains them."""
+        ``joins()`` says it joins changes in flight that wait for it (a
+        synchronous round's other replicas) while ``close`` drains them.
+        ``joins`` is asked only then, not on every change."""
         with self._cond:
-            if self._closed is not None and not (joins and self._draining):
+            if self._closed is not None and not (
+                self._draining and joins is not None and joins()
+            ):
                 raise RescalingError(self._closed)
             self._inside += 1
         try:

@@ -22,6 +22,7 @@ every variable, slot and counter bit for bit as it was.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -128,8 +129,9 @@ class PushPipeline:
             )
         # A push completing a synchronous round others wait in passes a
         # closing gate: a freeze drains the round rather than timing it out.
-        joins = self.sync is not None and step is not None
-        joins = joins and self.sync.waiting(optimizer, step)
+        joins = None
+        if self.sync is not None and step is not None:
+            joins = functools.partial(self.sync.waiting, optimizer, step)
         try:
             with self.gate.change(joins):
                 result = self._apply(

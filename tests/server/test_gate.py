@@ -115,10 +115,13 @@ def test_a_change_that_joins_those_in_flight_passes_only_while_they_drain():
         for _ in range(10_000):  # (as soon as the closer has run)
             with gate.change():
                 pass
-    with gate.change(joins=True):  # waits for nothing here: it is let in
+    with gate.change(joins=lambda: True):  # waits for nothing here: let in
         leave.set()
     worker.join(30)
     closer.join(30)
     assert gate.closed == "frozen"
-    with pytest.raises(RescalingError, match="frozen"), gate.change(joins=True):
+    with (
+        pytest.raises(RescalingError, match="frozen"),
+        gate.change(joins=lambda: True),
+    ):
         pass
