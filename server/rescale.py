@@ -50,6 +50,7 @@ from adamax_ps.server.rescale_files import (
     PENDING_FILE,
     RescaleFiles,
     Standing,
+    pair,
 )
 
 if TYPE_CHECKING:
@@ -241,7 +242,7 @@ class ServerRescale(CutMoves):
                 layout["addresses"] = list(addresses)
             else:
                 if standing.state != "adopted":  # restarted since it adopted
-                    self.take(pending["sources"], _pair(pending["new"]))
+                    self.take(pending["sources"], pair(pending["new"]))
                 layout["server_index"], layout["num_servers"] = pending["new"]
                 layout["addresses"] = list(pending["addresses"])
                 layout.update(settling=True, sources=pending["sources"])
@@ -264,11 +265,7 @@ class ServerRescale(CutMoves):
                 f"rescale {rescale_id} is not committed on this server"
             )
         if not self.rebuilt.wait(timeout):
-            failed = standing.rebuild_error
-            raise RescalingError(
-                f"this server is still rebuilding its state for rescale {rescale_id}"
-                + (f" (its last try failed: {failed})" if failed else "")
-            )
+            raise RescalingError(self.rebuilding_reason())
         if standing.settling:  # the checkpoint settles it (_settled_by)
             self.service.persistence.checkpoint()
         return standing
@@ -343,13 +340,9 @@ class ServerRescale(CutMoves):
     def check_reads(self) -> None:
         """Refuse any look at the state while it is being rebuilt: it is
         half there."""
-        standing = self.standing
-        if standing.importing:
-            failed = standing.rebuild_error
+        if self.standing.importing:
             raise RescalingError(
-                f"rescale {standing.rescale_id}: this server is rebuilding its "
-                "state from the cuts; ask again when it serves"
-                + (f" (its last try failed: {failed})" if failed else "")
+                f"{self.rebuilding_reason()}; ask again when it serves"
             )
 
     def moved(self) -> str:
@@ -401,6 +394,16 @@ class ServerRescale(CutMoves):
         self.service.persistence.paused = False
         self.service.gate.open()
 
+    def rebuilding_reason(self) -> str:
+        """Why calls wait while the state is rebuilt from the cuts (and why
+        its last try failed, if one did)."""
+        standing = self.standing
+        failed = standing.rebuild_error
+        return (
+            f"rescale {standing.rescale_id}: this server is rebuilding its state "
+            "from the cuts" + (f" (its last try failed: {failed})" if failed else "")
+        )
+
     def _frozen_reason(self, rescale_id: str | None = None) -> str:
         return (
             f"rescale {rescale_id or self.standing.rescale_id} is under way: "
@@ -411,7 +414,3 @@ class ServerRescale(CutMoves):
 def _need_id(rescale_id: str) -> None:
     if not rescale_id:
         raise InvalidArgumentError("a rescale call needs its rescale_id")
-
-
-def _pair(value: Any) -> tuple[int, int] | None:
-    return (int(value[0]), int(value[1])) if value else None

@@ -40,6 +40,11 @@ class Standing:
     rebuild_error: str = ""  # why the last try to rebuild failed
 
 
+def pair(value: Any) -> tuple[int, int] | None:
+    """A recorded ``[index, servers]`` as a layout, or None."""
+    return (int(value[0]), int(value[1])) if value else None
+
+
 class RescaleFiles:
     """The rescale records of one checkpoint folder (None: no folder)."""
 

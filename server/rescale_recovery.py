@@ -20,7 +20,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from adamax_ps.server import checkpoint
-from adamax_ps.server.rescale_files import LAYOUT_FILE, PENDING_FILE
+from adamax_ps.server.rescale_files import LAYOUT_FILE, PENDING_FILE, pair
 
 if TYPE_CHECKING:
     from adamax_ps.server.rescale import ServerRescale
@@ -62,8 +62,7 @@ def recover(rescale: ServerRescale) -> None:
         return
     standing.rescale_id = pending["rescale_id"]
     standing.cut_sequence = int(pending.get("cut_sequence") or 0)
-    old = pending.get("old")
-    standing.old = (int(old[0]), int(old[1])) if old else None
+    standing.old = pair(pending.get("old"))
     if standing.old is None:  # a spare, its adoption lost: it waits again
         standing.state = "spare"
         return
@@ -96,13 +95,9 @@ def _rebuild_later(rescale: ServerRescale, sources: dict[str, Any]) -> None:
     """Serve, refusing everything but cut reads, while a thread rebuilds the
     state from the cuts and the log."""
     service, standing = rescale.service, rescale.standing
-    old = sources.get("old")
-    standing.old = (int(old[0]), int(old[1])) if old else None
+    standing.old = pair(sources.get("old"))
     standing.state, standing.settling, standing.importing = "serving", True, True
-    service.gate.refuse(
-        f"rescale {standing.rescale_id}: this server is rebuilding its state "
-        "from the cuts"
-    )
+    service.gate.refuse(rescale.rebuilding_reason())
     service.persistence.paused = True
     rescale.rebuilt.clear()
     threading.Thread(
@@ -130,10 +125,7 @@ def _rebuild(rescale: ServerRescale, sources: dict[str, Any]) -> None:
         except Exception as e:  # a peer not up yet, most often: try again
             service.persistence.reset()
             standing.rebuild_error = f"{type(e).__name__}: {e}"
-            service.gate.refuse(
-                f"rescale {standing.rescale_id}: this server is rebuilding its "
-                f"state from the cuts (its last try failed: {standing.rebuild_error})"
-            )
+            service.gate.refuse(rescale.rebuilding_reason())
             log.warning(
                 "rescale %s: rebuilding from the cuts failed (%s); trying again "
                 "in %.1f s",
