@@ -94,6 +94,7 @@ def follow(
         info = None
         with contextlib.suppress(errors.TransportError):  # restarting: ask again
             info = cluster.transports[0].server_info()
+        same = False  # server 0 serves the layout this worker has
         if info is not None and info.rescale_state == "serving" and info.ready:
             addresses = _same_transport(info, cluster.addresses)
             if parse_addresses(addresses) != list(cluster.addresses):
@@ -101,17 +102,16 @@ def follow(
                 cluster.relayout(addresses)
                 return True
             # The rescale ended (or was aborted) in the same layout, or
-            # another server is still rebuilding its state: try again soon;
-            # else a view mismatch that no rescale explains.
+            # another server is still rebuilding its state: the call is made
+            # again after a wait; else a view mismatch no rescale explains.
             if not isinstance(met, errors.RescalingError):
                 return False
-            if time.monotonic() + delay > deadline:
-                return False
-            time.sleep(delay)
-            return True
+            same = True
         if time.monotonic() + delay > deadline:
             return False
         time.sleep(delay)
+        if same:
+            return True
         delay = min(delay * 2, 1.0)
 
 

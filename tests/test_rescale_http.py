@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from helpers.rescale_cluster import cluster_of, expected_after, spare
+from helpers.rescale_cluster import expected_after, two_and_a_spare
 from helpers.rescale_model import SPLIT, Model, state
 from helpers.servers import addresses
 
@@ -25,8 +25,7 @@ def _split(monkeypatch):
 def test_a_worker_on_http_follows_a_rescale_on_http(tmp_path):
 
     expected = expected_after(tmp_path, 2 * STEPS)
-    servers = cluster_of(2, tmp_path / "c")
-    servers.append(spare(tmp_path / "c", 2, 2))
+    servers = two_and_a_spare(tmp_path / "c")
     http = [s.http_address for s in servers]
     try:
         with connect(",".join(http[:2])) as cluster:

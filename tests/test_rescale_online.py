@@ -13,7 +13,13 @@ import threading
 import grpc
 import httpx
 import pytest
-from helpers.rescale_cluster import EXTRA, cluster_of, expected_after, spare, until
+from helpers.rescale_cluster import (
+    EXTRA,
+    expected_after,
+    train,
+    two_and_a_spare,
+    until,
+)
 from helpers.rescale_model import SPLIT, Model, state
 from helpers.servers import Server, addresses, start_cluster
 
@@ -81,8 +87,7 @@ def test_a_worker_pushing_through_two_rescales_ends_bit_identical(tmp_path, dura
     layout's checkpoint and the log after it) to the same state."""
     expected = expected_after(tmp_path, 3 * STEPS)
     mode = ("--durability", durability)
-    servers = cluster_of(2, tmp_path / "c", *mode)
-    servers.append(spare(tmp_path / "c", 2, 2, *mode))
+    servers = two_and_a_spare(tmp_path / "c", *mode)
     everyone = addresses(servers)
     frozen = [threading.Event(), threading.Event()]
     worker = Worker(
@@ -151,6 +156,16 @@ def _phase(servers: _Servers, index: int, phase, rid: str, **extra):
     return servers.call(index, phase=phase, rescale_id=rid, **extra)
 
 
+def _freeze_and_adopt(driver: _Servers, rid: str, new: list[str], adopting=(0, 1, 2)):
+    """FREEZE the 2 old servers of ``new``, then ADOPT the 3-server layout on
+    the servers ``adopting``."""
+    for i in (0, 1):
+        _phase(driver, i, Phase.FREEZE, rid)
+    for i in adopting:
+        adopt = dict(server_index=i, num_servers=3, addresses=new)
+        _phase(driver, i, Phase.ADOPT, rid, old_addresses=new[:2], **adopt)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("durability", ["checkpoint", "wal"])
 def test_a_crash_in_the_middle_leaves_one_layout_and_the_command_finishes_it(
@@ -166,32 +181,16 @@ def test_a_crash_in_the_middle_leaves_one_layout_and_the_command_finishes_it(
     finishes it: the new layout, complete, bit-identical to one server."""
     expected = expected_after(tmp_path, 3 * STEPS)
     mode = ("--durability", durability)
-    servers = cluster_of(2, tmp_path / "c", *mode)
-    servers.append(spare(tmp_path / "c", 2, 2, *mode))
+    servers = two_and_a_spare(tmp_path / "c", *mode)
     everyone = addresses(servers)
     new = [s.grpc_address for s in servers]
-    old = new[:2]
     try:
-        with connect(addresses(servers[:2])) as cluster:
-            model = Model.on(cluster)
-            for step in range(STEPS):
-                model.step(step)
+        train(addresses(servers[:2]), range(STEPS))
         before = state(addresses(servers[:2]))
         driver = _Servers(new, None)
         try:
-            for i in (0, 1):
-                _phase(driver, i, Phase.FREEZE, "r1")
-            for i in (0, 2):  # server 1 never adopts: the driver died
-                _phase(
-                    driver,
-                    i,
-                    Phase.ADOPT,
-                    "r1",
-                    server_index=i,
-                    num_servers=3,
-                    addresses=new,
-                    old_addresses=old,
-                )
+            # server 1 never adopts: the driver died
+            _freeze_and_adopt(driver, "r1", new, adopting=(0, 2))
         finally:
             driver.close()
         servers = _crash_and_restart(servers)
@@ -206,27 +205,12 @@ def test_a_crash_in_the_middle_leaves_one_layout_and_the_command_finishes_it(
         _cli("--abort", "--address", everyone)
         assert _states(new) == ["serving", "serving", "spare"]
         assert state(addresses(servers[:2])) == before
-        with connect(addresses(servers[:2])) as cluster:
-            model = Model.on(cluster)
-            for step in range(STEPS, 2 * STEPS):
-                model.step(step)
+        train(addresses(servers[:2]), range(STEPS, 2 * STEPS))
 
         # Again, and this time the driver dies after server 0 committed.
         driver = _Servers(new, None)
         try:
-            for i in (0, 1):
-                _phase(driver, i, Phase.FREEZE, "r2")
-            for i in (0, 1, 2):
-                _phase(
-                    driver,
-                    i,
-                    Phase.ADOPT,
-                    "r2",
-                    server_index=i,
-                    num_servers=3,
-                    addresses=new,
-                    old_addresses=old,
-                )
+            _freeze_and_adopt(driver, "r2", new)
             _phase(driver, 0, Phase.COMMIT, "r2", addresses=new)
         finally:
             driver.close()
@@ -236,10 +220,7 @@ def test_a_crash_in_the_middle_leaves_one_layout_and_the_command_finishes_it(
         assert "rescale r2 is pending to 3 servers" in refused
         _cli("--to", "3", "--address", everyone)
         assert _states(new) == ["serving"] * 3
-        with connect(everyone) as cluster:
-            model = Model.on(cluster)
-            for step in range(2 * STEPS, 3 * STEPS):
-                model.step(step)
+        train(everyone, range(2 * STEPS, 3 * STEPS))
         assert state(everyone) == expected
     finally:
         for server in servers:
@@ -276,30 +257,19 @@ def test_a_crash_before_the_new_layout_settles_rebuilds_it_from_the_cuts(tmp_pat
     again, settles and releases it."""
     expected = expected_after(tmp_path, 3 * STEPS)
     mode = ("--durability", "wal")
-    servers = cluster_of(2, tmp_path / "c", *mode)
-    servers.append(spare(tmp_path / "c", 2, 2, *mode))
+    servers = two_and_a_spare(tmp_path / "c", *mode)
     everyone = addresses(servers)
     new = [s.grpc_address for s in servers]
     try:
-        with connect(addresses(servers[:2])) as cluster:
-            model = Model.on(cluster)
-            for step in range(STEPS):
-                model.step(step)
+        train(addresses(servers[:2]), range(STEPS))
         driver = _Servers(new, None)
         try:
-            for i in (0, 1):
-                _phase(driver, i, Phase.FREEZE, "r")
-            for i in (0, 1, 2):
-                adopt = dict(server_index=i, num_servers=3, addresses=new)
-                _phase(driver, i, Phase.ADOPT, "r", old_addresses=new[:2], **adopt)
+            _freeze_and_adopt(driver, "r", new)
             for i in (0, 1, 2):
                 _phase(driver, i, Phase.COMMIT, "r", addresses=new)
         finally:
             driver.close()
-        with connect(everyone) as cluster:
-            model = Model.on(cluster)
-            for step in range(STEPS, 2 * STEPS):
-                model.step(step)
+        train(everyone, range(STEPS, 2 * STEPS))
         statuses = _statuses(new)
         assert [s.settling for s in statuses] == [True] * 3
         for server in servers:

@@ -13,7 +13,7 @@ import threading
 import httpx
 import numpy as np
 import pytest
-from helpers.rescale_cluster import cluster_of, spare, until
+from helpers.rescale_cluster import cluster_of, two_and_a_spare, until
 from helpers.rescale_model import SPLIT
 from helpers.servers import Server, addresses
 
@@ -71,8 +71,7 @@ def sync_waits(server: Server) -> float:
 def test_a_synchronous_round_cut_by_the_freeze_completes_and_training_follows(
     tmp_path,
 ):
-    servers = cluster_of(2, tmp_path / "c", *SYNC)
-    servers.append(spare(tmp_path / "c", 2, 2, *SYNC))
+    servers = two_and_a_spare(tmp_path / "c", *SYNC)
     everyone = addresses(servers)
     middle = STEPS // 2
     go = threading.Event()

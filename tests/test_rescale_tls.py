@@ -14,7 +14,7 @@ import sys
 import httpx
 import pytest
 import trustme
-from helpers.rescale_cluster import cluster_of, expected_after, spare
+from helpers.rescale_cluster import expected_after, two_and_a_spare
 from helpers.rescale_model import SPLIT, Model, state
 from helpers.servers import addresses
 
@@ -43,8 +43,7 @@ def test_a_tls_cluster_is_rescaled_online_and_its_worker_follows(tmp_path):
     secure = {"tls": str(ca_path), "token": TOKEN}
 
     expected = expected_after(tmp_path, 2 * STEPS)
-    servers = cluster_of(2, tmp_path / "c", *tls)
-    servers.append(spare(tmp_path / "c", 2, 2, *tls))
+    servers = two_and_a_spare(tmp_path / "c", *tls)
     everyone = addresses(servers)
     try:
         with connect(addresses(servers[:2]), **secure) as cluster:

@@ -26,14 +26,26 @@ def spare(folder: Path, index: int, of: int, *extra: str) -> Server:
     return Server(args, folder / f"server-{index}.log").start()
 
 
+def train(address: str, steps: range) -> None:
+    """A worker connected to ``address`` makes the calls of ``steps``."""
+    with connect(address) as cluster:
+        model = Model.on(cluster)
+        for step in steps:
+            model.step(step)
+
+
+def two_and_a_spare(folder: Path, *extra: str) -> list[Server]:
+    """A 2-server cluster and a spare (index 2) beside it, in ``folder``."""
+    servers = cluster_of(2, folder, *extra)
+    servers.append(spare(folder, 2, 2, *extra))
+    return servers
+
+
 def expected_after(tmp_path: Path, steps: int) -> dict:
     """What one server holds after the calls of ``range(steps)``."""
     single = cluster_of(1, tmp_path / "single")
     try:
-        with connect(addresses(single)) as cluster:
-            model = Model.on(cluster)
-            for step in range(steps):
-                model.step(step)
+        train(addresses(single), range(steps))
         return state(addresses(single))
     finally:
         single[0].stop()
