@@ -18,12 +18,15 @@ round's floor: this machine's pace depends on its recent past, see below):
   a server on a machine of its own would take;
 - the online rescale (``bench/rescale_online.py``): ``adamax-ps rescale``
   of a running cluster of 2 servers and a spare to 3, timed from the freeze
-  until the commit, after the offline one. Its floor is the mean of one
-  right before the freeze and one right after the settle, the servers up
-  and holding their state, each run twice and taken the second time: the
-  first warms the machine's memory for the second as that one does for the
-  rescale after it, so the pause and its floor are both measured warm (on
-  this machine cold memory costs up to 2 s per GB more, see below);
+  until the commit, after the offline one; then once more with
+  ``--transfer-port-only``, the cuts sent over the transfer port as between
+  servers on different machines (against the same round's floor). The
+  online floor is the mean of one right before the freeze and one right
+  after the settle, the servers up and holding their state, each run twice
+  and taken the second time: the first warms the machine's memory for the
+  second as that one does for the rescale after it, so the pause and its
+  floor are both measured warm (on this machine cold memory costs up to 2 s
+  per GB more, see below);
 - the floor: the same bytes as plain files, one file per old server written
   by one thread each (``os.write``, ``fsync``), then the bytes that move (rows
   whose server changes from 2 to 3 servers by the placement rule, table keys
@@ -77,6 +80,7 @@ OLD, NEW = 2, 3
 SLOTS = 3  # w, m, v
 CHUNK = 16 << 20
 GB = 1e9
+PORT_ONLY = ("--transfer-port-only",)
 
 
 # The layout: what each server holds before and after, what moves. ------------
@@ -415,6 +419,11 @@ def measure(quick: bool, rounds: int, logs: Path | None = None) -> dict:
             sample["online_floor"] = {
                 k: (on["floor_before"][k] + last[k]) / 2 for k in last
             }
+            # As between machines: the cuts over the transfer port (sendfile),
+            # taken against the same round's floor.
+            sample["online_port"] = online(
+                folder / "online-port", rows, keys, DIM, SPLIT, None, PORT_ONLY
+            )
             samples.append({**sample, "floor": base, "before": before, "after": after})
             for log in folder.rglob("*.log") if logs else ():
                 shutil.copy(log, logs / f"round-{r}-{log.parent.name}-{log.name}")
@@ -422,7 +431,8 @@ def measure(quick: bool, rounds: int, logs: Path | None = None) -> dict:
             floors = [f"{sum(f.values()):.2f}" for f in (before, after, last)]
             print(
                 f"round {r}: pause {sample['pause']:.2f} s, online "
-                f"{sample['online']['pause']:.2f} s, floor {floors}",
+                f"{sample['online']['pause']:.2f} s (over the port "
+                f"{sample['online_port']['pause']:.2f} s), floor {floors}",
                 file=sys.stderr,
             )
     finally:

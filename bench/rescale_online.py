@@ -6,8 +6,10 @@ The old cluster's two servers and a spare (``--server-index 2 --num-servers
 as for the offline resize. Then ``client.rescale.rescale`` drives the
 servers, no process starting or stopping: freeze (each old server closes its
 gate and writes its cut), adopt (each new server imports the rows it did
-not hold from the cuts, by direct reads from the other servers; an old
-server keeps the rows it still owns in place), commit. The pause runs
+not hold from the cuts, by direct reads from the other servers: on one
+machine each server hands its peers the cut's files over its local socket,
+with ``--transfer-port-only`` they come over the transfer port as between
+machines; an old server keeps the rows it still owns in place), commit. The pause runs
 from the freeze call until the commit answered (the driver's report splits
 it by phase; the floor is measured right before the freeze and right after
 the commit, while the servers hold their state); settle (each new server's
@@ -38,12 +40,13 @@ def online(
     dim: int,
     split: int,
     floor: Callable[[], dict] | None = None,
+    extra: tuple[str, ...] = (),
 ) -> dict:
     """One online rescale of ``rows`` x ``dim`` and ``keys``; its pause and
     parts in seconds, and each new server's import (bytes, seconds).
     ``floor()`` runs right before the freeze and right after the settle,
     the servers up and holding their state (``floor_before``,
-    ``floor_after``)."""
+    ``floor_after``). ``extra``: more flags for every server."""
     from adamax_ps.client import Adamax, connect
     from adamax_ps.client.rescale import rescale
 
@@ -52,7 +55,7 @@ def online(
     for index in range(3):
         args = ["--grpc-port", "0", "--http-port", "0", "--server-index", str(index)]
         args += ["--num-servers", "2", "--cluster-split-bytes", str(split)]
-        args += ["--checkpoint-dir", str(folder / f"server-{index}")]
+        args += ["--checkpoint-dir", str(folder / f"server-{index}"), *extra]
         cluster.append(LocalServer(args, folder / f"server-{index}.log"))
     try:
         for server in cluster:

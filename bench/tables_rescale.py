@@ -55,6 +55,13 @@ def parts(sample: dict) -> dict[str, float]:
         }
         if "settle" in on:  # after the pause, from results that have it
             online.update(online_settle=on["settle"], online_release=on["release"])
+        if "online_port" in sample:  # the cuts over the transfer port
+            port = sample["online_port"]
+            online.update(
+                online_port_pause=port["pause"],
+                online_port_adopt=port["adopt"],
+                online_port_ratio=port["pause"] / (base["write"] + base["read"]),
+            )
     return {
         **online,
         "pause": sample["pause"],
@@ -99,6 +106,14 @@ SETTLED = [  # after the pause (results from before it lack them)
         "online_settle",
     ),
     ("- release (every server lets go of its cut)", "online_release"),
+]
+PORT = [  # the same, the cuts over the transfer port (results that have it)
+    (
+        "online, the cuts over the transfer port as between machines "
+        "(`--transfer-port-only`): pause",
+        "online_port_pause",
+    ),
+    ("- adopt: each new server's import of its rows", "online_port_adopt"),
 ]
 ROWS = [
     ("**offline: SIGTERM to the old servers until every new one is ready**", "pause"),
@@ -146,6 +161,8 @@ def rescale(doc: dict) -> str:
         )
     for label, key in SETTLED if "online_settle" in fig else ():
         lines.append(f"| {label} | {_span(fig[key])} | | |")
+    for label, key in PORT if "online_port_pause" in fig else ():
+        lines.append(f"| {label} | {_span(fig[key])} | | |")
     for label, key in ROWS:
         if key == "pause" and "online_pause" not in fig:  # results from before
             label = (
@@ -179,6 +196,11 @@ def rescale(doc: dict) -> str:
             f"| **online pause / floor (goal: at most {GOAL:g}x)** | "
             f"{_span(fig['online_ratio'], suffix='x')} | | |"
         )
+        if "online_port_ratio" in fig:
+            lines.append(
+                "| online over the transfer port, pause / floor | "
+                f"{_span(fig['online_port_ratio'], suffix='x')} | | |"
+            )
     lines.append(
         f"| **offline pause / floor** | {_span(fig['ratio'], suffix='x')} | | |"
         if "online_pause" in fig

@@ -6,9 +6,11 @@ of the old servers' cuts when each server has a volume of its own.
 server's: the manifest and its crc32 come first, then each array's bytes
 stream in chunks straight into their targets, every byte checked against the
 manifest's crc32 as locally. Over plain gRPC an array's bytes come by a
-direct read when the peer offers one (``server/cut_transfer.py``: sendfile,
-read straight into the targets); a peer that offers none, or whose direct
-port cannot be reached, streams them over gRPC.
+direct read when the peer offers one (``server/cut_transfer.py``): from the
+peer's file itself when it is on this machine (its descriptor handed over
+its local socket), else by sendfile on its transfer port, read straight into
+the targets; a peer that offers none, or whose direct port cannot be
+reached, streams them over gRPC.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import io
 import itertools
 import logging
+import os
 import socket
 from collections.abc import Iterator
 
@@ -25,7 +28,7 @@ from adamax_ps.proto.v1 import parameter_server_pb2 as pb
 from adamax_ps.proto.v1 import parameter_server_pb2_grpc as pb_grpc
 from adamax_ps.proto.wire import MESSAGE_LIMIT
 from adamax_ps.server.checkpoint import CheckpointReader
-from adamax_ps.server.cut_transfer import read_direct
+from adamax_ps.server.cut_transfer import read_direct, read_local
 from adamax_ps.server.errors import CheckpointError
 
 log = logging.getLogger("adamax_ps.rescale")
@@ -65,6 +68,7 @@ class RemoteCheckpointReader(CheckpointReader):
         self.sequence = sequence
         # Direct reads travel in the clear: only where gRPC does too.
         self.direct = credentials is None
+        self.local = True  # until the peer's local socket proves out of reach
         first = self._chunks("manifest.json", 0, 0)
         head = next(first, None)
         if head is None:
@@ -112,6 +116,19 @@ class RemoteCheckpointReader(CheckpointReader):
         if head is None or not head.ticket:  # no direct reads there: the stream
             return _Stream(itertools.chain([head] if head else [], chunks))
         chunks.close()
+        if head.local_socket and self.local:  # the same machine: the file itself
+            try:
+                fd = read_local(head.local_socket, head.ticket, CONNECT_SECONDS)
+            except OSError as e:
+                log.info(
+                    "%s's local socket is not reachable from here (%s): its cut "
+                    "comes over its transfer port",
+                    self.address,
+                    e,
+                )
+                self.local = False
+                return self._open(name, offset, length)  # a new ticket
+            return _Handed(fd, offset, length)
         host = target(self.address).rsplit(":", 1)[0].strip("[]")
         try:
             return _Socket(
@@ -190,4 +207,29 @@ class _Socket(_Filling):
 
     def close(self) -> None:
         self._conn.close()
+        super().close()
+
+
+class _Handed(_Filling):
+    """A range of a file a peer on this machine handed over (its open
+    descriptor): read from the page cache straight into the view."""
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        self._fd, self._position, self._end = fd, offset, offset + length
+
+    def _some(self, view: memoryview) -> int:
+        wanted = min(len(view), self._end - self._position)
+        if wanted <= 0:
+            return 0
+        try:
+            got = os.preadv(self._fd, [view[:wanted]], self._position)
+        except OSError as e:
+            raise CheckpointError(f"a local read of a cut failed: {e}") from e
+        self._position += got
+        return got
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         super().close()

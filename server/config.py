@@ -76,6 +76,7 @@ class ServerConfig(BaseModel):
     restore_from: str | None = None
     cluster_split_bytes: int = Field(64 << 20, ge=1)
     transfer_port: int = Field(0, ge=-1, le=65535)
+    transfer_port_only: bool = False
 
     @field_validator(*_SIZES, mode="before")
     @classmethod
@@ -224,6 +225,10 @@ _HELP = {
     "transfer_port": "port peers read this server's rescale cut from, the kernel "
     "sending the file's bytes (0 picks a free one; -1: none, the cut goes over "
     "gRPC). Never under TLS: the cut goes over gRPC, encrypted",
+    "transfer_port_only": "peers on this machine read this server's rescale cut "
+    "over the transfer port too, as peers on other machines do (by default "
+    "this server hands them the cut's files over a local socket, and they read "
+    "the bytes themselves)",
     "eviction_interval": "seconds between background eviction rounds of hash-keyed "
     "tables (time to live, capacity watermark); 0: none (a full table still "
     "evicts inline, by its policy, as a push needs room)",

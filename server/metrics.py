@@ -116,7 +116,8 @@ class Metrics:
         self.cut_sent_bytes = Counter(
             "adamax_ps_cut_sent_bytes",
             "Bytes of this server's rescale cuts sent to peers, by way: 'direct' "
-            "(sendfile on the transfer port) or 'grpc' (ReadCheckpointFile's "
+            "(sendfile on the transfer port), 'local' (the file handed to a peer "
+            "on this machine, which reads them) or 'grpc' (ReadCheckpointFile's "
             "stream).",
             ["way"],
             registry=r,

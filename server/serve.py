@@ -190,8 +190,13 @@ class ServerProcess:
         self.service.rescale.http = (self.http_port, tls)
         if not tls and config.transfer_port >= 0:
             try:
-                sent = self.service.metrics.cut_sent_bytes.labels("direct").inc
-                self.direct = DirectReads(config.host, config.transfer_port, sent)
+                sent = self.service.metrics.cut_sent_bytes
+                self.direct = DirectReads(
+                    config.host,
+                    config.transfer_port,
+                    lambda way, nbytes: sent.labels(way).inc(nbytes),
+                    local=not config.transfer_port_only,
+                )
             except OSError as e:
                 raise SystemExit(
                     f"adamax-ps: cannot listen on {config.host}:"

@@ -54,10 +54,10 @@ def test_a_tls_cluster_is_rescaled_online_and_its_worker_follows(tmp_path):
             assert plain.returncode == 1 and "UNAVAILABLE" in plain.stderr
             done = _rescale(everyone, "--tls-ca", str(ca_path))
             assert done.returncode == 0, done.stderr
-            # The cuts went over gRPC (TLS), never by a plaintext direct read.
+            # The cuts went over gRPC (TLS), never by a direct read.
             sent = [_cut_sent(s.http_port, ca_path) for s in servers]
             assert sum(s.get("grpc", 0) for s in sent) > 0, sent
-            assert all(not s.get("direct") for s in sent), sent
+            assert all(not s.get("direct") and not s.get("local") for s in sent), sent
             for step in range(STEPS, 2 * STEPS):  # the same worker follows
                 model.step(step)
             assert cluster.size == 3

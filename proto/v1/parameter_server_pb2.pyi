@@ -471,16 +471,18 @@ class CheckpointFileRequest(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., file: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., direct: _Optional[bool] = ...) -> None: ...
 
 class CheckpointFileChunk(_message.Message):
-    __slots__ = ("sequence", "data", "direct_port", "ticket")
+    __slots__ = ("sequence", "data", "direct_port", "ticket", "local_socket")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     DIRECT_PORT_FIELD_NUMBER: _ClassVar[int]
     TICKET_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_SOCKET_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     data: bytes
     direct_port: int
     ticket: bytes
-    def __init__(self, sequence: _Optional[int] = ..., data: _Optional[bytes] = ..., direct_port: _Optional[int] = ..., ticket: _Optional[bytes] = ...) -> None: ...
+    local_socket: str
+    def __init__(self, sequence: _Optional[int] = ..., data: _Optional[bytes] = ..., direct_port: _Optional[int] = ..., ticket: _Optional[bytes] = ..., local_socket: _Optional[str] = ...) -> None: ...
 
 class CreateTableRequest(_message.Message):
     __slots__ = ("view", "name", "config_json")

@@ -96,9 +96,12 @@ def _file_chunks(
         if request.direct and direct is not None:
             path, length = folder / request.file, end - request.offset
             ticket = direct.offer(path, request.offset, length)
-        if ticket is not None:  # the bytes go by sendfile (server/cut_transfer.py)
+        if ticket is not None:  # the bytes go directly (server/cut_transfer.py)
             yield pb.CheckpointFileChunk(
-                sequence=sequence, direct_port=direct.port, ticket=ticket
+                sequence=sequence,
+                direct_port=direct.port,
+                ticket=ticket,
+                local_socket=direct.local,
             )
             return
         f.seek(request.offset)

@@ -1,12 +1,15 @@
 """Direct reads of a rescale's cut (``server/cut_transfer.py``): a peer's
-reader gets the same bytes as from the files, by sendfile, and falls back to
-the gRPC stream when the port cannot be reached or is turned off; a ticket
-is good once, for its range, while it lasts; idle and surplus connections
-are dropped. A real server (gRPC, uvicorn, the transfer port) in this
+reader gets the same bytes as from the files, from the file itself handed
+over the local socket on the same machine, by sendfile on the transfer port
+where that socket cannot be reached, and by the gRPC stream where the port
+cannot be reached or is turned off; a ticket is good once, for its range,
+while it lasts, on either way; idle and surplus connections are dropped. A
+real server (gRPC, uvicorn, the transfer port, the local socket) in this
 process, and real sockets."""
 
 from __future__ import annotations
 
+import os
 import socket
 
 import grpc
@@ -20,7 +23,7 @@ from adamax_ps.server import cut_transfer
 from adamax_ps.server.checkpoint import CheckpointReader
 from adamax_ps.server.checkpoint_remote import RemoteCheckpointReader
 from adamax_ps.server.config import ServerConfig
-from adamax_ps.server.cut_transfer import DirectReads, read_direct
+from adamax_ps.server.cut_transfer import DirectReads, read_direct, read_local
 from adamax_ps.server.serve import ServerProcess
 
 ROWS, DIM = 70_000, 64  # 17.9 MB a variable: more than one 16 MiB chunk
@@ -87,19 +90,47 @@ def _same_as_files(process: ServerProcess) -> RemoteCheckpointReader:
     return remote
 
 
-def test_a_peer_reads_the_cut_directly_the_same_bytes_as_its_files(frozen):
+def test_a_peer_on_the_same_machine_reads_the_cut_from_its_files_handed_over(
+    frozen,
+):
     remote = _same_as_files(frozen)
-    assert remote.direct
-    assert _sent(frozen, "direct") >= ROWS * DIM * 4
+    assert remote.direct and remote.local
+    assert _sent(frozen, "local") >= ROWS * DIM * 4
+    assert _sent(frozen, "direct") == 0
     assert _sent(frozen, "grpc") < 1 << 20  # the manifest, its crc32
 
 
+def test_where_the_local_socket_is_out_of_reach_the_cut_comes_by_the_port(frozen):
+    (local, _) = frozen.direct._listening[1]
+    local.shutdown(socket.SHUT_RDWR)  # as from another pod: not there
+    local.close()
+    remote = _same_as_files(frozen)
+    assert remote.direct and not remote.local
+    assert _sent(frozen, "direct") >= ROWS * DIM * 4
+    assert _sent(frozen, "local") == 0
+    assert _sent(frozen, "grpc") < 1 << 20
+
+
+def test_with_transfer_port_only_a_peer_here_reads_as_from_another_machine(
+    tmp_path,
+):
+    process = _frozen(tmp_path, transfer_port_only=True)
+    try:
+        assert process.direct.local == ""  # no local socket to name
+        remote = _same_as_files(process)
+        assert remote.direct and remote.local  # (never offered one)
+        assert _sent(process, "direct") >= ROWS * DIM * 4
+        assert _sent(process, "local") == 0
+    finally:
+        process.stop()
+
+
 def test_an_unreachable_direct_port_falls_back_to_the_grpc_stream(frozen):
-    frozen.direct.close()  # tickets are still offered; the port refuses
+    frozen.direct.close()  # tickets are still offered; port and socket refuse
     remote = _same_as_files(frozen)
     assert not remote.direct
     assert _sent(frozen, "grpc") >= ROWS * DIM * 4
-    assert _sent(frozen, "direct") == 0
+    assert _sent(frozen, "direct") == _sent(frozen, "local") == 0
 
 
 def test_without_a_transfer_port_the_cut_streams_over_grpc(tmp_path):
@@ -150,10 +181,30 @@ def test_a_ticket_is_good_once_for_its_own_range(frozen):
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_the_local_socket_hands_the_file_over_once_per_ticket(frozen):
+    path = frozen.service.rescale.own_cut() / "shard-0.bin"
+    answer = _ticket(frozen, 4096, 100_000)
+    assert answer.local_socket
+    with pytest.raises(OSError):  # unknown: closed, no file
+        read_local(answer.local_socket, b"x" * len(answer.ticket), 10)
+    fd = read_local(answer.local_socket, answer.ticket, 10)
+    try:
+        assert os.pread(fd, 100_000, 4096) == path.read_bytes()[4096:104_096]
+        with pytest.raises(OSError):  # a read-only descriptor
+            os.pwrite(fd, b"x", 0)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError):  # spent
+        read_local(answer.local_socket, answer.ticket, 10)
+
+
 def test_an_expired_ticket_gets_nothing(frozen, monkeypatch):
     monkeypatch.setattr(cut_transfer, "TICKET_SECONDS", -1.0)
     answer = _ticket(frozen, 0, 4096)
     assert _take(answer.direct_port, answer.ticket) == b""
+    answer = _ticket(frozen, 0, 4096)
+    with pytest.raises(OSError):
+        read_local(answer.local_socket, answer.ticket, 10)
 
 
 def test_idle_and_surplus_connections_are_dropped(tmp_path, monkeypatch):
