@@ -18,15 +18,15 @@ round's floor: this machine's pace depends on its recent past, see below):
   a server on a machine of its own would take;
 - the online rescale (``bench/rescale_online.py``): ``adamax-ps rescale``
   of a running cluster of 2 servers and a spare to 3, timed from the freeze
-  until the commit, after the offline one; then once more with
+  until the commit, after the offline one; and again with
   ``--transfer-port-only``, the cuts sent over the transfer port as between
-  servers on different machines (against the same round's floor). The
-  online floor is the mean of one right before the freeze and one right
-  after the settle, the servers up and holding their state, each run twice
-  and taken the second time: the first warms the machine's memory for the
-  second as that one does for the rescale after it, so the pause and its
-  floor are both measured warm (on this machine cold memory costs up to 2 s
-  per GB more, see below);
+  servers on different machines (the two in turn: one first in even rounds,
+  the other in odd ones). Each online rescale's floor is the mean of one
+  right before the freeze and one right after the settle, the servers up
+  and holding their state, each run twice and taken the second time: the
+  first warms the machine's memory for the second as that one does for the
+  rescale after it, so the pause and its floor are both measured warm (on
+  this machine cold memory costs up to 2 s per GB more, see below);
 - the floor: the same bytes as plain files, one file per old server written
   by one thread each (``os.write``, ``fsync``), then the bytes that move (rows
   whose server changes from 2 to 3 servers by the placement rule, table keys
@@ -412,18 +412,18 @@ def measure(quick: bool, rounds: int, logs: Path | None = None) -> dict:
                     server.kill()
             base = {key: (before[key] + after[key]) / 2 for key in before}
             around = functools.partial(warm_floor, folder, layout)
-            sample["online"] = on = online(
-                folder / "online", rows, keys, DIM, SPLIT, around
-            )
-            last = on["floor_after"]
-            sample["online_floor"] = {
-                k: (on["floor_before"][k] + last[k]) / 2 for k in last
-            }
-            # As between machines: the cuts over the transfer port (sendfile),
-            # taken against the same round's floor.
-            sample["online_port"] = online(
-                folder / "online-port", rows, keys, DIM, SPLIT, None, PORT_ONLY
-            )
+            # Then as between machines, the cuts over the transfer port
+            # (sendfile), each with its own floor; first one, then the other.
+            runs = {"online": (), "online_port": PORT_ONLY}
+            for name in sorted(runs, reverse=r % 2 == 1):
+                sample[name] = on = online(
+                    folder / name, rows, keys, DIM, SPLIT, around, runs[name]
+                )
+                sample[f"{name}_floor"] = {
+                    k: (on["floor_before"][k] + on["floor_after"][k]) / 2
+                    for k in on["floor_after"]
+                }
+            last = sample["online"]["floor_after"]
             samples.append({**sample, "floor": base, "before": before, "after": after})
             for log in folder.rglob("*.log") if logs else ():
                 shutil.copy(log, logs / f"round-{r}-{log.parent.name}-{log.name}")

@@ -56,11 +56,13 @@ def parts(sample: dict) -> dict[str, float]:
         if "settle" in on:  # after the pause, from results that have it
             online.update(online_settle=on["settle"], online_release=on["release"])
         if "online_port" in sample:  # the cuts over the transfer port
-            port = sample["online_port"]
+            port, floor = sample["online_port"], sample["online_port_floor"]
             online.update(
                 online_port_pause=port["pause"],
+                online_port_freeze=port["freeze"],
                 online_port_adopt=port["adopt"],
-                online_port_ratio=port["pause"] / (base["write"] + base["read"]),
+                online_port_floor=floor["write"] + floor["read"],
+                online_port_ratio=port["pause"] / (floor["write"] + floor["read"]),
             )
     return {
         **online,
@@ -109,11 +111,13 @@ SETTLED = [  # after the pause (results from before it lack them)
 ]
 PORT = [  # the same, the cuts over the transfer port (results that have it)
     (
-        "online, the cuts over the transfer port as between machines "
-        "(`--transfer-port-only`): pause",
+        "**online, the cuts over the transfer port as between machines "
+        "(`--transfer-port-only`): pause**",
         "online_port_pause",
     ),
-    ("- adopt: each new server's import of its rows", "online_port_adopt"),
+    ("- freeze", "online_port_freeze"),
+    ("- adopt", "online_port_adopt"),
+    ("- its own floor, measured as the one above", "online_port_floor"),
 ]
 ROWS = [
     ("**offline: SIGTERM to the old servers until every new one is ready**", "pause"),
@@ -290,6 +294,9 @@ def headline(doc: dict) -> dict:
             "online_pause_over_floor": fig["online_ratio"]["median"],
             "online_goal_met": fig["online_ratio"]["median"] <= GOAL,
         }
+        if "online_port_pause" in fig:
+            online["online_port_pause_s"] = fig["online_port_pause"]["median"]
+            online["online_port_over_floor"] = fig["online_port_ratio"]["median"]
     return {
         **online,
         "total_gb": lay["total_bytes"] / GB,
@@ -326,6 +333,14 @@ def headline_text(doc: dict) -> str:
                 else f"adopt (imports and the new layout's checkpoints) "
                 f"{_span(fig['online_adopt'], 1)} s, commit "
                 f"{_span(fig['online_commit'], 2)} s. "
+            )
+            + (
+                "With the cuts over the transfer port, as between machines "
+                f"(`--transfer-port-only`), the pause is "
+                f"{_span(fig['online_port_pause'], 1)} s, "
+                f"{_span(fig['online_port_ratio'], suffix='x')} its floor. "
+                if "online_port_pause" in fig
+                else ""
             )
             + "Offline, for comparison: "
         )
