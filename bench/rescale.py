@@ -28,7 +28,8 @@ round's floor: this machine's pace depends on its recent past, see below):
   rescale after it, so the pause and its floor are both measured warm (on
   this machine cold memory costs up to 2 s per GB more, see below);
 - the floor: the same bytes as plain files, one file per old server written
-  by one thread each (``os.write``, ``fsync``), then the bytes that move (rows
+  by one thread each (``os.write``, each chunk's writeback started at once as
+  a checkpoint does, ``fsync``), then the bytes that move (rows
   whose server changes from 2 to 3 servers by the placement rule, table keys
   by the jump hash) read back into fresh memory, one thread per new server
   (``os.preadv``).
@@ -69,6 +70,7 @@ from rescale_online import online, push_state
 
 from adamax_ps.common.keys import server_of
 from adamax_ps.common.placement import place_rows
+from adamax_ps.server.durable import start_writeback
 from adamax_ps.server.launcher import LocalServer, addresses
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -320,9 +322,11 @@ def floor(folder: Path, layout: dict) -> dict:
     def write(s: int) -> None:
         fd = os.open(files[s], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            left = layout["old_bytes"][s]
+            left, at = layout["old_bytes"][s], 0
             while left:
-                left -= os.write(fd, chunk[: min(left, CHUNK)])
+                wrote = os.write(fd, chunk[: min(left, CHUNK)])
+                start_writeback(fd, at, wrote)  # as a checkpoint does
+                left, at = left - wrote, at + wrote
             os.fsync(fd)
         finally:
             os.close(fd)

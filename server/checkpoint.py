@@ -16,7 +16,8 @@ every byte against its crc32: a mismatch, a short file or an unknown format
 version is a ``CheckpointError`` naming the file, never silent garbage.
 
 Arrays are written straight from their memory (no copy) in 16 MiB chunks,
-each chunk's crc32 computed on a second thread while the next is written.
+each chunk's crc32 computed on a second thread while the next is written,
+and each chunk's writeback to disk started at once (``durable``).
 Checking by chunk lets a reader that wants some rows of an array (a server
 of a resized cluster, ``cut_import``) read and check only the chunks holding
 them. Version 1 checkpoints (one crc32 per array) are still read, whole.
@@ -36,7 +37,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from zlib_ng import zlib_ng
 
-from adamax_ps.server.durable import fsync_dir, make_dirs
+from adamax_ps.server.durable import fsync_dir, make_dirs, start_writeback
 from adamax_ps.server.errors import CheckpointError
 
 FORMAT = "adamax-ps-checkpoint"
@@ -76,6 +77,8 @@ class DataFile:
             chunk = data[start : start + CHUNK]
             crcs.append(self._pool.submit(zlib_ng.crc32, chunk))
             self._file.write(chunk)
+            # (large writes bypass the file's buffer: these bytes are the kernel's)
+            start_writeback(self._file.fileno(), self._offset + start, len(chunk))
         entry = {
             "file": self.name,
             "offset": self._offset,
