@@ -36,6 +36,7 @@ import numpy as np
 from measure import run_threads, spread
 from readme import save, update_readme
 
+from adamax_ps.server.durable import start_writeback
 from adamax_ps.server.gradients import Gradient
 from adamax_ps.server.ledger import PushId
 from adamax_ps.server.service import ParameterService, ServiceSettings
@@ -181,8 +182,9 @@ def evict(*paths: Path) -> None:
 
 
 def plain_file(folder: Path, data: np.ndarray) -> dict:
-    """Write (with fsync) and read back one file holding ``data``: the disk's
-    pace for the same bytes from distinct memory, as a checkpoint writes them.
+    """Write (each chunk's writeback started at once, then fsync) and read
+    back one file holding ``data``: the disk's pace for the same bytes from
+    distinct memory, as a checkpoint writes them.
 
     Measured before each checkpoint round, in the same process."""
     view = memoryview(data.reshape(-1)).cast("B")
@@ -191,6 +193,7 @@ def plain_file(folder: Path, data: np.ndarray) -> dict:
     with open(path, "wb") as f:
         for offset in range(0, len(view), 16 << 20):
             f.write(view[offset : offset + (16 << 20)])
+            start_writeback(f.fileno(), offset, 16 << 20)  # as a checkpoint does
         f.flush()
         os.fsync(f.fileno())
     write = time.perf_counter() - start

@@ -20,7 +20,7 @@ another pod). A peer that reaches it sends the ticket and receives the cut's
 file itself, an open descriptor passed over the socket (``SCM_RIGHTS``), and
 reads the range from the page cache into its arrays: one copy, where a
 socket costs two, and no sending thread here. Where the local socket cannot
-be reached the peer uses the port, with the same ticket.
+be reached the peer asks again and uses the port.
 """
 
 from __future__ import annotations
