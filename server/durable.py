@@ -16,10 +16,10 @@ gigabytes of dirty pages pile up, then throttles the writer.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import functools
 import os
 from pathlib import Path
+
+from adamax_ps.server import libc
 
 SYNC_FILE_RANGE_WRITE = 2  # start writeback of the range's dirty pages; no wait
 
@@ -70,17 +70,8 @@ def start_writeback(fd: int, offset: int, nbytes: int) -> None:
     """Start writing bytes ``offset`` to ``offset + nbytes`` of ``fd`` to
     disk, not waiting (Linux ``sync_file_range``; elsewhere nothing). Not a
     durability step: only the fsync after it is."""
-    call = _sync_file_range()
+    call = libc.function(
+        "sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint
+    )
     if call is not None:
-        call(fd, ctypes.c_int64(offset), ctypes.c_int64(nbytes), SYNC_FILE_RANGE_WRITE)
-
-
-@functools.cache
-def _sync_file_range():
-    name = ctypes.util.find_library("c")
-    function = getattr(ctypes.CDLL(name), "sync_file_range", None) if name else None
-    if function is not None:
-        function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-        function.argtypes += [ctypes.c_uint]
-        function.restype = ctypes.c_int
-    return function
+        call(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE)

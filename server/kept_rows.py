@@ -18,13 +18,12 @@ memory is what it owns, as after a plain import.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import functools
 import mmap
 from dataclasses import dataclass
 
 import numpy as np
 
+from adamax_ps.server import libc
 from adamax_ps.server.store import Part, ShardedStore, VariableRecord
 
 MADV_DONTNEED = 4
@@ -121,8 +120,8 @@ def release_outside(parts: Layout) -> int:
 def _advise_outside(array: np.ndarray, view: np.ndarray) -> int:
     """``madvise(MADV_DONTNEED)`` the whole pages of ``array`` before and
     after ``view`` (a slice of it); the bytes so released."""
-    libc = _libc()
-    if libc is None or not array.size:
+    madvise = libc.function("madvise", ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    if madvise is None or not array.size:
         return 0
     page = mmap.PAGESIZE
     start = array.ctypes.data
@@ -134,18 +133,6 @@ def _advise_outside(array: np.ndarray, view: np.ndarray) -> int:
     ]
     released = 0
     for a, b in ranges:
-        if b > a and libc.madvise(ctypes.c_void_p(a), b - a, MADV_DONTNEED) == 0:
+        if b > a and madvise(a, b - a, MADV_DONTNEED) == 0:
             released += b - a
     return released
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    """The C library's ``madvise``, where there is one (else nothing is
-    handed back: the pages go with the old arrays, later)."""
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name, use_errno=True) if name else None
-    if libc is None or not hasattr(libc, "madvise"):
-        return None
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return libc

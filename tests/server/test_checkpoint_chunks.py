@@ -139,3 +139,37 @@ def test_targets_smaller_than_the_array_are_refused(saved):
     out = np.empty((ROWS - 1, DIM), np.float32)
     with pytest.raises(CheckpointError, match="targets of"):
         reader.read_into(entry_of(reader), [rows_view(out)])
+
+
+def test_each_chunk_is_sent_to_disk_as_it_is_written(tmp_path, monkeypatch):
+    """The writeback of every chunk starts as soon as the chunk is written
+    (``durable.start_writeback``): the ranges asked for are the array's
+    bytes in the file, in order, chunk by chunk."""
+    started: list[tuple[int, int]] = []
+    monkeypatch.setattr(
+        checkpoint, "start_writeback", lambda fd, at, n: started.append((at, n))
+    )
+    array = np.ones((ROWS, DIM), np.float32)
+    writer = checkpoint.CheckpointWriter(tmp_path, 1)
+    data = writer.open("shard-0.bin")
+    data.write(np.zeros(3, np.float32))
+    entry = data.write(array)
+    writer.closed(data)
+    writer.commit({"arrays": [entry]})
+    mine = [(at, n) for at, n in started if at >= entry["offset"]]
+    assert [n for _, n in mine] == [CHUNK, CHUNK, array.nbytes - 2 * CHUNK]
+    assert [at for at, _ in mine] == [entry["offset"] + i * CHUNK for i in range(3)]
+
+
+def test_starting_writeback_is_harmless_where_it_is_there(tmp_path):
+    from adamax_ps.server import durable, libc
+
+    path = tmp_path / "f.bin"
+    with open(path, "wb") as f:
+        f.write(b"x" * 100_000)
+        f.flush()
+        durable.start_writeback(f.fileno(), 0, 100_000)
+    assert path.read_bytes() == b"x" * 100_000
+    if Path("/proc/self").exists():  # Linux: the call is there, not skipped
+        assert libc.function("sync_file_range") is not None
+    assert libc.function("no_such_function_here") is None
