@@ -37,6 +37,9 @@ from pathlib import Path
 
 log = logging.getLogger("adamax_ps.rescale")
 
+# Answers a connection whose ticket is good, for its file and range.
+Serve = Callable[[socket.socket, Path, int, int], None]
+
 TICKET_BYTES = 16
 TICKET_SECONDS = 60.0
 MAX_TICKETS = 256  # outstanding at once; more are refused (the peer streams)
@@ -121,9 +124,7 @@ class DirectReads:
         for thread in self._threads:
             thread.join(5)
 
-    def _accept(
-        self, listening: socket.socket, serve: Callable[[socket.socket], None]
-    ) -> None:
+    def _accept(self, listening: socket.socket, serve: Serve) -> None:
         while not self._closed:
             try:
                 conn, _ = listening.accept()
@@ -138,12 +139,12 @@ class DirectReads:
                 target=self._answer, args=(conn, serve), name="direct-read", daemon=True
             ).start()
 
-    def _answer(
-        self, conn: socket.socket, serve: Callable[[socket.socket], None]
-    ) -> None:
+    def _answer(self, conn: socket.socket, serve: Serve) -> None:
         try:
             conn.settimeout(IDLE_SECONDS)
-            serve(conn)
+            found = self._ticket(conn)
+            if found is not None:
+                serve(conn, *found)
         except OSError as e:  # the peer went away: it reads the range again
             log.info("direct read ended early: %s", e)
         finally:  # free before the peer sees the end: it may come back at once
@@ -159,27 +160,21 @@ class DirectReads:
             return None
         return found[:3]
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, path: Path, offset: int, length: int) -> None:
         """TCP: the range's bytes, sent by the kernel from the file."""
-        found = self._ticket(conn)
-        if found is None:
-            return
-        path, offset, length = found
         with open(path, "rb") as f:
             sent = conn.sendfile(f, offset, length) if length else 0
         self._sent("direct", sent)
         if sent != length:
             log.warning("direct read of %s: %d of %d bytes", path, sent, length)
 
-    def _hand_over(self, conn: socket.socket) -> None:
+    def _hand_over(
+        self, conn: socket.socket, path: Path, offset: int, length: int
+    ) -> None:
         """The local socket: the file itself, opened for reading (a peer on
         this machine reads the range from it, no copy through a socket). It
         may read the rest of that file too: the cut's files are all its to
         read over gRPC anyway."""
-        found = self._ticket(conn)
-        if found is None:
-            return
-        path, _, length = found
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             socket.send_fds(conn, [b"f"], [fd])
